@@ -1,0 +1,461 @@
+//! The hub's config file: `[hub]`, `[[adapters]]` and `[[routes]]`, parsed
+//! and checked in full before anything starts. Every problem names the file,
+//! the adapter and the key, and says what would be valid.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use polyhub_sdk::{Adapter, AdapterConfig, AdapterFactory};
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::plugin;
+use crate::registry::Registry;
+use crate::routes::Route;
+
+/// `[hub]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubSection {
+    /// Name of this hub, used as the origin marker towards brokers.
+    #[serde(default = "default_name")]
+    pub name: String,
+    /// Default depth of every subscription queue (envelopes).
+    #[serde(default = "default_queue_depth")]
+    pub queue_depth: usize,
+    /// How long shutdown waits for adapters to finish, in milliseconds.
+    #[serde(default = "default_drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
+    /// How long start-up waits for every adapter to be up or down, in milliseconds.
+    #[serde(default = "default_startup_timeout_ms")]
+    pub startup_timeout_ms: u64,
+}
+
+fn default_name() -> String {
+    "polyhub".to_owned()
+}
+fn default_queue_depth() -> usize {
+    1024
+}
+fn default_drain_timeout_ms() -> u64 {
+    5_000
+}
+fn default_startup_timeout_ms() -> u64 {
+    10_000
+}
+
+impl Default for HubSection {
+    fn default() -> Self {
+        HubSection {
+            name: default_name(),
+            queue_depth: default_queue_depth(),
+            drain_timeout_ms: default_drain_timeout_ms(),
+            startup_timeout_ms: default_startup_timeout_ms(),
+        }
+    }
+}
+
+/// One `[[adapters]]` entry as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdapterEntry {
+    /// Unique instance name, used in logs, metrics and routes.
+    pub name: String,
+    /// A built-in kind (`mqtt`, `coap`, `http`, `amqp`, `xmpp`).
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    /// Path of a plugin shared library, instead of `type`.
+    pub plugin: Option<PathBuf>,
+    /// `false` keeps the entry in the file without starting it.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Depth of this adapter's subscription queues, overriding `[hub] queue_depth`.
+    pub queue_depth: Option<usize>,
+    /// Worker threads of a plugin's own tokio runtime.
+    pub plugin_threads: Option<usize>,
+    /// The adapter's own settings.
+    #[serde(default)]
+    pub config: toml::Table,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// One `[[routes]]` entry as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteEntry {
+    /// Topic filter envelopes must match.
+    pub from: String,
+    /// Topic template; `{N}` is the Nth wildcard level of `from`.
+    pub to: String,
+}
+
+/// The file as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// `[hub]`.
+    #[serde(default)]
+    pub hub: HubSection,
+    /// `[[adapters]]`.
+    #[serde(default)]
+    pub adapters: Vec<AdapterEntry>,
+    /// `[[routes]]`.
+    #[serde(default)]
+    pub routes: Vec<RouteEntry>,
+}
+
+/// An adapter ready to start.
+pub struct PreparedAdapter {
+    /// The entry it came from.
+    pub entry: AdapterEntry,
+    /// Its kind (the `type`, or the plugin's kind).
+    pub kind: String,
+    /// The adapter, built by its factory.
+    pub adapter: Box<dyn Adapter>,
+}
+
+impl fmt::Debug for PreparedAdapter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PreparedAdapter").field("name", &self.entry.name).field("kind", &self.kind).finish()
+    }
+}
+
+/// A checked config: every adapter built, every route parsed.
+#[derive(Debug)]
+pub struct Config {
+    /// Where it was read from (`<inline>` for strings).
+    pub source: String,
+    /// `[hub]`.
+    pub hub: HubSection,
+    /// Enabled adapters, in file order.
+    pub adapters: Vec<PreparedAdapter>,
+    /// Routes, in file order.
+    pub routes: Vec<Route>,
+}
+
+/// One problem found in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The adapter at fault, if the problem is in an `[[adapters]]` entry.
+    pub adapter: Option<String>,
+    /// Dotted key path.
+    pub key: Option<String>,
+    /// What is wrong and what would be valid.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(a) = &self.adapter {
+            write!(f, "adapter \"{a}\": ")?;
+        }
+        if let Some(k) = &self.key {
+            write!(f, "key `{k}`: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Why a config file cannot be used.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ConfigFileError {
+    /// The file could not be read.
+    #[error("{file}: cannot read the config file: {source}")]
+    Read {
+        /// The path.
+        file: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Not valid TOML, or not the shape of a polyhub config (with line and column).
+    #[error("{file}: {message}")]
+    Syntax {
+        /// The path.
+        file: String,
+        /// The parser's message, with line, column and the offending text.
+        message: String,
+    },
+    /// Valid TOML, but some entries are wrong.
+    #[error("{file}: {}", problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n  "))]
+    Invalid {
+        /// The path.
+        file: String,
+        /// Every problem found.
+        problems: Vec<Problem>,
+    },
+}
+
+impl Config {
+    /// Reads, parses and checks the file at `path`.
+    pub fn load(path: &Path, registry: &Registry) -> Result<Config, ConfigFileError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigFileError::Read { file: file.clone(), source })?;
+        Self::parse(&text, &file, registry, path.parent())
+    }
+
+    /// Parses and checks config text; `source` names it in errors, `base_dir`
+    /// resolves relative plugin paths.
+    pub fn parse(
+        text: &str,
+        source: &str,
+        registry: &Registry,
+        base_dir: Option<&Path>,
+    ) -> Result<Config, ConfigFileError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigFileError::Syntax {
+            file: source.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        let mut problems = Vec::new();
+        let hub = raw.hub;
+        if hub.queue_depth == 0 {
+            problems.push(Problem {
+                adapter: None,
+                key: Some("hub.queue_depth".into()),
+                message: "must be at least 1".into(),
+            });
+        }
+        if hub.name.is_empty() || hub.name.contains(['/', '+', '#', '\0']) {
+            problems.push(Problem {
+                adapter: None,
+                key: Some("hub.name".into()),
+                message: "must be non-empty, without `/`, `+`, `#`".into(),
+            });
+        }
+
+        let mut names = HashSet::new();
+        let mut adapters = Vec::new();
+        for (i, entry) in raw.adapters.into_iter().enumerate() {
+            let label = if entry.name.is_empty() { format!("#{}", i + 1) } else { entry.name.clone() };
+            let problem = |key: Option<&str>, message: String| Problem {
+                adapter: Some(label.clone()),
+                key: key.map(str::to_owned),
+                message,
+            };
+            if entry.name.is_empty() {
+                problems.push(problem(Some("name"), "must not be empty".into()));
+                continue;
+            }
+            if entry.name == crate::hub::ROUTES_ADAPTER {
+                problems.push(problem(Some("name"), format!("`{}` is reserved for [[routes]]", crate::hub::ROUTES_ADAPTER)));
+                continue;
+            }
+            if !names.insert(entry.name.clone()) {
+                problems.push(problem(Some("name"), "another adapter already has this name; names must be unique".into()));
+                continue;
+            }
+            if entry.queue_depth == Some(0) {
+                problems.push(problem(Some("queue_depth"), "must be at least 1".into()));
+            }
+            let factory: Arc<dyn AdapterFactory> = match (&entry.kind, &entry.plugin) {
+                (Some(_), Some(_)) => {
+                    problems.push(problem(Some("type"), "set either `type` (a built-in adapter) or `plugin` (a shared library), not both".into()));
+                    continue;
+                }
+                (None, None) => {
+                    problems.push(problem(None, format!(
+                        "missing `type` (one of: {}) or `plugin` (path of a shared library)",
+                        registry.kinds().join(", ")
+                    )));
+                    continue;
+                }
+                (Some(kind), None) => match registry.get(kind) {
+                    Some(f) => f,
+                    None => {
+                        problems.push(problem(Some("type"), format!(
+                            "unknown adapter type `{kind}`; known types: {}",
+                            registry.kinds().join(", ")
+                        )));
+                        continue;
+                    }
+                },
+                (None, Some(path)) => {
+                    let path = match base_dir {
+                        Some(dir) if path.is_relative() && !path.exists() => dir.join(path),
+                        _ => path.clone(),
+                    };
+                    match plugin::load_factory(&path, entry.plugin_threads) {
+                        Ok(f) => f,
+                        Err(e) => {
+                            problems.push(problem(Some("plugin"), e.to_string()));
+                            continue;
+                        }
+                    }
+                }
+            };
+            let adapter_config = AdapterConfig { name: entry.name.clone(), table: entry.config.clone() };
+            match factory.create(&adapter_config) {
+                Ok(adapter) => {
+                    if entry.enabled {
+                        adapters.push(PreparedAdapter { kind: factory.kind().to_owned(), entry, adapter });
+                    }
+                }
+                Err(e) => problems.push(problem(
+                    Some(&match &e.key {
+                        Some(k) => format!("config.{k}"),
+                        None => "config".to_owned(),
+                    }),
+                    e.message,
+                )),
+            }
+        }
+
+        let mut routes = Vec::new();
+        for (i, r) in raw.routes.iter().enumerate() {
+            match Route::new(&r.from, &r.to) {
+                Ok(route) => routes.push(route),
+                Err(message) => problems.push(Problem {
+                    adapter: None,
+                    key: Some(format!("routes[{i}]")),
+                    message,
+                }),
+            }
+        }
+
+        if problems.is_empty() {
+            Ok(Config { source: source.to_owned(), hub, adapters, routes })
+        } else {
+            Err(ConfigFileError::Invalid { file: source.to_owned(), problems })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use polyhub_sdk::{AdapterContext, AdapterError, ConfigError};
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct DemoConfig {
+        listen: String,
+    }
+
+    struct Demo;
+    #[polyhub_sdk::reexports::async_trait]
+    impl Adapter for Demo {
+        async fn run(self: Box<Self>, _ctx: AdapterContext) -> Result<(), AdapterError> {
+            Ok(())
+        }
+    }
+    struct DemoFactory;
+    impl AdapterFactory for DemoFactory {
+        fn kind(&self) -> &str {
+            "demo"
+        }
+        fn create(&self, config: &AdapterConfig) -> Result<Box<dyn Adapter>, ConfigError> {
+            config.parse::<DemoConfig>()?;
+            Ok(Box::new(Demo))
+        }
+    }
+
+    fn registry() -> Registry {
+        let mut r = Registry::new();
+        r.add(DemoFactory);
+        r
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigFileError> {
+        Config::parse(text, "test.toml", &registry(), None)
+    }
+
+    fn err(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_good_config_parses() {
+        let c = parse(
+            r#"
+            [hub]
+            name = "h"
+            [[adapters]]
+            name = "d"
+            type = "demo"
+            [adapters.config]
+            listen = "x"
+            [[routes]]
+            from = "a/+"
+            to = "b/{1}"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.adapters.len(), 1);
+        assert_eq!(c.routes.len(), 1);
+        assert_eq!(c.hub.name, "h");
+    }
+
+    #[test]
+    fn misspelled_adapter_key_names_file_adapter_and_key() {
+        let e = err("[[adapters]]\nname = \"d\"\ntype = \"demo\"\n[adapters.config]\nlisten = \"x\"\nlisen = \"y\"\n");
+        assert!(e.starts_with("test.toml: "), "{e}");
+        assert!(e.contains("adapter \"d\""), "{e}");
+        assert!(e.contains("key `config.lisen`"), "{e}");
+        assert!(e.contains("expected `listen`") || e.contains("expected one of"), "{e}");
+    }
+
+    #[test]
+    fn unknown_type_lists_known_types() {
+        let e = err("[[adapters]]\nname = \"d\"\ntype = \"zigbee\"\n");
+        assert!(e.contains("unknown adapter type `zigbee`; known types: demo"), "{e}");
+    }
+
+    #[test]
+    fn syntax_errors_show_line_and_column() {
+        let e = err("[hub]\nname = \n");
+        assert!(e.starts_with("test.toml: "), "{e}");
+        assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn unknown_top_level_and_entry_keys_are_rejected_with_position() {
+        let e = err("[hub]\nnmae = \"x\"\n");
+        assert!(e.contains("unknown field `nmae`") && e.contains("line 2"), "{e}");
+        let e = err("[[adapters]]\nname = \"d\"\ntyp = \"demo\"\n");
+        assert!(e.contains("unknown field `typ`") && e.contains("line 3"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_names_type_and_plugin_together_and_bad_routes_are_reported_together() {
+        let e = err(
+            "[[adapters]]\nname = \"d\"\ntype = \"demo\"\nconfig = { listen = \"x\" }\n\
+             [[adapters]]\nname = \"d\"\ntype = \"demo\"\n\
+             [[adapters]]\nname = \"e\"\ntype = \"demo\"\nplugin = \"x.so\"\n\
+             [[routes]]\nfrom = \"a/+\"\nto = \"b/{3}\"\n",
+        );
+        assert!(e.contains("names must be unique"), "{e}");
+        assert!(e.contains("not both"), "{e}");
+        assert!(e.contains("key `routes[0]`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_value_types_are_errors_not_panics() {
+        for text in [
+            "hub = 3",
+            "[[adapters]]\nname = 3",
+            "[hub]\nqueue_depth = -1",
+            "[hub]\nqueue_depth = 0",
+            "adapters = \"x\"",
+            "[[adapters]]\nname = \"d\"\ntype = \"demo\"\nconfig = 5",
+            "[[routes]]\nfrom = \"#\"",
+            "\u{0}",
+        ] {
+            assert!(parse(text).is_err(), "{text:?} should fail");
+        }
+    }
+
+    #[test]
+    fn disabled_adapters_are_checked_but_not_started() {
+        let c = parse("[[adapters]]\nname = \"d\"\ntype = \"demo\"\nenabled = false\nconfig = { listen = \"x\" }\n").unwrap();
+        assert!(c.adapters.is_empty());
+        let e = err("[[adapters]]\nname = \"d\"\ntype = \"demo\"\nenabled = false\n");
+        assert!(e.contains("missing field `listen`"), "{e}");
+    }
+}

@@ -1,0 +1,388 @@
+//! The router: takes an envelope from one adapter, records it in the
+//! last-value store, and queues it to every matching subscription of every
+//! other adapter.
+//!
+//! Queue policy (bounded, per subscription): when a queue is full, a QoS 0
+//! envelope is dropped and counted on the subscriber's `dropped` counter; a
+//! QoS 1/2 envelope makes the publisher wait until there is room.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use ahash::AHashMap;
+use parking_lot::{Mutex, RwLock};
+use polyhub_sdk::{
+    AdapterMetrics, Envelope, HistogramSnapshot, MessageId, PublishError, SubscribeError,
+    SubscriptionId, Topic, TopicFilter,
+};
+use tokio::sync::mpsc;
+
+use crate::last_value::LastValueStore;
+use crate::trie::TopicTrie;
+
+/// One subscription as the trie holds it.
+#[derive(Debug)]
+pub(crate) struct SubEntry {
+    id: u64,
+    /// Name of the adapter instance that owns it (never sent its own envelopes).
+    adapter: Arc<str>,
+    tx: mpsc::Sender<Arc<Envelope>>,
+    metrics: Arc<AdapterMetrics>,
+    /// Set while the subscription has more than one filter, so that an
+    /// envelope matching two of them is queued once.
+    multi: AtomicBool,
+}
+
+#[derive(Debug)]
+struct SubRecord {
+    entry: Arc<SubEntry>,
+    filters: Vec<TopicFilter>,
+}
+
+/// Routing-latency histogram with fixed buckets (seconds).
+#[derive(Debug)]
+struct LatencyHistogram {
+    counts: Vec<AtomicU64>,
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+const LATENCY_BOUNDS: [f64; 12] =
+    [1e-6, 5e-6, 1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 1e-1, 1.0];
+
+impl LatencyHistogram {
+    fn new() -> Self {
+        LatencyHistogram {
+            counts: (0..LATENCY_BOUNDS.len()).map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum_nanos: AtomicU64::new(0),
+        }
+    }
+
+    fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = LATENCY_BOUNDS.iter().position(|b| secs <= *b) {
+            self.counts[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> HistogramSnapshot {
+        let mut acc = 0;
+        let cumulative = self
+            .counts
+            .iter()
+            .map(|c| {
+                acc += c.load(Ordering::Relaxed);
+                acc
+            })
+            .collect();
+        HistogramSnapshot {
+            bounds: LATENCY_BOUNDS.to_vec(),
+            cumulative,
+            count: self.count.load(Ordering::Relaxed),
+            sum: self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+        }
+    }
+}
+
+/// Routes envelopes between subscriptions.
+#[derive(Debug)]
+pub struct Router {
+    trie: RwLock<TopicTrie<Arc<SubEntry>>>,
+    subs: Mutex<AHashMap<u64, SubRecord>>,
+    next_id: AtomicU64,
+    store: LastValueStore,
+    latency: LatencyHistogram,
+    default_depth: usize,
+    closed: AtomicBool,
+}
+
+impl Router {
+    /// A router whose subscriptions queue `default_depth` envelopes unless
+    /// told otherwise.
+    pub fn new(default_depth: usize) -> Self {
+        Router {
+            trie: RwLock::new(TopicTrie::new()),
+            subs: Mutex::new(AHashMap::new()),
+            next_id: AtomicU64::new(1),
+            store: LastValueStore::default(),
+            latency: LatencyHistogram::new(),
+            default_depth: default_depth.max(1),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// The last-value store.
+    pub fn store(&self) -> &LastValueStore {
+        &self.store
+    }
+
+    /// Stops accepting envelopes and closes every subscription queue.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        *self.trie.write() = TopicTrie::new();
+        self.subs.lock().clear();
+    }
+
+    /// Accepts an envelope: stamps it with an id and time, updates the
+    /// last-value store and queues it to every matching subscription except
+    /// those of the adapter it came from. `publisher` is the publishing
+    /// adapter's counters.
+    pub async fn publish(
+        &self,
+        mut envelope: Envelope,
+        publisher: &AdapterMetrics,
+    ) -> Result<(), PublishError> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(PublishError::Closed);
+        }
+        let start = Instant::now();
+        envelope.id = MessageId::generate();
+        envelope.timestamp = SystemTime::now();
+        let envelope = Arc::new(envelope);
+        publisher.record_in();
+        self.store.update(&envelope);
+
+        let mut waiting: Vec<Arc<SubEntry>> = Vec::new();
+        {
+            let trie = self.trie.read();
+            let mut seen: Vec<u64> = Vec::new();
+            trie.for_each_match(&envelope.topic, |entry| {
+                if entry.multi.load(Ordering::Relaxed) {
+                    if seen.contains(&entry.id) {
+                        return;
+                    }
+                    seen.push(entry.id);
+                }
+                if Arc::ptr_eq(&entry.adapter, &envelope.origin.adapter)
+                    || *entry.adapter == *envelope.origin.adapter
+                {
+                    return;
+                }
+                match entry.tx.try_send(envelope.clone()) {
+                    Ok(()) => entry.metrics.record_out(),
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        if envelope.qos.is_acknowledged() {
+                            waiting.push(entry.clone());
+                        } else {
+                            entry.metrics.record_drop();
+                            tracing::debug!(
+                                subscriber = %entry.adapter,
+                                topic = %envelope.topic,
+                                "Dropped QoS 0 envelope: subscriber queue full."
+                            );
+                        }
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                }
+            });
+        }
+        for entry in waiting {
+            if entry.tx.send(envelope.clone()).await.is_ok() {
+                entry.metrics.record_out();
+            }
+        }
+        self.latency.observe(start.elapsed());
+        Ok(())
+    }
+
+    /// Creates a subscription owned by `adapter`.
+    pub fn subscribe(
+        &self,
+        adapter: Arc<str>,
+        metrics: Arc<AdapterMetrics>,
+        filters: &[TopicFilter],
+        depth: Option<usize>,
+    ) -> Result<(SubscriptionId, mpsc::Receiver<Arc<Envelope>>), SubscribeError> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(SubscribeError::Closed);
+        }
+        let (tx, rx) = mpsc::channel(depth.unwrap_or(self.default_depth).max(1));
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut unique: Vec<TopicFilter> = Vec::with_capacity(filters.len());
+        for f in filters {
+            if !unique.contains(f) {
+                unique.push(f.clone());
+            }
+        }
+        let entry = Arc::new(SubEntry {
+            id,
+            adapter,
+            tx,
+            metrics,
+            multi: AtomicBool::new(unique.len() > 1),
+        });
+        let mut subs = self.subs.lock();
+        {
+            let mut trie = self.trie.write();
+            for f in &unique {
+                trie.insert(f, entry.clone());
+            }
+        }
+        subs.insert(id, SubRecord { entry, filters: unique });
+        Ok((SubscriptionId(id), rx))
+    }
+
+    /// Adds a filter to a subscription (no-op if it already has it).
+    pub fn add_filter(&self, id: SubscriptionId, filter: &TopicFilter) -> Result<(), SubscribeError> {
+        let mut subs = self.subs.lock();
+        let record = subs.get_mut(&id.0).ok_or(SubscribeError::Unknown)?;
+        if record.filters.contains(filter) {
+            return Ok(());
+        }
+        record.filters.push(filter.clone());
+        record.entry.multi.store(record.filters.len() > 1, Ordering::Relaxed);
+        self.trie.write().insert(filter, record.entry.clone());
+        Ok(())
+    }
+
+    /// Removes a filter from a subscription.
+    pub fn remove_filter(&self, id: SubscriptionId, filter: &TopicFilter) -> bool {
+        let mut subs = self.subs.lock();
+        let Some(record) = subs.get_mut(&id.0) else { return false };
+        let Some(pos) = record.filters.iter().position(|f| f == filter) else { return false };
+        record.filters.swap_remove(pos);
+        self.trie.write().remove(filter, |e| e.id == id.0);
+        record.entry.multi.store(record.filters.len() > 1, Ordering::Relaxed);
+        true
+    }
+
+    /// Drops a subscription.
+    pub fn unsubscribe(&self, id: SubscriptionId) {
+        let mut subs = self.subs.lock();
+        if let Some(record) = subs.remove(&id.0) {
+            let mut trie = self.trie.write();
+            for f in &record.filters {
+                trie.remove(f, |e| e.id == id.0);
+            }
+        }
+    }
+
+    /// Number of live subscriptions.
+    pub fn subscription_count(&self) -> usize {
+        self.subs.lock().len()
+    }
+
+    /// Routing latency so far.
+    pub fn latency(&self) -> HistogramSnapshot {
+        self.latency.snapshot()
+    }
+
+    /// The last value of a topic.
+    pub fn last_value(&self, topic: &Topic) -> Option<Arc<Envelope>> {
+        self.store.get(topic)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use polyhub_sdk::{Origin, QoS};
+
+    fn f(s: &str) -> TopicFilter {
+        TopicFilter::new(s).unwrap()
+    }
+
+    fn env(topic: &str, from: &str, qos: QoS) -> Envelope {
+        Envelope::new(Topic::new(topic).unwrap(), "x")
+            .with_qos(qos)
+            .with_origin(Origin { adapter: Arc::from(from), ..Default::default() })
+    }
+
+    fn sub(r: &Router, adapter: &str, filters: &[&str], depth: usize) -> (SubscriptionId, mpsc::Receiver<Arc<Envelope>>, Arc<AdapterMetrics>) {
+        let m = Arc::new(AdapterMetrics::default());
+        let filters: Vec<_> = filters.iter().map(|s| f(s)).collect();
+        let (id, rx) = r.subscribe(Arc::from(adapter), m.clone(), &filters, Some(depth)).unwrap();
+        (id, rx, m)
+    }
+
+    #[tokio::test]
+    async fn envelopes_reach_matching_subscribers_but_not_their_origin() {
+        let r = Router::new(8);
+        let pm = AdapterMetrics::default();
+        let (_a, mut rx_a, _) = sub(&r, "a", &["sensors/#"], 8);
+        let (_b, mut rx_b, _) = sub(&r, "b", &["sensors/+/temp"], 8);
+        let (_c, mut rx_c, _) = sub(&r, "c", &["other/#"], 8);
+        r.publish(env("sensors/k/temp", "a", QoS::AtMostOnce), &pm).await.unwrap();
+        assert!(rx_a.try_recv().is_err(), "no echo to the origin adapter");
+        assert_eq!(rx_b.try_recv().unwrap().topic.as_str(), "sensors/k/temp");
+        assert!(rx_c.try_recv().is_err());
+        assert_eq!(pm.snapshot().messages_in, 1);
+    }
+
+    #[tokio::test]
+    async fn overlapping_filters_of_one_subscription_deliver_once() {
+        let r = Router::new(8);
+        let pm = AdapterMetrics::default();
+        let (_id, mut rx, _) = sub(&r, "a", &["s/#", "s/+", "s/x"], 8);
+        r.publish(env("s/x", "z", QoS::AtMostOnce), &pm).await.unwrap();
+        assert!(rx.try_recv().is_ok());
+        assert!(rx.try_recv().is_err(), "delivered once");
+    }
+
+    #[tokio::test]
+    async fn full_queue_drops_and_counts_qos0() {
+        let r = Router::new(8);
+        let pm = AdapterMetrics::default();
+        let (_id, mut rx, m) = sub(&r, "slow", &["#"], 2);
+        for _ in 0..5 {
+            r.publish(env("t", "fast", QoS::AtMostOnce), &pm).await.unwrap();
+        }
+        assert_eq!(m.snapshot().dropped, 3);
+        assert_eq!(m.snapshot().messages_out, 2);
+        assert!(rx.try_recv().is_ok() && rx.try_recv().is_ok() && rx.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn full_queue_back_pressures_qos1_without_loss() {
+        let r = Arc::new(Router::new(8));
+        let (_id, mut rx, m) = sub(&r, "slow", &["#"], 1);
+        let r2 = r.clone();
+        let producer = tokio::spawn(async move {
+            let pm = AdapterMetrics::default();
+            for i in 0..20 {
+                let mut e = env("t", "fast", QoS::AtLeastOnce);
+                e.payload = bytes::Bytes::from(i.to_string());
+                r2.publish(e, &pm).await.unwrap();
+            }
+        });
+        let mut got = Vec::new();
+        while got.len() < 20 {
+            let e = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+            got.push(String::from_utf8(e.payload.to_vec()).unwrap());
+        }
+        producer.await.unwrap();
+        let expected: Vec<String> = (0..20).map(|i| i.to_string()).collect();
+        assert_eq!(got, expected, "in order, none lost");
+        assert_eq!(m.snapshot().dropped, 0);
+    }
+
+    #[tokio::test]
+    async fn unsubscribe_and_filter_changes_take_effect() {
+        let r = Router::new(8);
+        let pm = AdapterMetrics::default();
+        let (id, mut rx, _) = sub(&r, "a", &["x"], 8);
+        r.add_filter(id, &f("y/#")).unwrap();
+        r.publish(env("y/1", "z", QoS::AtMostOnce), &pm).await.unwrap();
+        assert!(rx.try_recv().is_ok());
+        assert!(r.remove_filter(id, &f("y/#")));
+        r.publish(env("y/1", "z", QoS::AtMostOnce), &pm).await.unwrap();
+        assert!(rx.try_recv().is_err());
+        r.unsubscribe(id);
+        assert_eq!(r.subscription_count(), 0);
+        r.publish(env("x", "z", QoS::AtMostOnce), &pm).await.unwrap();
+        assert!(rx.try_recv().is_err());
+        assert_eq!(r.add_filter(id, &f("x")), Err(SubscribeError::Unknown));
+    }
+
+    #[tokio::test]
+    async fn closed_router_refuses_publish() {
+        let r = Router::new(8);
+        r.close();
+        let pm = AdapterMetrics::default();
+        assert_eq!(r.publish(env("x", "z", QoS::AtMostOnce), &pm).await, Err(PublishError::Closed));
+    }
+}

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The README's test command. Installs and starts whatever the test suite
+# needs when it is missing (idempotent: a second run changes nothing), then
+# runs the whole suite.
+#
+# Each protocol's setup lives in scripts/setup/NN-name.sh and is sourced in
+# order; each must be idempotent and fast when there is nothing to do.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\033[1m[test.sh]\033[0m %s\n' "$*"; }
+export -f log
+
+# apt-get update at most once per run, only when a package is missing.
+APT_UPDATED=0
+apt_install() {
+  local missing=()
+  for pkg in "$@"; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+  done
+  ((${#missing[@]})) || return 0
+  log "installing ${missing[*]}"
+  local sudo=""
+  [[ $(id -u) -eq 0 ]] || sudo="sudo"
+  if [[ $APT_UPDATED -eq 0 ]]; then
+    $sudo apt-get update -qq
+    APT_UPDATED=1
+  fi
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# Wait until a TCP port accepts connections (host port seconds).
+wait_port() {
+  local host=$1 port=$2 secs=${3:-30}
+  for _ in $(seq 1 $((secs * 10))); do
+    (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+for setup in scripts/setup/*.sh; do
+  [[ -e $setup ]] || continue
+  log "setup: ${setup##*/}"
+  # shellcheck source=/dev/null
+  source "$setup"
+done
+
+log "cargo test --workspace"
+cargo test --workspace --locked "$@"

@@ -1,0 +1,374 @@
+//! The [`Adapter`] trait every protocol adapter implements, the
+//! [`AdapterFactory`] that builds it from config, and the [`AdapterContext`]
+//! through which a running adapter talks to the hub.
+//!
+//! An adapter's life: the hub calls [`AdapterFactory::create`] with the
+//! adapter's config table (also during `polyhub check`, so it must only
+//! validate, never bind or connect), then spawns [`Adapter::run`] with a
+//! context. `run` binds or connects, calls [`AdapterContext::set_state`] with
+//! [`AdapterState::Up`] once it serves, publishes what its peers send with
+//! [`AdapterContext::publish`], sends what its [`Subscription`]s receive, and
+//! returns when [`AdapterContext::shutdown`] is cancelled.
+
+use std::fmt;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use thiserror::Error;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{AdapterConfig, ConfigError};
+use crate::envelope::{Envelope, Origin};
+use crate::metrics::{AdapterMetrics, HubSnapshot};
+use crate::topic::{Topic, TopicFilter};
+
+/// A protocol adapter, ready to run.
+#[async_trait::async_trait]
+pub trait Adapter: Send + 'static {
+    /// Serves the protocol until `ctx.shutdown()` is cancelled.
+    ///
+    /// Returning `Err` before the adapter was ever up fails the hub's start;
+    /// returning `Err` later marks the adapter failed while the hub runs on.
+    async fn run(self: Box<Self>, ctx: AdapterContext) -> Result<(), AdapterError>;
+}
+
+/// Builds adapters of one kind from their config table.
+pub trait AdapterFactory: Send + Sync + 'static {
+    /// The kind, as written in `type = "..."` (`mqtt`, `coap`, ...).
+    fn kind(&self) -> &str;
+
+    /// Validates `config` and builds an adapter. Must not bind sockets or
+    /// connect anywhere: `polyhub check` calls it too.
+    fn create(&self, config: &AdapterConfig) -> Result<Box<dyn Adapter>, ConfigError>;
+}
+
+/// The state of an adapter, as `/health` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AdapterState {
+    /// Created, not yet serving.
+    Starting,
+    /// Serving: listening, or connected to its server.
+    Up,
+    /// Running but not serving right now (reconnecting to its server).
+    Down,
+    /// Stopped by an error (or a panic in a plugin); receives nothing more.
+    Failed,
+    /// Stopped by shutdown.
+    Stopped,
+}
+
+impl AdapterState {
+    /// Lower-case name, as `/health` shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdapterState::Starting => "starting",
+            AdapterState::Up => "up",
+            AdapterState::Down => "down",
+            AdapterState::Failed => "failed",
+            AdapterState::Stopped => "stopped",
+        }
+    }
+}
+
+impl fmt::Display for AdapterState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why an adapter stopped.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum AdapterError {
+    /// Could not bind a listening socket.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address from the config.
+        addr: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Other I/O failure.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The config was valid for `create` but unusable at run time.
+    #[error("config: {0}")]
+    Config(#[from] ConfigError),
+    /// The peer or server broke the protocol, or refused us.
+    #[error("{0}")]
+    Protocol(String),
+    /// The hub went away under the adapter.
+    #[error("the hub is shutting down")]
+    HubClosed,
+    /// Anything else.
+    #[error(transparent)]
+    Other(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl AdapterError {
+    /// An [`AdapterError::Protocol`] from anything printable.
+    pub fn protocol(msg: impl fmt::Display) -> Self {
+        AdapterError::Protocol(msg.to_string())
+    }
+}
+
+/// Why the hub did not accept an envelope.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// The hub is shutting down.
+    #[error("the hub is shutting down")]
+    Closed,
+    /// The adapter was marked failed and may not publish.
+    #[error("adapter is failed")]
+    Failed,
+}
+
+/// Why a subscription could not be made.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SubscribeError {
+    /// The hub is shutting down.
+    #[error("the hub is shutting down")]
+    Closed,
+    /// No such subscription (already dropped).
+    #[error("no such subscription")]
+    Unknown,
+}
+
+/// Identifies one subscription within the hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SubscriptionId(pub u64);
+
+/// What the hub offers one adapter instance. The hub implements it for
+/// built-in adapters; the plugin side of the sdk implements it over the C
+/// boundary. Adapter code uses [`AdapterContext`] instead.
+pub trait HubLink: Send + Sync + 'static {
+    /// Routes `envelope` (its `origin.adapter` and `origin.protocol` are set
+    /// by the link). Waits when a QoS 1 subscriber's queue is full.
+    fn publish(&self, envelope: Envelope) -> BoxFuture<'_, Result<(), PublishError>>;
+    /// Creates a subscription to `filters` whose queue holds `depth`
+    /// envelopes (the hub's default when `None`).
+    fn subscribe(
+        &self,
+        filters: &[TopicFilter],
+        depth: Option<usize>,
+    ) -> Result<(SubscriptionId, mpsc::Receiver<Arc<Envelope>>), SubscribeError>;
+    /// Adds a filter to a subscription.
+    fn add_filter(&self, id: SubscriptionId, filter: &TopicFilter) -> Result<(), SubscribeError>;
+    /// Removes a filter from a subscription; false if it was not there.
+    fn remove_filter(&self, id: SubscriptionId, filter: &TopicFilter) -> bool;
+    /// Drops a subscription.
+    fn unsubscribe(&self, id: SubscriptionId);
+    /// The last value of a topic, retained or not.
+    fn last_value(&self, topic: &Topic) -> Option<Arc<Envelope>>;
+    /// Forgets the last (and retained) value of a topic; false if it had none.
+    fn clear_last_value(&self, topic: &Topic) -> bool;
+    /// The last values of every topic matching `filter`.
+    fn last_values(&self, filter: &TopicFilter) -> Vec<Arc<Envelope>>;
+    /// The retained values of every topic matching `filter`.
+    fn retained(&self, filter: &TopicFilter) -> Vec<Arc<Envelope>>;
+    /// Reports the adapter's state.
+    fn set_state(&self, state: AdapterState, reason: Option<String>);
+    /// State and counters of the whole hub.
+    fn snapshot(&self) -> HubSnapshot;
+}
+
+/// What a running adapter gets from the hub.
+#[derive(Clone)]
+pub struct AdapterContext {
+    name: Arc<str>,
+    kind: Arc<str>,
+    link: Arc<dyn HubLink>,
+    shutdown: CancellationToken,
+    metrics: Arc<AdapterMetrics>,
+    span: tracing::Span,
+}
+
+impl fmt::Debug for AdapterContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdapterContext")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AdapterContext {
+    /// Assembles a context (the hub and the plugin loader do this).
+    pub fn new(
+        name: &str,
+        kind: &str,
+        link: Arc<dyn HubLink>,
+        shutdown: CancellationToken,
+        metrics: Arc<AdapterMetrics>,
+    ) -> Self {
+        let span = tracing::info_span!("adapter", name = %name, kind = %kind);
+        AdapterContext {
+            name: Arc::from(name),
+            kind: Arc::from(kind),
+            link,
+            shutdown,
+            metrics,
+            span,
+        }
+    }
+
+    /// The instance name from the config.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The adapter kind.
+    pub fn kind(&self) -> &str {
+        &self.kind
+    }
+
+    /// An origin naming this adapter; add the peer with [`Origin::with_peer`].
+    pub fn origin(&self) -> Origin {
+        Origin {
+            adapter: self.name.clone(),
+            protocol: self.kind.clone(),
+            peer: None,
+            user: None,
+        }
+    }
+
+    /// Whether `envelope` came in through this adapter instance.
+    pub fn is_own(&self, envelope: &Envelope) -> bool {
+        *envelope.origin.adapter == *self.name
+    }
+
+    /// Hands an envelope to the hub. Returns once every subscriber's queue
+    /// took it (QoS 1) or it was queued or dropped (QoS 0).
+    pub async fn publish(&self, envelope: Envelope) -> Result<(), PublishError> {
+        self.link.publish(envelope).await
+    }
+
+    /// Subscribes to `filters` with the hub's default queue depth.
+    pub fn subscribe<I>(&self, filters: I) -> Result<Subscription, SubscribeError>
+    where
+        I: IntoIterator,
+        I::Item: Into<TopicFilter>,
+    {
+        self.subscribe_with_depth(filters, None)
+    }
+
+    /// Subscribes to `filters` with a queue of `depth` envelopes.
+    pub fn subscribe_with_depth<I>(
+        &self,
+        filters: I,
+        depth: Option<usize>,
+    ) -> Result<Subscription, SubscribeError>
+    where
+        I: IntoIterator,
+        I::Item: Into<TopicFilter>,
+    {
+        let filters: Vec<TopicFilter> = filters.into_iter().map(Into::into).collect();
+        let (id, rx) = self.link.subscribe(&filters, depth)?;
+        Ok(Subscription { id, rx, link: self.link.clone() })
+    }
+
+    /// The last value of a topic.
+    pub fn last_value(&self, topic: &Topic) -> Option<Arc<Envelope>> {
+        self.link.last_value(topic)
+    }
+
+    /// Forgets the last value of a topic.
+    pub fn clear_last_value(&self, topic: &Topic) -> bool {
+        self.link.clear_last_value(topic)
+    }
+
+    /// The last values of every topic matching `filter`.
+    pub fn last_values(&self, filter: &TopicFilter) -> Vec<Arc<Envelope>> {
+        self.link.last_values(filter)
+    }
+
+    /// The retained values of every topic matching `filter`.
+    pub fn retained(&self, filter: &TopicFilter) -> Vec<Arc<Envelope>> {
+        self.link.retained(filter)
+    }
+
+    /// Reports this adapter's state (shown on `/health`), with a reason
+    /// when it is not up. Logged at INFO on every change.
+    pub fn set_state(&self, state: AdapterState, reason: Option<String>) {
+        self.link.set_state(state, reason)
+    }
+
+    /// State and counters of the whole hub.
+    pub fn snapshot(&self) -> HubSnapshot {
+        self.link.snapshot()
+    }
+
+    /// Cancelled when the hub shuts down.
+    pub fn shutdown(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    /// This adapter's counters.
+    pub fn metrics(&self) -> &Arc<AdapterMetrics> {
+        &self.metrics
+    }
+
+    /// The span the adapter's run loop runs in.
+    pub fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+}
+
+/// A stream of envelopes matching one or more filters, with a bounded queue.
+/// Dropping it unsubscribes.
+pub struct Subscription {
+    id: SubscriptionId,
+    rx: mpsc::Receiver<Arc<Envelope>>,
+    link: Arc<dyn HubLink>,
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+impl Subscription {
+    /// Assembles a subscription from its parts (for [`HubLink`] implementors).
+    pub fn from_parts(
+        id: SubscriptionId,
+        rx: mpsc::Receiver<Arc<Envelope>>,
+        link: Arc<dyn HubLink>,
+    ) -> Self {
+        Subscription { id, rx, link }
+    }
+
+    /// The subscription's id.
+    pub fn id(&self) -> SubscriptionId {
+        self.id
+    }
+
+    /// The next envelope; `None` once the hub has shut down.
+    pub async fn recv(&mut self) -> Option<Arc<Envelope>> {
+        self.rx.recv().await
+    }
+
+    /// The next envelope if one is queued.
+    pub fn try_recv(&mut self) -> Option<Arc<Envelope>> {
+        self.rx.try_recv().ok()
+    }
+
+    /// Adds a filter.
+    pub fn add(&self, filter: &TopicFilter) -> Result<(), SubscribeError> {
+        self.link.add_filter(self.id, filter)
+    }
+
+    /// Removes a filter; false if it was not there.
+    pub fn remove(&self, filter: &TopicFilter) -> bool {
+        self.link.remove_filter(self.id, filter)
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.link.unsubscribe(self.id);
+    }
+}

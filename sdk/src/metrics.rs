@@ -1,0 +1,149 @@
+//! Counters an adapter keeps, and the snapshot of the whole hub that `/health`
+//! and `/metrics` are rendered from.
+//!
+//! The hub counts messages in and out of every adapter itself; adapters count
+//! what only they can see (errors, drops, reconnects, malformed input) with
+//! [`AdapterMetrics`].
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+
+use crate::adapter::AdapterState;
+
+/// Live counters of one adapter instance. All methods are cheap and lock-free
+/// except [`AdapterMetrics::incr`], meant for rare events.
+#[derive(Debug, Default)]
+pub struct AdapterMetrics {
+    messages_in: AtomicU64,
+    messages_out: AtomicU64,
+    dropped: AtomicU64,
+    errors: AtomicU64,
+    reconnects: AtomicU64,
+    named: Mutex<BTreeMap<String, u64>>,
+}
+
+impl AdapterMetrics {
+    /// One envelope published into the hub by this adapter (the hub calls this).
+    pub fn record_in(&self) {
+        self.messages_in.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One envelope handed to this adapter for sending (the hub calls this).
+    pub fn record_out(&self) {
+        self.messages_out.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One message dropped (queue full, buffer overflow, undeliverable).
+    pub fn record_drop(&self) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One error (protocol error, failed send, malformed input).
+    pub fn record_error(&self) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One reconnect to a server.
+    pub fn record_reconnect(&self) {
+        self.reconnects.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Bumps an adapter-specific counter (`malformed_datagrams`, `webhook_retries`).
+    /// Takes a lock: for rare events, not per message.
+    pub fn incr(&self, name: &str) {
+        self.add(name, 1);
+    }
+
+    /// Adds `n` to an adapter-specific counter.
+    pub fn add(&self, name: &str, n: u64) {
+        let mut named = self.named.lock();
+        match named.get_mut(name) {
+            Some(v) => *v += n,
+            None => {
+                named.insert(name.to_owned(), n);
+            }
+        }
+    }
+
+    /// Reads every counter.
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        MetricsSnapshot {
+            messages_in: self.messages_in.load(Ordering::Relaxed),
+            messages_out: self.messages_out.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            reconnects: self.reconnects.load(Ordering::Relaxed),
+            named: self.named.lock().iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        }
+    }
+}
+
+/// Counter values of one adapter at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetricsSnapshot {
+    /// Envelopes the adapter published into the hub.
+    pub messages_in: u64,
+    /// Envelopes the hub handed to the adapter.
+    pub messages_out: u64,
+    /// Messages dropped (by the hub's queues or by the adapter).
+    pub dropped: u64,
+    /// Errors the adapter recorded.
+    pub errors: u64,
+    /// Reconnects the adapter made.
+    pub reconnects: u64,
+    /// Adapter-specific counters, by name.
+    pub named: Vec<(String, u64)>,
+}
+
+/// State and counters of one adapter instance.
+#[derive(Debug, Clone)]
+pub struct AdapterSnapshot {
+    /// Instance name.
+    pub name: String,
+    /// Adapter kind (`mqtt`, or the plugin's kind).
+    pub kind: String,
+    /// Current state.
+    pub state: AdapterState,
+    /// Why the adapter is in that state, when it is not up.
+    pub reason: Option<String>,
+    /// Counter values.
+    pub metrics: MetricsSnapshot,
+}
+
+/// A cumulative histogram, in the shape Prometheus wants.
+#[derive(Debug, Clone, Default)]
+pub struct HistogramSnapshot {
+    /// Upper bounds of the buckets, in seconds, ascending (`+Inf` implied).
+    pub bounds: Vec<f64>,
+    /// Cumulative count of observations `<=` each bound.
+    pub cumulative: Vec<u64>,
+    /// Number of observations.
+    pub count: u64,
+    /// Sum of all observations, in seconds.
+    pub sum: f64,
+}
+
+/// The state of the whole hub, for `/health` and `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct HubSnapshot {
+    /// The hub's name (`[hub] name`).
+    pub hub: String,
+    /// Every adapter, in config order.
+    pub adapters: Vec<AdapterSnapshot>,
+    /// Time the router took to accept one envelope and queue it to every
+    /// subscriber.
+    pub routing_latency: HistogramSnapshot,
+    /// Number of topics with a last value.
+    pub topics: usize,
+    /// Number of live subscriptions.
+    pub subscriptions: usize,
+}
+
+impl HubSnapshot {
+    /// Whether every adapter is up.
+    pub fn all_up(&self) -> bool {
+        self.adapters.iter().all(|a| a.state == AdapterState::Up)
+    }
+}
