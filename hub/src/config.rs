@@ -121,7 +121,10 @@ pub struct PreparedAdapter {
 
 impl fmt::Debug for PreparedAdapter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PreparedAdapter").field("name", &self.entry.name).field("kind", &self.kind).finish()
+        f.debug_struct("PreparedAdapter")
+            .field("name", &self.entry.name)
+            .field("kind", &self.kind)
+            .finish()
     }
 }
 
@@ -195,8 +198,10 @@ impl Config {
     /// Reads, parses and checks the file at `path`.
     pub fn load(path: &Path, registry: &Registry) -> Result<Config, ConfigFileError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigFileError::Read { file: file.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read {
+            file: file.clone(),
+            source,
+        })?;
         Self::parse(&text, &file, registry, path.parent())
     }
 
@@ -232,7 +237,11 @@ impl Config {
         let mut names = HashSet::new();
         let mut adapters = Vec::new();
         for (i, entry) in raw.adapters.into_iter().enumerate() {
-            let label = if entry.name.is_empty() { format!("#{}", i + 1) } else { entry.name.clone() };
+            let label = if entry.name.is_empty() {
+                format!("#{}", i + 1)
+            } else {
+                entry.name.clone()
+            };
             let problem = |key: Option<&str>, message: String| Problem {
                 adapter: Some(label.clone()),
                 key: key.map(str::to_owned),
@@ -243,11 +252,20 @@ impl Config {
                 continue;
             }
             if entry.name == crate::hub::ROUTES_ADAPTER {
-                problems.push(problem(Some("name"), format!("`{}` is reserved for [[routes]]", crate::hub::ROUTES_ADAPTER)));
+                problems.push(problem(
+                    Some("name"),
+                    format!(
+                        "`{}` is reserved for [[routes]]",
+                        crate::hub::ROUTES_ADAPTER
+                    ),
+                ));
                 continue;
             }
             if !names.insert(entry.name.clone()) {
-                problems.push(problem(Some("name"), "another adapter already has this name; names must be unique".into()));
+                problems.push(problem(
+                    Some("name"),
+                    "another adapter already has this name; names must be unique".into(),
+                ));
                 continue;
             }
             if entry.queue_depth == Some(0) {
@@ -259,19 +277,25 @@ impl Config {
                     continue;
                 }
                 (None, None) => {
-                    problems.push(problem(None, format!(
-                        "missing `type` (one of: {}) or `plugin` (path of a shared library)",
-                        registry.kinds().join(", ")
-                    )));
+                    problems.push(problem(
+                        None,
+                        format!(
+                            "missing `type` (one of: {}) or `plugin` (path of a shared library)",
+                            registry.kinds().join(", ")
+                        ),
+                    ));
                     continue;
                 }
                 (Some(kind), None) => match registry.get(kind) {
                     Some(f) => f,
                     None => {
-                        problems.push(problem(Some("type"), format!(
-                            "unknown adapter type `{kind}`; known types: {}",
-                            registry.kinds().join(", ")
-                        )));
+                        problems.push(problem(
+                            Some("type"),
+                            format!(
+                                "unknown adapter type `{kind}`; known types: {}",
+                                registry.kinds().join(", ")
+                            ),
+                        ));
                         continue;
                     }
                 },
@@ -289,11 +313,18 @@ impl Config {
                     }
                 }
             };
-            let adapter_config = AdapterConfig { name: entry.name.clone(), table: entry.config.clone() };
+            let adapter_config = AdapterConfig {
+                name: entry.name.clone(),
+                table: entry.config.clone(),
+            };
             match factory.create(&adapter_config) {
                 Ok(adapter) => {
                     if entry.enabled {
-                        adapters.push(PreparedAdapter { kind: factory.kind().to_owned(), entry, adapter });
+                        adapters.push(PreparedAdapter {
+                            kind: factory.kind().to_owned(),
+                            entry,
+                            adapter,
+                        });
                     }
                 }
                 Err(e) => problems.push(problem(
@@ -319,9 +350,17 @@ impl Config {
         }
 
         if problems.is_empty() {
-            Ok(Config { source: source.to_owned(), hub, adapters, routes })
+            Ok(Config {
+                source: source.to_owned(),
+                hub,
+                adapters,
+                routes,
+            })
         } else {
-            Err(ConfigFileError::Invalid { file: source.to_owned(), problems })
+            Err(ConfigFileError::Invalid {
+                file: source.to_owned(),
+                problems,
+            })
         }
     }
 }
@@ -398,13 +437,19 @@ mod tests {
         assert!(e.starts_with("test.toml: "), "{e}");
         assert!(e.contains("adapter \"d\""), "{e}");
         assert!(e.contains("key `config.lisen`"), "{e}");
-        assert!(e.contains("expected `listen`") || e.contains("expected one of"), "{e}");
+        assert!(
+            e.contains("expected `listen`") || e.contains("expected one of"),
+            "{e}"
+        );
     }
 
     #[test]
     fn unknown_type_lists_known_types() {
         let e = err("[[adapters]]\nname = \"d\"\ntype = \"zigbee\"\n");
-        assert!(e.contains("unknown adapter type `zigbee`; known types: demo"), "{e}");
+        assert!(
+            e.contains("unknown adapter type `zigbee`; known types: demo"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -417,9 +462,15 @@ mod tests {
     #[test]
     fn unknown_top_level_and_entry_keys_are_rejected_with_position() {
         let e = err("[hub]\nnmae = \"x\"\n");
-        assert!(e.contains("unknown field `nmae`") && e.contains("line 2"), "{e}");
+        assert!(
+            e.contains("unknown field `nmae`") && e.contains("line 2"),
+            "{e}"
+        );
         let e = err("[[adapters]]\nname = \"d\"\ntyp = \"demo\"\n");
-        assert!(e.contains("unknown field `typ`") && e.contains("line 3"), "{e}");
+        assert!(
+            e.contains("unknown field `typ`") && e.contains("line 3"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -149,7 +149,10 @@ impl HubLink for Link {
             if &*envelope.origin.protocol != self.slot.kind {
                 envelope.origin.protocol = Arc::from(self.slot.kind.as_str());
             }
-            self.shared.router.publish(envelope, &self.slot.metrics).await
+            self.shared
+                .router
+                .publish(envelope, &self.slot.metrics)
+                .await
         }
         .boxed()
     }
@@ -219,7 +222,11 @@ impl Hub {
     /// before it was ever up stops the whole start with its error.
     pub async fn start(config: Config) -> Result<Hub, HubError> {
         let router = Arc::new(Router::new(config.hub.queue_depth));
-        let shared = Arc::new(Shared { name: config.hub.name.clone(), router, slots: RwLock::new(Vec::new()) });
+        let shared = Arc::new(Shared {
+            name: config.hub.name.clone(),
+            router,
+            slots: RwLock::new(Vec::new()),
+        });
         let hub = Hub {
             shared,
             token: CancellationToken::new(),
@@ -238,7 +245,9 @@ impl Hub {
         let mut started = Vec::new();
         for prepared in config.adapters {
             let name = prepared.entry.name.clone();
-            let slot = hub.shared.add_slot(&name, &prepared.kind, prepared.entry.queue_depth);
+            let slot = hub
+                .shared
+                .add_slot(&name, &prepared.kind, prepared.entry.queue_depth);
             let ctx = hub.context_for(&slot);
             let span = ctx.span().clone();
             let task = tokio::spawn(prepared.adapter.run(ctx).instrument(span));
@@ -302,8 +311,17 @@ impl Hub {
     }
 
     fn context_for(&self, slot: &Arc<Slot>) -> AdapterContext {
-        let link = Arc::new(Link { shared: self.shared.clone(), slot: slot.clone() });
-        AdapterContext::new(&slot.name, &slot.kind, link, self.token.child_token(), slot.metrics.clone())
+        let link = Arc::new(Link {
+            shared: self.shared.clone(),
+            slot: slot.clone(),
+        });
+        AdapterContext::new(
+            &slot.name,
+            &slot.kind,
+            link,
+            self.token.child_token(),
+            slot.metrics.clone(),
+        )
     }
 
     /// Attaches an in-process client as if it were an adapter named `name`
@@ -352,10 +370,18 @@ impl Hub {
                     .slots
                     .read()
                     .iter()
-                    .filter(|s| matches!(s.state(), AdapterState::Starting | AdapterState::Up | AdapterState::Down))
+                    .filter(|s| {
+                        matches!(
+                            s.state(),
+                            AdapterState::Starting | AdapterState::Up | AdapterState::Down
+                        )
+                    })
                     .map(|s| s.name.to_string())
                     .collect();
-                Err(HubError::DrainTimeout { timeout: self.drain, names })
+                Err(HubError::DrainTimeout {
+                    timeout: self.drain,
+                    names,
+                })
             }
         }
     }

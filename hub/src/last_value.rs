@@ -38,7 +38,13 @@ impl LastValueStore {
                 }
             }
             None => {
-                slots.insert(envelope.topic.clone(), Slot { last: envelope.clone(), retained });
+                slots.insert(
+                    envelope.topic.clone(),
+                    Slot {
+                        last: envelope.clone(),
+                        retained,
+                    },
+                );
             }
         }
     }
@@ -129,7 +135,10 @@ mod tests {
         s.update(&env("x/2", "2", false));
         s.update(&env("y/1", "3", false));
         let m = s.matching(&TopicFilter::new("x/+").unwrap());
-        assert_eq!(m.iter().map(|e| e.topic.as_str()).collect::<Vec<_>>(), vec!["x/1", "x/2"]);
+        assert_eq!(
+            m.iter().map(|e| e.topic.as_str()).collect::<Vec<_>>(),
+            vec!["x/1", "x/2"]
+        );
         assert!(s.clear(&Topic::new("x/1").unwrap()));
         assert!(!s.clear(&Topic::new("x/1").unwrap()));
         assert!(s.retained(&TopicFilter::new("#").unwrap()).is_empty());

@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use polyhub::{Config, Hub, Registry};
 
 #[derive(Parser, Debug)]
-#[command(name = "polyhub", version, about = "Multi-protocol IoT hub: MQTT, CoAP, HTTP, AMQP and XMPP devices reach each other")]
+#[command(
+    name = "polyhub",
+    version,
+    about = "Multi-protocol IoT hub: MQTT, CoAP, HTTP, AMQP and XMPP devices reach each other"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -32,7 +36,10 @@ enum Command {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
 }
 
 fn main() -> ExitCode {
@@ -46,7 +53,11 @@ fn main() -> ExitCode {
                     "{}: OK ({} adapter(s): {}; {} route(s))",
                     config.display(),
                     c.adapters.len(),
-                    c.adapters.iter().map(|a| format!("{} ({})", a.entry.name, a.kind)).collect::<Vec<_>>().join(", "),
+                    c.adapters
+                        .iter()
+                        .map(|a| format!("{} ({})", a.entry.name, a.kind))
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     c.routes.len()
                 );
                 ExitCode::SUCCESS
@@ -64,7 +75,10 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("error: cannot start the async runtime: {e}");

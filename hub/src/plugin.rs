@@ -21,6 +21,11 @@ pub enum PluginError {
 }
 
 /// Loads the adapter factory of the plugin at `path`.
-pub fn load_factory(path: &Path, _threads: Option<usize>) -> Result<Arc<dyn AdapterFactory>, PluginError> {
-    Err(PluginError::Unsupported { path: path.display().to_string() })
+pub fn load_factory(
+    path: &Path,
+    _threads: Option<usize>,
+) -> Result<Arc<dyn AdapterFactory>, PluginError> {
+    Err(PluginError::Unsupported {
+        path: path.display().to_string(),
+    })
 }

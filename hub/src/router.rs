@@ -48,13 +48,16 @@ struct LatencyHistogram {
     sum_nanos: AtomicU64,
 }
 
-const LATENCY_BOUNDS: [f64; 12] =
-    [1e-6, 5e-6, 1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 1e-1, 1.0];
+const LATENCY_BOUNDS: [f64; 12] = [
+    1e-6, 5e-6, 1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 1e-1, 1.0,
+];
 
 impl LatencyHistogram {
     fn new() -> Self {
         LatencyHistogram {
-            counts: (0..LATENCY_BOUNDS.len()).map(|_| AtomicU64::new(0)).collect(),
+            counts: (0..LATENCY_BOUNDS.len())
+                .map(|_| AtomicU64::new(0))
+                .collect(),
             count: AtomicU64::new(0),
             sum_nanos: AtomicU64::new(0),
         }
@@ -66,7 +69,8 @@ impl LatencyHistogram {
             self.counts[i].fetch_add(1, Ordering::Relaxed);
         }
         self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_nanos.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+        self.sum_nanos
+            .fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
     }
 
     fn snapshot(&self) -> HistogramSnapshot {
@@ -222,19 +226,32 @@ impl Router {
                 trie.insert(f, entry.clone());
             }
         }
-        subs.insert(id, SubRecord { entry, filters: unique });
+        subs.insert(
+            id,
+            SubRecord {
+                entry,
+                filters: unique,
+            },
+        );
         Ok((SubscriptionId(id), rx))
     }
 
     /// Adds a filter to a subscription (no-op if it already has it).
-    pub fn add_filter(&self, id: SubscriptionId, filter: &TopicFilter) -> Result<(), SubscribeError> {
+    pub fn add_filter(
+        &self,
+        id: SubscriptionId,
+        filter: &TopicFilter,
+    ) -> Result<(), SubscribeError> {
         let mut subs = self.subs.lock();
         let record = subs.get_mut(&id.0).ok_or(SubscribeError::Unknown)?;
         if record.filters.contains(filter) {
             return Ok(());
         }
         record.filters.push(filter.clone());
-        record.entry.multi.store(record.filters.len() > 1, Ordering::Relaxed);
+        record
+            .entry
+            .multi
+            .store(record.filters.len() > 1, Ordering::Relaxed);
         self.trie.write().insert(filter, record.entry.clone());
         Ok(())
     }
@@ -242,11 +259,18 @@ impl Router {
     /// Removes a filter from a subscription.
     pub fn remove_filter(&self, id: SubscriptionId, filter: &TopicFilter) -> bool {
         let mut subs = self.subs.lock();
-        let Some(record) = subs.get_mut(&id.0) else { return false };
-        let Some(pos) = record.filters.iter().position(|f| f == filter) else { return false };
+        let Some(record) = subs.get_mut(&id.0) else {
+            return false;
+        };
+        let Some(pos) = record.filters.iter().position(|f| f == filter) else {
+            return false;
+        };
         record.filters.swap_remove(pos);
         self.trie.write().remove(filter, |e| e.id == id.0);
-        record.entry.multi.store(record.filters.len() > 1, Ordering::Relaxed);
+        record
+            .entry
+            .multi
+            .store(record.filters.len() > 1, Ordering::Relaxed);
         true
     }
 
@@ -289,13 +313,27 @@ mod tests {
     fn env(topic: &str, from: &str, qos: QoS) -> Envelope {
         Envelope::new(Topic::new(topic).unwrap(), "x")
             .with_qos(qos)
-            .with_origin(Origin { adapter: Arc::from(from), ..Default::default() })
+            .with_origin(Origin {
+                adapter: Arc::from(from),
+                ..Default::default()
+            })
     }
 
-    fn sub(r: &Router, adapter: &str, filters: &[&str], depth: usize) -> (SubscriptionId, mpsc::Receiver<Arc<Envelope>>, Arc<AdapterMetrics>) {
+    fn sub(
+        r: &Router,
+        adapter: &str,
+        filters: &[&str],
+        depth: usize,
+    ) -> (
+        SubscriptionId,
+        mpsc::Receiver<Arc<Envelope>>,
+        Arc<AdapterMetrics>,
+    ) {
         let m = Arc::new(AdapterMetrics::default());
         let filters: Vec<_> = filters.iter().map(|s| f(s)).collect();
-        let (id, rx) = r.subscribe(Arc::from(adapter), m.clone(), &filters, Some(depth)).unwrap();
+        let (id, rx) = r
+            .subscribe(Arc::from(adapter), m.clone(), &filters, Some(depth))
+            .unwrap();
         (id, rx, m)
     }
 
@@ -306,7 +344,9 @@ mod tests {
         let (_a, mut rx_a, _) = sub(&r, "a", &["sensors/#"], 8);
         let (_b, mut rx_b, _) = sub(&r, "b", &["sensors/+/temp"], 8);
         let (_c, mut rx_c, _) = sub(&r, "c", &["other/#"], 8);
-        r.publish(env("sensors/k/temp", "a", QoS::AtMostOnce), &pm).await.unwrap();
+        r.publish(env("sensors/k/temp", "a", QoS::AtMostOnce), &pm)
+            .await
+            .unwrap();
         assert!(rx_a.try_recv().is_err(), "no echo to the origin adapter");
         assert_eq!(rx_b.try_recv().unwrap().topic.as_str(), "sensors/k/temp");
         assert!(rx_c.try_recv().is_err());
@@ -318,7 +358,9 @@ mod tests {
         let r = Router::new(8);
         let pm = AdapterMetrics::default();
         let (_id, mut rx, _) = sub(&r, "a", &["s/#", "s/+", "s/x"], 8);
-        r.publish(env("s/x", "z", QoS::AtMostOnce), &pm).await.unwrap();
+        r.publish(env("s/x", "z", QoS::AtMostOnce), &pm)
+            .await
+            .unwrap();
         assert!(rx.try_recv().is_ok());
         assert!(rx.try_recv().is_err(), "delivered once");
     }
@@ -329,7 +371,9 @@ mod tests {
         let pm = AdapterMetrics::default();
         let (_id, mut rx, m) = sub(&r, "slow", &["#"], 2);
         for _ in 0..5 {
-            r.publish(env("t", "fast", QoS::AtMostOnce), &pm).await.unwrap();
+            r.publish(env("t", "fast", QoS::AtMostOnce), &pm)
+                .await
+                .unwrap();
         }
         assert_eq!(m.snapshot().dropped, 3);
         assert_eq!(m.snapshot().messages_out, 2);
@@ -351,7 +395,10 @@ mod tests {
         });
         let mut got = Vec::new();
         while got.len() < 20 {
-            let e = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+            let e = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .unwrap()
+                .unwrap();
             got.push(String::from_utf8(e.payload.to_vec()).unwrap());
         }
         producer.await.unwrap();
@@ -366,14 +413,20 @@ mod tests {
         let pm = AdapterMetrics::default();
         let (id, mut rx, _) = sub(&r, "a", &["x"], 8);
         r.add_filter(id, &f("y/#")).unwrap();
-        r.publish(env("y/1", "z", QoS::AtMostOnce), &pm).await.unwrap();
+        r.publish(env("y/1", "z", QoS::AtMostOnce), &pm)
+            .await
+            .unwrap();
         assert!(rx.try_recv().is_ok());
         assert!(r.remove_filter(id, &f("y/#")));
-        r.publish(env("y/1", "z", QoS::AtMostOnce), &pm).await.unwrap();
+        r.publish(env("y/1", "z", QoS::AtMostOnce), &pm)
+            .await
+            .unwrap();
         assert!(rx.try_recv().is_err());
         r.unsubscribe(id);
         assert_eq!(r.subscription_count(), 0);
-        r.publish(env("x", "z", QoS::AtMostOnce), &pm).await.unwrap();
+        r.publish(env("x", "z", QoS::AtMostOnce), &pm)
+            .await
+            .unwrap();
         assert!(rx.try_recv().is_err());
         assert_eq!(r.add_filter(id, &f("x")), Err(SubscribeError::Unknown));
     }
@@ -383,6 +436,9 @@ mod tests {
         let r = Router::new(8);
         r.close();
         let pm = AdapterMetrics::default();
-        assert_eq!(r.publish(env("x", "z", QoS::AtMostOnce), &pm).await, Err(PublishError::Closed));
+        assert_eq!(
+            r.publish(env("x", "z", QoS::AtMostOnce), &pm).await,
+            Err(PublishError::Closed)
+        );
     }
 }

@@ -50,7 +50,10 @@ impl Route {
                 .ok_or_else(|| format!("`to`: unclosed `{{` in `{to}`"))?
                 + open;
             let n: usize = rest[open + 1..close].parse().map_err(|_| {
-                format!("`to`: `{}` is not a wildcard reference; use {{1}}..{{{wildcards}}}", &rest[open..=close])
+                format!(
+                    "`to`: `{}` is not a wildcard reference; use {{1}}..{{{wildcards}}}",
+                    &rest[open..=close]
+                )
             })?;
             if n == 0 || n > wildcards {
                 return Err(format!(
@@ -71,12 +74,18 @@ impl Route {
             })
             .collect();
         if literal_text.contains(['+', '#']) || literal_text.contains('\0') {
-            return Err(format!("`to`: `{to}` must be a topic name, without `+`, `#` or NUL"));
+            return Err(format!(
+                "`to`: `{to}` must be a topic name, without `+`, `#` or NUL"
+            ));
         }
         if parts.is_empty() {
             return Err("`to` is empty".to_owned());
         }
-        Ok(Route { from, to: parts, to_text: to.to_owned() })
+        Ok(Route {
+            from,
+            to: parts,
+            to_text: to.to_owned(),
+        })
     }
 
     /// The rewritten topic for `topic`, or `None` when it does not match `from`
@@ -113,7 +122,9 @@ async fn run(routes: Vec<Route>, ctx: AdapterContext, mut sub: polyhub_sdk::Subs
             e = sub.recv() => match e { Some(e) => e, None => break },
         };
         for route in &routes {
-            let Some(topic) = route.rewrite(&envelope.topic) else { continue };
+            let Some(topic) = route.rewrite(&envelope.topic) else {
+                continue;
+            };
             let mut out: Envelope = (*envelope).clone();
             out.topic = topic;
             out.origin.peer = Some(envelope.origin.adapter.clone());
@@ -137,7 +148,10 @@ mod tests {
     #[test]
     fn rewrite_substitutes_wildcard_levels() {
         let r = Route::new("sensors/+/temp", "telemetry/{1}/temperature").unwrap();
-        assert_eq!(r.rewrite(&t("sensors/kitchen/temp")), Some(t("telemetry/kitchen/temperature")));
+        assert_eq!(
+            r.rewrite(&t("sensors/kitchen/temp")),
+            Some(t("telemetry/kitchen/temperature"))
+        );
         assert_eq!(r.rewrite(&t("sensors/kitchen/hum")), None);
 
         let r = Route::new("a/+/b/#", "x/{2}/{1}").unwrap();
@@ -156,7 +170,9 @@ mod tests {
     fn bad_templates_are_explained() {
         let e = Route::new("a/+", "b/{2}").unwrap_err();
         assert!(e.contains("has 1 wildcard"), "{e}");
-        assert!(Route::new("a/+", "b/{x}").unwrap_err().contains("not a wildcard reference"));
+        assert!(Route::new("a/+", "b/{x}")
+            .unwrap_err()
+            .contains("not a wildcard reference"));
         assert!(Route::new("a/+", "b/{1").unwrap_err().contains("unclosed"));
         assert!(Route::new("a/+", "b/#").unwrap_err().contains("topic name"));
         assert!(Route::new("a/b+", "b").unwrap_err().contains("`from`"));

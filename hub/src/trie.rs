@@ -20,13 +20,21 @@ struct Node<T> {
 
 impl<T> Default for Node<T> {
     fn default() -> Self {
-        Node { children: AHashMap::new(), plus: None, exact: Vec::new(), hash: Vec::new() }
+        Node {
+            children: AHashMap::new(),
+            plus: None,
+            exact: Vec::new(),
+            hash: Vec::new(),
+        }
     }
 }
 
 impl<T> Node<T> {
     fn is_empty(&self) -> bool {
-        self.children.is_empty() && self.plus.is_none() && self.exact.is_empty() && self.hash.is_empty()
+        self.children.is_empty()
+            && self.plus.is_none()
+            && self.exact.is_empty()
+            && self.hash.is_empty()
     }
 }
 
@@ -39,7 +47,10 @@ pub struct TopicTrie<T> {
 
 impl<T> Default for TopicTrie<T> {
     fn default() -> Self {
-        TopicTrie { root: Node::default(), len: 0 }
+        TopicTrie {
+            root: Node::default(),
+            len: 0,
+        }
     }
 }
 
@@ -100,7 +111,9 @@ impl<T> TopicTrie<T> {
                 before - node.hash.len()
             }
             "+" => {
-                let Some(child) = node.plus.as_deref_mut() else { return 0 };
+                let Some(child) = node.plus.as_deref_mut() else {
+                    return 0;
+                };
                 let n = Self::remove_at(child, rest, pred);
                 if child.is_empty() {
                     node.plus = None;
@@ -108,7 +121,9 @@ impl<T> TopicTrie<T> {
                 n
             }
             l => {
-                let Some(child) = node.children.get_mut(l) else { return 0 };
+                let Some(child) = node.children.get_mut(l) else {
+                    return 0;
+                };
                 let n = Self::remove_at(child, rest, pred);
                 if child.is_empty() {
                     node.children.remove(l);
@@ -129,7 +144,13 @@ impl<T> TopicTrie<T> {
         Self::walk(&self.root, levels.as_slice(), true, system, &mut f);
     }
 
-    fn walk<'a>(node: &'a Node<T>, levels: &[&str], first: bool, system: bool, f: &mut impl FnMut(&'a T)) {
+    fn walk<'a>(
+        node: &'a Node<T>,
+        levels: &[&str],
+        first: bool,
+        system: bool,
+        f: &mut impl FnMut(&'a T),
+    ) {
         let Some((level, rest)) = levels.split_first() else {
             node.exact.iter().for_each(&mut *f);
             // `a/#` also matches `a`.
@@ -160,7 +181,11 @@ mod smallvec_lite {
 
     impl<'a> Levels<'a> {
         pub fn new() -> Self {
-            Levels { inline: [""; 16], len: 0, spill: Vec::new() }
+            Levels {
+                inline: [""; 16],
+                len: 0,
+                spill: Vec::new(),
+            }
         }
 
         pub fn push(&mut self, l: &'a str) {
@@ -204,8 +229,21 @@ mod tests {
     }
 
     const FILTERS: &[&str] = &[
-        "#", "+", "a", "a/#", "a/+", "a/b", "a/+/c", "+/+", "/+", "+/b/#", "a//c", "$SYS/#",
-        "$SYS/+", "+/x", "a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/p/q/r/#",
+        "#",
+        "+",
+        "a",
+        "a/#",
+        "a/+",
+        "a/b",
+        "a/+/c",
+        "+/+",
+        "/+",
+        "+/b/#",
+        "a//c",
+        "$SYS/#",
+        "$SYS/+",
+        "+/x",
+        "a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/p/q/r/#",
     ];
 
     #[test]
@@ -215,12 +253,28 @@ mod tests {
             trie.insert(&f(fl), *fl);
         }
         let topics = [
-            "a", "a/b", "a/b/c", "a//c", "/", "/a", "a/", "b", "$SYS", "$SYS/x", "$SYS/a/b",
-            "x/b", "x/b/y", "a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/p/q/r", "a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/p/q/r/s",
+            "a",
+            "a/b",
+            "a/b/c",
+            "a//c",
+            "/",
+            "/a",
+            "a/",
+            "b",
+            "$SYS",
+            "$SYS/x",
+            "$SYS/a/b",
+            "x/b",
+            "x/b/y",
+            "a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/p/q/r",
+            "a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/p/q/r/s",
         ];
         for topic in topics {
-            let mut expected: Vec<&str> =
-                FILTERS.iter().copied().filter(|fl| f(fl).matches(&t(topic))).collect();
+            let mut expected: Vec<&str> = FILTERS
+                .iter()
+                .copied()
+                .filter(|fl| f(fl).matches(&t(topic)))
+                .collect();
             expected.sort();
             assert_eq!(matches(&trie, topic), expected, "topic {topic}");
         }

@@ -12,18 +12,28 @@ fn topic(s: &str) -> Topic {
 
 #[tokio::test]
 async fn routes_rewrite_topics_and_reach_the_original_adapter() {
-    let hub = start_hub("[[routes]]\nfrom = \"sensors/+/temp\"\nto = \"telemetry/{1}/temperature\"\n").await;
+    let hub =
+        start_hub("[[routes]]\nfrom = \"sensors/+/temp\"\nto = \"telemetry/{1}/temperature\"\n")
+            .await;
     let device = hub.attach("device", "test");
-    let mut sub = device.subscribe([TopicFilter::new("telemetry/#").unwrap()]).unwrap();
+    let mut sub = device
+        .subscribe([TopicFilter::new("telemetry/#").unwrap()])
+        .unwrap();
     device
-        .publish(Envelope::new(topic("sensors/kitchen/temp"), "21.5").with_content_type("text/plain"))
+        .publish(
+            Envelope::new(topic("sensors/kitchen/temp"), "21.5").with_content_type("text/plain"),
+        )
         .await
         .unwrap();
     let got = within("routed envelope", sub.recv()).await.unwrap();
     assert_eq!(got.topic.as_str(), "telemetry/kitchen/temperature");
     assert_eq!(&got.payload[..], b"21.5");
     assert_eq!(got.content_type.as_deref(), Some("text/plain"));
-    assert_eq!(got.origin.peer.as_deref(), Some("device"), "the route says where it came from");
+    assert_eq!(
+        got.origin.peer.as_deref(),
+        Some("device"),
+        "the route says where it came from"
+    );
     // The original is not echoed back to the device.
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     assert!(sub.try_recv().is_none());
@@ -34,8 +44,16 @@ async fn routes_rewrite_topics_and_reach_the_original_adapter() {
 async fn last_values_and_retained_values_are_kept_per_topic() {
     let hub = start_hub("").await;
     let a = hub.attach("a", "test");
-    a.publish(Envelope::new(topic("x/1"), "r").with_retain(true).with_qos(QoS::AtLeastOnce)).await.unwrap();
-    a.publish(Envelope::new(topic("x/1"), "live")).await.unwrap();
+    a.publish(
+        Envelope::new(topic("x/1"), "r")
+            .with_retain(true)
+            .with_qos(QoS::AtLeastOnce),
+    )
+    .await
+    .unwrap();
+    a.publish(Envelope::new(topic("x/1"), "live"))
+        .await
+        .unwrap();
     let b = hub.attach("b", "test");
     assert_eq!(&b.last_value(&topic("x/1")).unwrap().payload[..], b"live");
     let retained = b.retained(&TopicFilter::new("x/#").unwrap());
@@ -44,7 +62,15 @@ async fn last_values_and_retained_values_are_kept_per_topic() {
     assert!(b.clear_last_value(&topic("x/1")));
     assert!(b.last_value(&topic("x/1")).is_none());
     let snap = hub.snapshot();
-    assert_eq!(snap.adapters.iter().find(|s| s.name == "a").unwrap().metrics.messages_in, 2);
+    assert_eq!(
+        snap.adapters
+            .iter()
+            .find(|s| s.name == "a")
+            .unwrap()
+            .metrics
+            .messages_in,
+        2
+    );
     assert!(snap.routing_latency.count >= 2);
     hub.shutdown().await.unwrap();
 }

@@ -267,7 +267,11 @@ impl AdapterContext {
     {
         let filters: Vec<TopicFilter> = filters.into_iter().map(Into::into).collect();
         let (id, rx) = self.link.subscribe(&filters, depth)?;
-        Ok(Subscription { id, rx, link: self.link.clone() })
+        Ok(Subscription {
+            id,
+            rx,
+            link: self.link.clone(),
+        })
     }
 
     /// The last value of a topic.
@@ -327,7 +331,9 @@ pub struct Subscription {
 
 impl fmt::Debug for Subscription {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Subscription").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("Subscription")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 

@@ -23,12 +23,18 @@ pub struct ConfigError {
 impl ConfigError {
     /// An error about one key.
     pub fn key(key: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError { key: Some(key.into()), message: message.into() }
+        ConfigError {
+            key: Some(key.into()),
+            message: message.into(),
+        }
     }
 
     /// An error about the table as a whole.
     pub fn table(message: impl Into<String>) -> Self {
-        ConfigError { key: None, message: message.into() }
+        ConfigError {
+            key: None,
+            message: message.into(),
+        }
     }
 }
 
@@ -59,7 +65,10 @@ impl AdapterConfig {
         let table: toml::Table = text
             .parse()
             .map_err(|e: toml::de::Error| ConfigError::table(e.to_string()))?;
-        Ok(AdapterConfig { name: name.to_owned(), table })
+        Ok(AdapterConfig {
+            name: name.to_owned(),
+            table,
+        })
     }
 
     /// The table as TOML text.
@@ -122,20 +131,32 @@ mod tests {
     fn misspelled_key_is_named_with_the_valid_ones() {
         let e = cfg("lisen = \"x\"").parse::<Demo>().unwrap_err();
         assert_eq!(e.key.as_deref(), Some("lisen"));
-        assert!(e.message.contains("expected `listen` or `hooks`"), "{}", e.message);
+        assert!(
+            e.message.contains("expected `listen` or `hooks`"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]
     fn nested_key_errors_carry_their_path() {
-        let e = cfg("listen = \"x\"\nhooks = [{ url = 3 }]").parse::<Demo>().unwrap_err();
+        let e = cfg("listen = \"x\"\nhooks = [{ url = 3 }]")
+            .parse::<Demo>()
+            .unwrap_err();
         assert_eq!(e.key.as_deref(), Some("hooks[0].url"));
-        let e = cfg("listen = \"x\"\nhooks = [{ ur = \"y\" }]").parse::<Demo>().unwrap_err();
+        let e = cfg("listen = \"x\"\nhooks = [{ ur = \"y\" }]")
+            .parse::<Demo>()
+            .unwrap_err();
         assert_eq!(e.key.as_deref(), Some("hooks[0].ur"));
     }
 
     #[test]
     fn missing_key_is_reported() {
         let e = cfg("").parse::<Demo>().unwrap_err();
-        assert!(e.message.contains("missing field `listen`"), "{}", e.message);
+        assert!(
+            e.message.contains("missing field `listen`"),
+            "{}",
+            e.message
+        );
     }
 }

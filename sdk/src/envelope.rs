@@ -11,8 +11,19 @@ use bytes::Bytes;
 use crate::topic::Topic;
 
 /// Delivery guarantee of a message, MQTT's three levels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 #[serde(try_from = "u8", into = "u8")]
 pub enum QoS {
     /// Fire and forget: may be dropped when a queue is full.
@@ -65,7 +76,10 @@ impl MessageId {
     }
 
     fn at(t: SystemTime) -> Self {
-        let ms = t.duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0) as u128;
+        let ms = t
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0) as u128;
         let seq = SEQUENCE.fetch_add(1, Ordering::Relaxed) as u128;
         // Per-process salt keeps ids from two hub processes apart.
         let salt = (std::process::id() as u128 & 0xFFFF) << 64;
@@ -191,7 +205,10 @@ impl Envelope {
 
     /// The value of the first header named `key` (case-sensitive).
     pub fn header(&self, key: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     /// Milliseconds since the Unix epoch of [`Envelope::timestamp`].

@@ -22,7 +22,9 @@ pub use adapter::{
 pub use bytes::Bytes;
 pub use config::{AdapterConfig, ConfigError};
 pub use envelope::{Envelope, MessageId, Origin, QoS};
-pub use metrics::{AdapterMetrics, AdapterSnapshot, HistogramSnapshot, HubSnapshot, MetricsSnapshot};
+pub use metrics::{
+    AdapterMetrics, AdapterSnapshot, HistogramSnapshot, HubSnapshot, MetricsSnapshot,
+};
 pub use topic::{Topic, TopicError, TopicFilter};
 
 /// Re-exports adapter crates commonly need, so plugins agree on their versions.

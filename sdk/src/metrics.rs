@@ -75,7 +75,12 @@ impl AdapterMetrics {
             dropped: self.dropped.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
             reconnects: self.reconnects.load(Ordering::Relaxed),
-            named: self.named.lock().iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            named: self
+                .named
+                .lock()
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
         }
     }
 }

@@ -23,7 +23,9 @@ pub enum TopicError {
     #[error("topic contains a NUL character")]
     Nul,
     /// A topic name (as opposed to a filter) contains `+` or `#`.
-    #[error("topic name `{0}` contains a wildcard (`+` or `#`); wildcards are only valid in filters")]
+    #[error(
+        "topic name `{0}` contains a wildcard (`+` or `#`); wildcards are only valid in filters"
+    )]
     Wildcard(String),
     /// A wildcard shares a level with other characters, e.g. `a/b+`.
     #[error("filter `{0}`: a wildcard must occupy a whole level (`a/+/b`, not `a/b+`)")]
@@ -323,7 +325,16 @@ mod tests {
 
     #[test]
     fn topic_names_allow_empty_levels_spaces_and_unicode() {
-        for ok in ["/", "//", "/a", "a/", "a//b", "a b/c", "température/°C", "$SYS/x"] {
+        for ok in [
+            "/",
+            "//",
+            "/a",
+            "a/",
+            "a//b",
+            "a b/c",
+            "température/°C",
+            "$SYS/x",
+        ] {
             assert!(Topic::new(ok).is_ok(), "{ok}");
         }
     }
@@ -331,13 +342,31 @@ mod tests {
     #[test]
     fn filters_follow_the_mqtt_wildcard_rules() {
         // Valid examples from MQTT 3.1.1 §4.7.1.
-        for ok in ["#", "sport/#", "+", "+/tennis/#", "sport/+/player1", "/+", "+/+", "a//+"] {
+        for ok in [
+            "#",
+            "sport/#",
+            "+",
+            "+/tennis/#",
+            "sport/+/player1",
+            "/+",
+            "+/+",
+            "a//+",
+        ] {
             assert!(TopicFilter::new(ok).is_ok(), "{ok}");
         }
         // Invalid ones from the same section.
-        assert!(matches!(TopicFilter::new("sport/tennis#"), Err(TopicError::PartialWildcard(_))));
-        assert!(matches!(TopicFilter::new("sport/tennis/#/ranking"), Err(TopicError::HashNotLast(_))));
-        assert!(matches!(TopicFilter::new("sport+"), Err(TopicError::PartialWildcard(_))));
+        assert!(matches!(
+            TopicFilter::new("sport/tennis#"),
+            Err(TopicError::PartialWildcard(_))
+        ));
+        assert!(matches!(
+            TopicFilter::new("sport/tennis/#/ranking"),
+            Err(TopicError::HashNotLast(_))
+        ));
+        assert!(matches!(
+            TopicFilter::new("sport+"),
+            Err(TopicError::PartialWildcard(_))
+        ));
         assert_eq!(TopicFilter::new(""), Err(TopicError::Empty));
         assert_eq!(TopicFilter::new("a/\0"), Err(TopicError::Nul));
     }
@@ -391,7 +420,10 @@ mod tests {
         let topic = t("sensors/kitchen/temp");
         assert_eq!(f("sensors/+/temp").captures(&topic), Some(vec!["kitchen"]));
         assert_eq!(f("sensors/#").captures(&topic), Some(vec!["kitchen/temp"]));
-        assert_eq!(f("+/+/#").captures(&topic), Some(vec!["sensors", "kitchen", "temp"]));
+        assert_eq!(
+            f("+/+/#").captures(&topic),
+            Some(vec!["sensors", "kitchen", "temp"])
+        );
         assert_eq!(f("sensors/kitchen/temp/#").captures(&topic), Some(vec![""]));
         assert_eq!(f("x/#").captures(&topic), None);
     }

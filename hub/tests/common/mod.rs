@@ -24,12 +24,20 @@ pub async fn within_for<F: Future>(limit: Duration, what: &str, fut: F) -> F::Ou
 
 /// A TCP port the OS says is free right now.
 pub fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A UDP port the OS says is free right now.
 pub fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Polls `cond` every 20 ms until it holds, for at most `limit`.
@@ -44,10 +52,16 @@ pub async fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> b
 
 /// Starts a hub from inline TOML (built-in adapters), bounded by [`TIMEOUT`].
 pub async fn start_hub(toml: &str) -> polyhub::Hub {
-    within("hub start", polyhub::start_str(toml)).await.unwrap_or_else(|e| panic!("hub failed to start: {e:#}"))
+    within("hub start", polyhub::start_str(toml))
+        .await
+        .unwrap_or_else(|e| panic!("hub failed to start: {e:#}"))
 }
 
 /// Whether a TCP service answers on 127.0.0.1:`port`.
 pub fn service_up(port: u16) -> bool {
-    std::net::TcpStream::connect_timeout(&format!("127.0.0.1:{port}").parse().unwrap(), Duration::from_secs(1)).is_ok()
+    std::net::TcpStream::connect_timeout(
+        &format!("127.0.0.1:{port}").parse().unwrap(),
+        Duration::from_secs(1),
+    )
+    .is_ok()
 }
