@@ -1,0 +1,488 @@
+//! The run loop: connect, declare the topology, then move messages both ways
+//! until the connection fails, and reconnect with backoff. Envelopes bound
+//! for the broker live in an [`Outbox`] that outlives each connection, so
+//! QoS 1 messages that were not confirmed are sent again after a reconnect.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::tcp::OwnedTLSConfig;
+use lapin::types::{FieldTable, ShortString};
+use lapin::{
+    Channel, Confirmation, Connection, ConnectionProperties, Consumer, Event, ExchangeKind,
+    PublisherConfirm,
+};
+use polyhub_sdk::{
+    Adapter, AdapterContext, AdapterError, AdapterState, Envelope, Origin, QoS, Subscription,
+};
+use tracing::{debug, info, warn};
+
+use crate::config::Settings;
+use crate::convert::{amqp_to_envelope, envelope_to_amqp, is_own_echo};
+use crate::error::SessionError;
+
+/// How long shutdown waits for outstanding publisher confirms.
+const DRAIN: Duration = Duration::from_secs(2);
+
+/// A running `type = "amqp"` adapter.
+#[derive(Debug)]
+pub struct AmqpAdapter {
+    settings: Settings,
+}
+
+impl AmqpAdapter {
+    /// An adapter from validated settings.
+    pub fn new(settings: Settings) -> Self {
+        AmqpAdapter { settings }
+    }
+}
+
+/// An envelope published to the broker and not yet confirmed.
+struct InFlight {
+    envelope: Arc<Envelope>,
+    /// `None` while `basic.publish` is being written.
+    confirm: Option<PublisherConfirm>,
+}
+
+/// Envelopes on their way to the broker, kept across reconnects: the
+/// `retry` queue is sent first after a reconnect, then the hub subscription.
+#[derive(Default)]
+struct Outbox {
+    retry: VecDeque<Arc<Envelope>>,
+    in_flight: VecDeque<InFlight>,
+}
+
+impl Outbox {
+    /// After a broken connection: everything not confirmed goes to the front
+    /// of the retry queue, in order.
+    fn requeue_unconfirmed(&mut self) -> usize {
+        let n = self.in_flight.len();
+        while let Some(f) = self.in_flight.pop_back() {
+            self.retry.push_front(f.envelope);
+        }
+        n
+    }
+}
+
+/// What stays the same for the whole life of the adapter.
+struct Shared {
+    ctx: AdapterContext,
+    settings: Settings,
+    queue: String,
+    /// Value of the origin header on what this adapter publishes.
+    marker: String,
+    tls: OwnedTLSConfig,
+}
+
+#[async_trait::async_trait]
+impl Adapter for AmqpAdapter {
+    async fn run(self: Box<Self>, ctx: AdapterContext) -> Result<(), AdapterError> {
+        let hub = ctx.snapshot().hub;
+        let settings = self.settings;
+        let queue = settings.queue_name(&hub, ctx.name());
+        let marker = format!("{hub}.{}", ctx.name());
+        let tls = OwnedTLSConfig {
+            identity: None,
+            cert_chain: settings.ca_pem.clone(),
+        };
+        let mut sub = ctx
+            .subscribe_with_depth(
+                settings.config.forward.iter().cloned(),
+                Some(settings.config.buffer),
+            )
+            .map_err(|_| AdapterError::HubClosed)?;
+        let shared = Shared {
+            ctx: ctx.clone(),
+            settings,
+            queue,
+            marker,
+            tls,
+        };
+        let mut outbox = Outbox::default();
+        let min = Duration::from_millis(shared.settings.config.reconnect_min_ms);
+        let max = Duration::from_millis(shared.settings.config.reconnect_max_ms);
+        let mut backoff = min;
+        let mut ever_up = false;
+
+        loop {
+            let conn = tokio::select! {
+                _ = ctx.shutdown().cancelled() => break,
+                c = shared.connect() => c,
+            };
+            let outcome = match conn {
+                Ok((conn, consumer)) => {
+                    if ever_up {
+                        ctx.metrics().record_reconnect();
+                        info!(adapter = %ctx.name(), queue = %shared.queue, resent = outbox.retry.len(), "Reconnected to the broker.");
+                    } else {
+                        info!(adapter = %ctx.name(), queue = %shared.queue, exchange = %shared.settings.config.exchange, "Connected to the broker.");
+                    }
+                    ever_up = true;
+                    backoff = min;
+                    ctx.set_state(AdapterState::Up, None);
+                    let outcome = shared.serve(&conn, consumer, &mut sub, &mut outbox).await;
+                    if outcome.is_ok() {
+                        shared.drain(&mut outbox).await;
+                    }
+                    close(&conn).await;
+                    outcome
+                }
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(()) => break,
+                Err(SessionError::HubClosed) => break,
+                Err(e) if !ever_up && e.is_refusal() => {
+                    warn!(adapter = %ctx.name(), error = %e, "Broker refused the adapter.");
+                    ctx.metrics().record_error();
+                    return Err(AdapterError::protocol(e));
+                }
+                Err(e) => {
+                    ctx.metrics().record_error();
+                    let resent = outbox.requeue_unconfirmed();
+                    warn!(adapter = %ctx.name(), error = %e, unconfirmed = resent, retry_in = ?backoff, "Broker connection lost; reconnecting.");
+                    ctx.set_state(AdapterState::Down, Some(e.to_string()));
+                    tokio::select! {
+                        _ = ctx.shutdown().cancelled() => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(max);
+                }
+            }
+        }
+        let lost = outbox.retry.len() + outbox.in_flight.len();
+        if lost > 0 {
+            ctx.metrics().add("unsent_at_shutdown", lost as u64);
+            warn!(adapter = %ctx.name(), count = lost, "Messages not confirmed by the broker at shutdown.");
+        }
+        Ok(())
+    }
+}
+
+/// Closes a connection politely, without waiting long for a dead broker.
+async fn close(conn: &Connection) {
+    if conn.status().connected() {
+        let _ = tokio::time::timeout(DRAIN, conn.close(200, ShortString::from("OK"))).await;
+    }
+}
+
+impl Shared {
+    fn confirmed(&self) -> bool {
+        self.settings.qos == QoS::AtLeastOnce
+    }
+
+    /// Connects, opens the two channels and declares the topology:
+    /// exchange, queue, bindings, prefetch, confirms and the consumer.
+    async fn connect(&self) -> Result<(Connection, Consumer), SessionError> {
+        let cfg = &self.settings.config;
+        let props = ConnectionProperties::default()
+            .with_connection_name(format!("polyhub {}", self.marker).into());
+        let runtime = lapin::runtime::default_runtime()
+            .map_err(SessionError::amqp("starting the AMQP runtime"))?;
+        let conn = Connection::connect_uri_with_config(
+            self.settings.uri.clone(),
+            props,
+            self.tls.clone(),
+            runtime,
+        )
+        .await
+        .map_err(SessionError::amqp("connecting"))?;
+        match self.declare(&conn).await {
+            Ok(consumer) => Ok((conn, consumer)),
+            Err(e) => {
+                debug!(adapter = %self.ctx.name(), exchange = %cfg.exchange, error = %e, "Topology failed.");
+                close(&conn).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn declare(&self, conn: &Connection) -> Result<Consumer, SessionError> {
+        let cfg = &self.settings.config;
+        let ch = conn
+            .create_channel()
+            .await
+            .map_err(SessionError::amqp("opening a channel"))?;
+        let exchange = ShortString::from(cfg.exchange.as_str());
+        let queue = ShortString::from(self.queue.as_str());
+        ch.exchange_declare(
+            exchange.clone(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(SessionError::amqp("declaring the exchange"))?;
+        let durable = self.confirmed();
+        ch.queue_declare(
+            queue.clone(),
+            QueueDeclareOptions {
+                durable,
+                auto_delete: !durable,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(SessionError::amqp("declaring the queue"))?;
+        for key in &self.settings.binding_keys {
+            ch.queue_bind(
+                queue.clone(),
+                exchange.clone(),
+                key.clone(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(SessionError::amqp("binding the queue"))?;
+        }
+        if self.confirmed() {
+            ch.basic_qos(cfg.prefetch, BasicQosOptions::default())
+                .await
+                .map_err(SessionError::amqp("setting the prefetch"))?;
+        }
+        let consumer = ch
+            .basic_consume(
+                queue,
+                ShortString::from(format!("polyhub.{}", self.marker)),
+                BasicConsumeOptions {
+                    no_ack: !self.confirmed(),
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(SessionError::amqp("starting the consumer"))?;
+        Ok(consumer)
+    }
+
+    /// Moves messages both ways until the connection breaks (`Err`) or the
+    /// hub shuts down (`Ok`).
+    async fn serve(
+        &self,
+        conn: &Connection,
+        consumer: Consumer,
+        sub: &mut Subscription,
+        outbox: &mut Outbox,
+    ) -> Result<(), SessionError> {
+        let out = conn
+            .create_channel()
+            .await
+            .map_err(SessionError::amqp("opening the publish channel"))?;
+        if self.confirmed() {
+            out.confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(SessionError::amqp("enabling publisher confirms"))?;
+        }
+        let mut events = conn.events_listener();
+        let watch_events = async {
+            while let Some(ev) = events.next().await {
+                match ev {
+                    Event::Error(e) => return SessionError::amqp("connection")(e),
+                    Event::ConnectionBlocked(reason) => {
+                        warn!(adapter = %self.ctx.name(), reason = %reason, "Broker blocked publishing.");
+                        self.ctx.metrics().incr("connection_blocked");
+                    }
+                    _ => {}
+                }
+            }
+            SessionError::HubClosed
+        };
+        tokio::select! {
+            _ = self.ctx.shutdown().cancelled() => Ok(()),
+            r = self.inbound(consumer) => r,
+            r = self.outbound(&out, sub, outbox) => r,
+            e = watch_events => Err(e),
+        }
+    }
+
+    /// Broker → hub: each delivery becomes an envelope, acked once the hub
+    /// accepted it (QoS 1).
+    async fn inbound(&self, mut consumer: Consumer) -> Result<(), SessionError> {
+        let ack = self.confirmed();
+        let uri = &self.settings.uri;
+        let base = self
+            .ctx
+            .origin()
+            .with_peer(format!("{}:{}", uri.authority.host, uri.authority.port));
+        while let Some(delivery) = consumer.next().await {
+            let d = delivery.map_err(SessionError::amqp("consuming"))?;
+            if is_own_echo(&d.properties, &self.marker) {
+                if ack {
+                    d.acker
+                        .ack(BasicAckOptions::default())
+                        .await
+                        .map_err(SessionError::amqp("acking"))?;
+                }
+                continue;
+            }
+            let origin: Origin = match d.properties.user_id() {
+                Some(u) => base.clone().with_user(u.as_str()),
+                None => base.clone(),
+            };
+            match amqp_to_envelope(
+                d.routing_key.as_str(),
+                &d.properties,
+                d.data,
+                self.settings.qos,
+                origin,
+            ) {
+                Ok(envelope) => {
+                    self.ctx
+                        .publish(envelope)
+                        .await
+                        .map_err(|_| SessionError::HubClosed)?;
+                    if ack {
+                        d.acker
+                            .ack(BasicAckOptions::default())
+                            .await
+                            .map_err(SessionError::amqp("acking"))?;
+                    }
+                }
+                Err(e) => {
+                    warn!(adapter = %self.ctx.name(), error = %e, "Dropped a message that maps to no topic.");
+                    self.ctx.metrics().record_drop();
+                    self.ctx.metrics().incr("invalid_routing_key");
+                    if ack {
+                        d.acker
+                            .reject(BasicRejectOptions { requeue: false })
+                            .await
+                            .map_err(SessionError::amqp("rejecting"))?;
+                    }
+                }
+            }
+        }
+        Err(SessionError::ConsumerCancelled)
+    }
+
+    /// Hub → broker: resends the retry queue, then publishes what the
+    /// subscription delivers, keeping at most `max_in_flight` unconfirmed.
+    async fn outbound(
+        &self,
+        ch: &Channel,
+        sub: &mut Subscription,
+        outbox: &mut Outbox,
+    ) -> Result<(), SessionError> {
+        let max = self.settings.config.max_in_flight;
+        loop {
+            if let Some(envelope) = outbox.retry.pop_front() {
+                outbox.in_flight.push_back(InFlight {
+                    envelope,
+                    confirm: None,
+                });
+                self.publish_last(ch, outbox).await?;
+                continue;
+            }
+            let full = outbox.in_flight.len() >= max;
+            let waiting = outbox
+                .in_flight
+                .front_mut()
+                .and_then(|f| f.confirm.as_mut());
+            let has_waiting = waiting.is_some();
+            let oldest = async {
+                match waiting {
+                    Some(c) => c.await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                c = oldest, if has_waiting => {
+                    let c = c.map_err(SessionError::amqp("waiting for a confirm"))?;
+                    outbox.in_flight.pop_front();
+                    self.confirmation(c);
+                }
+                e = sub.recv(), if !full => match e {
+                    Some(envelope) => {
+                        outbox.in_flight.push_back(InFlight { envelope, confirm: None });
+                        self.publish_last(ch, outbox).await?;
+                    }
+                    None => return Err(SessionError::HubClosed),
+                },
+            }
+        }
+    }
+
+    /// Publishes the last in-flight envelope. Without confirms it leaves the
+    /// outbox as soon as it is written.
+    async fn publish_last(&self, ch: &Channel, outbox: &mut Outbox) -> Result<(), SessionError> {
+        let Some(last) = outbox.in_flight.back_mut() else {
+            return Ok(());
+        };
+        let envelope = last.envelope.clone();
+        let persistent = self.confirmed() && envelope.qos.is_acknowledged();
+        let msg = match envelope_to_amqp(&envelope, &self.marker, persistent) {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(adapter = %self.ctx.name(), topic = %envelope.topic, error = %e, "Dropped an envelope that maps to no routing key.");
+                self.ctx.metrics().record_drop();
+                self.ctx.metrics().incr("invalid_topic");
+                outbox.in_flight.pop_back();
+                return Ok(());
+            }
+        };
+        let confirm = ch
+            .basic_publish(
+                ShortString::from(self.settings.config.exchange.as_str()),
+                msg.routing_key,
+                BasicPublishOptions {
+                    mandatory: self.settings.config.mandatory,
+                    ..Default::default()
+                },
+                &envelope.payload,
+                msg.properties,
+            )
+            .await
+            .map_err(SessionError::amqp("publishing"))?;
+        if self.confirmed() {
+            last.confirm = Some(confirm);
+        } else {
+            outbox.in_flight.pop_back();
+        }
+        Ok(())
+    }
+
+    /// Counts what the broker said about one published message.
+    fn confirmation(&self, c: Confirmation) {
+        match c {
+            Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
+                debug!(adapter = %self.ctx.name(), routing_key = %returned.delivery.routing_key, code = returned.reply_code, "Broker returned an unroutable message.");
+                self.ctx.metrics().incr("unroutable");
+            }
+            Confirmation::Nack(None) => {
+                warn!(adapter = %self.ctx.name(), "Broker refused a message (nack).");
+                self.ctx.metrics().record_error();
+                self.ctx.metrics().record_drop();
+            }
+            Confirmation::Ack(None) | Confirmation::NotRequested => {}
+        }
+    }
+
+    /// At shutdown, waits a little for the outstanding confirms.
+    async fn drain(&self, outbox: &mut Outbox) {
+        let wait = async {
+            while let Some(front) = outbox.in_flight.front_mut() {
+                match front.confirm.as_mut() {
+                    Some(c) => match c.await {
+                        Ok(c) => {
+                            outbox.in_flight.pop_front();
+                            self.confirmation(c);
+                        }
+                        Err(_) => return,
+                    },
+                    None => return,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(DRAIN, wait).await;
+    }
+}
