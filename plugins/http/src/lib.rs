@@ -1,4 +1,37 @@
-//! polyhub adapter for http (placeholder until its issue lands).
+//! # polyhub-http
+//!
+//! The HTTP adapter (`type = "http"`): devices publish with `POST`/`PUT
+//! /topics/{topic}` (→ `202`), read a topic's last value with `GET` (`200`
+//! with its Content-Type, or `404`), clear it with `DELETE` (→ `204`) and
+//! follow topic filters as Server-Sent Events on `GET /events?filter=…`.
+//! Matching envelopes can also be pushed to `webhooks`. `GET /health` and
+//! `GET /metrics` report on the whole hub. Errors are JSON `{"error": "…"}`.
+//!
+//! ```toml
+//! [[adapters]]
+//! name = "http"
+//! type = "http"
+//! [adapters.config]
+//! bind = "0.0.0.0:8080"
+//! webhooks = [{ filter = "alerts/#", url = "http://127.0.0.1:9000/hook" }]
+//! ```
+//!
+//! Files: `config.rs` (settings), `adapter.rs` (run loop), `api.rs` (routes
+//! and handlers), `convert.rs` (HTTP ↔ envelope mapping), `hub_status.rs`
+//! (`/health` and `/metrics` rendering), `local_bus.rs` (delivery between
+//! this adapter's own clients), `webhook.rs`, `tls.rs`.
+
+mod adapter;
+pub mod api;
+pub mod config;
+pub mod convert;
+pub mod hub_status;
+pub mod local_bus;
+mod tls;
+mod webhook;
+
+pub use adapter::HttpAdapter;
+pub use config::{HttpConfig, TlsConfig, WebhookConfig};
 
 use polyhub_sdk::{Adapter, AdapterConfig, AdapterFactory, ConfigError};
 
@@ -11,7 +44,15 @@ impl AdapterFactory for Factory {
         "http"
     }
 
-    fn create(&self, _config: &AdapterConfig) -> Result<Box<dyn Adapter>, ConfigError> {
-        Err(ConfigError::table("the http adapter is not implemented yet"))
+    fn create(&self, config: &AdapterConfig) -> Result<Box<dyn Adapter>, ConfigError> {
+        let parsed: HttpConfig = config.parse()?;
+        let (addr, webhooks) = parsed.validate()?;
+        let tls = parsed.tls.as_ref().map(tls::load).transpose()?;
+        Ok(Box::new(HttpAdapter {
+            config: parsed,
+            addr,
+            webhooks,
+            tls,
+        }))
     }
 }

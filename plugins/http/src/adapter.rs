@@ -1,0 +1,122 @@
+//! The run loop of an HTTP adapter: binds, starts the webhook tasks, serves
+//! the API (plain or TLS) and drains everything on shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::serve::ListenerExt;
+use polyhub_sdk::{Adapter, AdapterContext, AdapterError, AdapterState};
+use tokio::net::TcpListener;
+use tokio_rustls::rustls;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::api::{self, ApiState, DEFAULT_QUEUE_DEPTH};
+use crate::config::{HttpConfig, Webhook};
+use crate::local_bus::LocalBus;
+use crate::tls::TlsListener;
+use crate::webhook;
+
+/// A validated HTTP adapter, ready to run.
+pub struct HttpAdapter {
+    pub(crate) config: HttpConfig,
+    pub(crate) addr: SocketAddr,
+    pub(crate) webhooks: Vec<Webhook>,
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+#[polyhub_sdk::reexports::async_trait]
+impl Adapter for HttpAdapter {
+    async fn run(self: Box<Self>, ctx: AdapterContext) -> Result<(), AdapterError> {
+        let HttpAdapter {
+            config,
+            addr,
+            webhooks,
+            tls,
+        } = *self;
+        let name = ctx.name().to_owned();
+        let tcp = TcpListener::bind(addr)
+            .await
+            .map_err(|source| AdapterError::Bind {
+                addr: config.bind.clone(),
+                source,
+            })?;
+        let local_addr = tcp.local_addr()?;
+
+        let bus = Arc::new(LocalBus::default());
+        let tasks = TaskTracker::new();
+        if !webhooks.is_empty() {
+            let client = reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .user_agent(concat!("polyhub/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .map_err(|e| AdapterError::Other(Box::new(e)))?;
+            for hook in webhooks {
+                let hub_sub = ctx
+                    .subscribe_with_depth([hook.filter.clone()], config.queue_depth)
+                    .map_err(|e| {
+                        AdapterError::protocol(format!("cannot subscribe webhook: {e}"))
+                    })?;
+                let local = bus.subscribe(
+                    vec![hook.filter.clone()],
+                    config.queue_depth.unwrap_or(DEFAULT_QUEUE_DEPTH),
+                );
+                tasks.spawn(
+                    webhook::run(hook, client.clone(), hub_sub, local, ctx.clone())
+                        .instrument(ctx.span().clone()),
+                );
+            }
+        }
+
+        let state = Arc::new(ApiState {
+            ctx: ctx.clone(),
+            bus,
+            tokens: config.tokens.clone(),
+            max_body_bytes: config.max_body_bytes,
+            keep_alive: Duration::from_secs(config.sse_keep_alive_secs),
+            queue_depth: config.queue_depth,
+        });
+        let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
+        let shutdown = ctx.shutdown().clone();
+
+        ctx.set_state(AdapterState::Up, None);
+        tracing::info!(adapter = %name, addr = %local_addr, tls = tls.is_some(), "Serving HTTP.");
+        let served = match tls {
+            None => {
+                let listener = tcp.tap_io(|s| {
+                    let _ = s.set_nodelay(true);
+                });
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+                    .await
+            }
+            Some(tls) => {
+                let listener = TlsListener::new(
+                    tcp,
+                    tls,
+                    Arc::from(name.as_str()),
+                    ctx.metrics().clone(),
+                    shutdown.clone(),
+                )?
+                .tap_io(|_| {});
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+                    .await
+            }
+        };
+        tasks.close();
+        tasks.wait().await;
+        match served {
+            Ok(()) => {
+                tracing::info!(adapter = %name, "HTTP server stopped.");
+                Ok(())
+            }
+            Err(e) => {
+                ctx.metrics().record_error();
+                tracing::warn!(adapter = %name, error = %e, "HTTP server failed.");
+                Err(AdapterError::Io(e))
+            }
+        }
+    }
+}

@@ -1,0 +1,382 @@
+//! The HTTP API: `/topics/{topic}` (publish, last value, delete), `/events`
+//! (Server-Sent Events), `/health` and `/metrics`, with JSON errors and
+//! optional bearer-token auth.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::{Json, Router};
+use futures::StreamExt;
+use polyhub_sdk::{AdapterContext, Envelope, PublishError, Topic};
+
+use crate::convert::{self, EventData, PublishOptions, RequestError};
+use crate::hub_status;
+use crate::local_bus::LocalBus;
+
+/// Queue depth of local deliveries when the config does not set one (the
+/// hub's default).
+pub const DEFAULT_QUEUE_DEPTH: usize = 1024;
+
+/// What every handler shares.
+pub struct ApiState {
+    /// The adapter's link to the hub.
+    pub ctx: AdapterContext,
+    /// Deliveries between this adapter's own clients.
+    pub bus: Arc<LocalBus>,
+    /// Accepted bearer tokens; empty means no auth.
+    pub tokens: Vec<String>,
+    /// Largest body accepted.
+    pub max_body_bytes: usize,
+    /// Interval of SSE keep-alive comments.
+    pub keep_alive: Duration,
+    /// Queue depth of SSE streams (`None`: the hub's default).
+    pub queue_depth: Option<usize>,
+}
+
+type Shared = Arc<ApiState>;
+
+/// A JSON error response `{"error": "…"}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+    allow: Option<&'static str>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+            allow: None,
+        }
+    }
+
+    fn method_not_allowed(method: &Method, allow: &'static str) -> Self {
+        ApiError {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            message: format!("method {method} not allowed here; allowed: {allow}"),
+            allow: Some(allow),
+        }
+    }
+}
+
+impl From<RequestError> for ApiError {
+    fn from(e: RequestError) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, e.to_string())
+    }
+}
+
+impl From<PublishError> for ApiError {
+    fn from(e: PublishError) -> Self {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (
+            self.status,
+            Json(serde_json::json!({ "error": self.message })),
+        )
+            .into_response();
+        if let Some(allow) = self.allow {
+            resp.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"polyhub\""),
+            );
+        }
+        resp
+    }
+}
+
+/// The application: every route, the body limit and the fallbacks.
+pub fn router(state: Shared) -> Router {
+    let limit = state.max_body_bytes;
+    let protected = Router::new()
+        .route("/topics", any(topics))
+        .route("/topics/", any(topics))
+        .route("/topics/{*topic}", any(topics))
+        .route(
+            "/events",
+            get(events)
+                .fallback(|m: Method| async move { ApiError::method_not_allowed(&m, "GET, HEAD") }),
+        )
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .merge(protected)
+        .route(
+            "/health",
+            get(health)
+                .fallback(|m: Method| async move { ApiError::method_not_allowed(&m, "GET, HEAD") }),
+        )
+        .route(
+            "/metrics",
+            get(metrics)
+                .fallback(|m: Method| async move { ApiError::method_not_allowed(&m, "GET, HEAD") }),
+        )
+        .fallback(|uri: axum::http::Uri| async move {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "no such path `{}`; try /topics/{{topic}}, /events, /health or /metrics",
+                    uri.path()
+                ),
+            )
+        })
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// Refuses requests without one of the configured bearer tokens.
+async fn require_token(State(state): State<Shared>, req: Request, next: Next) -> Response {
+    if state.tokens.is_empty() {
+        return next.run(req).await;
+    }
+    let from_header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| token.trim().to_owned())
+        });
+    let given = match from_header {
+        Some(t) => Some(t),
+        // EventSource cannot set headers: /events also takes ?access_token=.
+        None if req.uri().path() == "/events" => {
+            convert::parse_query(req.uri().query()).ok().and_then(|q| {
+                q.into_iter()
+                    .find(|(k, _)| k == "access_token")
+                    .map(|(_, v)| v)
+            })
+        }
+        None => None,
+    };
+    match given {
+        Some(t)
+            if state
+                .tokens
+                .iter()
+                .any(|ok| constant_time_eq(ok.as_bytes(), t.as_bytes())) =>
+        {
+            next.run(req).await
+        }
+        Some(_) => {
+            state.ctx.metrics().incr("auth_failures");
+            ApiError::new(StatusCode::UNAUTHORIZED, "invalid bearer token").into_response()
+        }
+        None => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing bearer token (Authorization: Bearer …)",
+        )
+        .into_response(),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `/topics/{topic}`: `POST`/`PUT` publish, `GET`/`HEAD` last value,
+/// `DELETE` clears it.
+async fn topics(State(state): State<Shared>, req: Request) -> Result<Response, ApiError> {
+    const ALLOW: &str = "GET, HEAD, POST, PUT, DELETE";
+    let method = req.method().clone();
+    if !matches!(
+        method,
+        Method::GET | Method::HEAD | Method::POST | Method::PUT | Method::DELETE
+    ) {
+        return Err(ApiError::method_not_allowed(&method, ALLOW));
+    }
+    let raw = req
+        .uri()
+        .path()
+        .strip_prefix("/topics")
+        .map(|p| p.strip_prefix('/').unwrap_or(p))
+        .unwrap_or("");
+    let topic = convert::topic_from_path(raw)?;
+    match method {
+        Method::GET | Method::HEAD => last_value(&state, &topic),
+        Method::DELETE => {
+            state.ctx.clear_last_value(&topic);
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        _ => publish(&state, topic, req).await,
+    }
+}
+
+fn last_value(state: &ApiState, topic: &Topic) -> Result<Response, ApiError> {
+    let Some(env) = state.ctx.last_value(topic) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("topic `{topic}` has no value"),
+        ));
+    };
+    let ct = env
+        .content_type
+        .as_deref()
+        .and_then(|c| HeaderValue::from_str(c).ok())
+        .unwrap_or(HeaderValue::from_static("application/octet-stream"));
+    let mut resp = (StatusCode::OK, env.payload.clone()).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, ct);
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    if let Ok(id) = HeaderValue::from_str(&env.id.to_string()) {
+        h.insert(convert::ID_HEADER, id);
+    }
+    Ok(resp)
+}
+
+async fn publish(state: &ApiState, topic: Topic, req: Request) -> Result<Response, ApiError> {
+    let query = convert::parse_query(req.uri().query())?;
+    let opts = PublishOptions::from_query(&query)?;
+    let headers: HeaderMap = req.headers().clone();
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let body = match Bytes::from_request(req, &()).await {
+        Ok(b) => b,
+        Err(BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_))) => {
+            state.ctx.metrics().incr("oversized_bodies");
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body larger than {} bytes", state.max_body_bytes),
+            ));
+        }
+        Err(e) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the body: {e}"),
+            ))
+        }
+    };
+    let mut origin = state.ctx.origin();
+    if let Some(p) = peer {
+        origin = origin.with_peer(p);
+    }
+    let mut env = Envelope::new(topic, body)
+        .with_qos(opts.qos)
+        .with_retain(opts.retain)
+        .with_origin(origin);
+    env.content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    env.headers = convert::carried_headers(&headers);
+
+    let local = (!state.bus.is_empty()).then(|| Arc::new(env.clone()));
+    let shutdown = state.ctx.shutdown();
+    tokio::select! {
+        _ = shutdown.cancelled() => return Err(PublishError::Closed.into()),
+        r = state.ctx.publish(env) => r?,
+    }
+    if let Some(local) = local {
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = state.bus.deliver(local, state.ctx.metrics()) => {}
+        }
+    }
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
+/// `/events?filter=…`: a Server-Sent Events stream of matching envelopes.
+async fn events(State(state): State<Shared>, req: Request) -> Result<Response, ApiError> {
+    let query = convert::parse_query(req.uri().query())?;
+    let filters = convert::filters_from_query(&query)?;
+    let retained = match query.iter().find(|(k, _)| k == "retained") {
+        Some((k, v)) => convert::parse_bool(k, v)?,
+        None => false,
+    };
+    let hub_sub = state
+        .ctx
+        .subscribe_with_depth(filters.clone(), state.queue_depth)
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    let local = state.bus.subscribe(
+        filters.clone(),
+        state.queue_depth.unwrap_or(DEFAULT_QUEUE_DEPTH),
+    );
+    let mut initial: Vec<Arc<Envelope>> = Vec::new();
+    if retained {
+        for f in &filters {
+            for e in state.ctx.retained(f) {
+                if !initial.iter().any(|i| i.topic == e.topic) {
+                    initial.push(e);
+                }
+            }
+        }
+    }
+    tracing::debug!(adapter = %state.ctx.name(), filters = ?filters, "SSE stream opened.");
+
+    let from_hub =
+        futures::stream::unfold(
+            hub_sub,
+            |mut s| async move { s.recv().await.map(|e| (e, s)) },
+        );
+    let from_local =
+        futures::stream::unfold(
+            local,
+            |mut l| async move { l.rx.recv().await.map(|e| (e, l)) },
+        );
+    let stream = futures::stream::iter(initial)
+        .chain(futures::stream::select(from_hub, from_local))
+        .map(|e| Ok::<Event, Infallible>(to_event(&e)))
+        .take_until(state.ctx.shutdown().clone().cancelled_owned());
+    let mut resp = Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(state.keep_alive))
+        .into_response();
+    resp.headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(resp)
+}
+
+fn to_event(e: &Envelope) -> Event {
+    Event::default()
+        .event("message")
+        .id(e.id.to_string())
+        .data(EventData::of(e).to_json())
+}
+
+/// `/health`: 200 when every adapter of the hub is up, else 503.
+async fn health(State(state): State<Shared>) -> Response {
+    let (ok, body) = hub_status::health(&state.ctx.snapshot());
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+/// `/metrics`: the whole hub's counters in Prometheus text format.
+async fn metrics(State(state): State<Shared>) -> Response {
+    let text = hub_status::prometheus(&state.ctx.snapshot());
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(hub_status::PROMETHEUS_CONTENT_TYPE),
+        )],
+        text,
+    )
+        .into_response()
+}

@@ -1,0 +1,243 @@
+//! The `[adapters.config]` table of a `type = "http"` adapter, and its
+//! validation (done by `create`, so `polyhub check` reports every problem).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use polyhub_sdk::{ConfigError, TopicFilter};
+use serde::Deserialize;
+
+/// Settings of one HTTP adapter.
+///
+/// ```toml
+/// [adapters.config]
+/// bind = "0.0.0.0:8080"
+/// max_body_bytes = 1048576
+/// tokens = ["s3cret"]
+/// tls = { cert = "cert.pem", key = "key.pem" }
+/// webhooks = [{ filter = "alerts/#", url = "http://127.0.0.1:9000/hook" }]
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address to listen on, `IP:port`. Default `0.0.0.0:8080`.
+    #[serde(default = "default_bind")]
+    pub bind: String,
+    /// Largest request body accepted, in bytes; a larger one is answered
+    /// `413`. Default 1 MiB (1048576).
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Bearer tokens accepted in `Authorization: Bearer …`. When the list is
+    /// not empty, `/topics/…` and `/events` require one of them (`/events`
+    /// also takes `?access_token=…`, since browsers' `EventSource` cannot set
+    /// headers); `/health` and `/metrics` stay open. Default: empty, no auth.
+    #[serde(default)]
+    pub tokens: Vec<String>,
+    /// Serve HTTPS with this certificate and key (PEM files). Default: plain HTTP.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Interval between keep-alive comments on `/events` streams, in
+    /// seconds. Default 15.
+    #[serde(default = "default_keep_alive_secs")]
+    pub sse_keep_alive_secs: u64,
+    /// Queue depth of each `/events` stream and webhook, in envelopes.
+    /// Default: the hub's `queue_depth` for this adapter.
+    #[serde(default)]
+    pub queue_depth: Option<usize>,
+    /// HTTP endpoints that receive matching envelopes as `POST`s.
+    /// Default: none.
+    #[serde(default)]
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+/// A certificate chain and private key for HTTPS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file with the server certificate, then any intermediates.
+    pub cert: PathBuf,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// One webhook: every envelope matching `filter` is `POST`ed to `url` with
+/// the payload as body and the topic in `X-Polyhub-Topic`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Topic filter (MQTT wildcards) selecting the envelopes to send.
+    pub filter: TopicFilter,
+    /// `http://` or `https://` URL to `POST` to.
+    pub url: String,
+    /// Attempts after the first failed one for QoS 1 envelopes (QoS 0 ones
+    /// are tried once), with exponential backoff from `retry_backoff_ms`;
+    /// then the envelope is dropped and counted. Default 5.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// First retry delay in milliseconds, doubled on each retry up to 30 s.
+    /// Default 200.
+    #[serde(default = "default_backoff_ms")]
+    pub retry_backoff_ms: u64,
+    /// Time limit for one request, in milliseconds. Default 5000.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_bind() -> String {
+    "0.0.0.0:8080".to_owned()
+}
+
+fn default_max_body_bytes() -> usize {
+    1024 * 1024
+}
+
+fn default_keep_alive_secs() -> u64 {
+    15
+}
+
+fn default_retries() -> u32 {
+    5
+}
+
+fn default_backoff_ms() -> u64 {
+    200
+}
+
+fn default_timeout_ms() -> u64 {
+    5000
+}
+
+/// A webhook after validation.
+#[derive(Debug, Clone)]
+pub struct Webhook {
+    /// Filter selecting envelopes.
+    pub filter: TopicFilter,
+    /// Target URL.
+    pub url: url::Url,
+    /// Retries for QoS 1 envelopes.
+    pub retries: u32,
+    /// First retry delay.
+    pub backoff: Duration,
+    /// Per-request time limit.
+    pub timeout: Duration,
+}
+
+impl HttpConfig {
+    /// Checks what serde cannot: the address, limits and URLs.
+    pub fn validate(&self) -> Result<(SocketAddr, Vec<Webhook>), ConfigError> {
+        let addr: SocketAddr = self.bind.parse().map_err(|e| {
+            ConfigError::key(
+                "bind",
+                format!(
+                    "`{}` is not an IP:port address ({e}); e.g. \"0.0.0.0:8080\"",
+                    self.bind
+                ),
+            )
+        })?;
+        if self.max_body_bytes == 0 {
+            return Err(ConfigError::key(
+                "max_body_bytes",
+                "must be at least 1 (default 1048576)",
+            ));
+        }
+        if self.sse_keep_alive_secs == 0 {
+            return Err(ConfigError::key(
+                "sse_keep_alive_secs",
+                "must be at least 1 second (default 15)",
+            ));
+        }
+        if self.queue_depth == Some(0) {
+            return Err(ConfigError::key("queue_depth", "must be at least 1"));
+        }
+        for (i, t) in self.tokens.iter().enumerate() {
+            if t.is_empty() || !t.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(ConfigError::key(
+                    format!("tokens[{i}]"),
+                    "a token must be non-empty visible ASCII without spaces",
+                ));
+            }
+        }
+        let mut hooks = Vec::with_capacity(self.webhooks.len());
+        for (i, w) in self.webhooks.iter().enumerate() {
+            let url = url::Url::parse(&w.url).map_err(|e| {
+                ConfigError::key(
+                    format!("webhooks[{i}].url"),
+                    format!("`{}` is not a URL ({e})", w.url),
+                )
+            })?;
+            if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+                return Err(ConfigError::key(
+                    format!("webhooks[{i}].url"),
+                    format!(
+                        "`{}`: expected an http:// or https:// URL with a host",
+                        w.url
+                    ),
+                ));
+            }
+            if w.timeout_ms == 0 {
+                return Err(ConfigError::key(
+                    format!("webhooks[{i}].timeout_ms"),
+                    "must be at least 1",
+                ));
+            }
+            hooks.push(Webhook {
+                filter: w.filter.clone(),
+                url,
+                retries: w.retries,
+                backoff: Duration::from_millis(w.retry_backoff_ms.max(1)),
+                timeout: Duration::from_millis(w.timeout_ms),
+            });
+        }
+        Ok((addr, hooks))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use polyhub_sdk::AdapterConfig;
+
+    fn parse(text: &str) -> Result<HttpConfig, ConfigError> {
+        AdapterConfig::from_toml_str("web", text)?.parse::<HttpConfig>()
+    }
+
+    #[test]
+    fn defaults_are_as_documented() {
+        let c = parse("").unwrap();
+        assert_eq!(c.bind, "0.0.0.0:8080");
+        assert_eq!(c.max_body_bytes, 1_048_576);
+        assert!(c.tokens.is_empty() && c.tls.is_none() && c.webhooks.is_empty());
+        assert_eq!(c.sse_keep_alive_secs, 15);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = parse("bnid = \"x\"").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("bnid"));
+        let e =
+            parse("webhooks = [{ filter = \"a/#\", url = \"http://x/\", retry = 1 }]").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("webhooks[0].retry"));
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let e = parse("bind = \"localhost\"")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("bind"));
+        let e = parse("webhooks = [{ filter = \"a/#\", url = \"ftp://x/\" }]")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("webhooks[0].url"));
+        let e = parse("webhooks = [{ filter = \"a/#/b\", url = \"http://x/\" }]").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("webhooks[0].filter"));
+        let e = parse("max_body_bytes = 0").unwrap().validate().unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("max_body_bytes"));
+        let e = parse("tokens = [\"a b\"]").unwrap().validate().unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("tokens[0]"));
+    }
+}
