@@ -1,6 +1,52 @@
-//! polyhub adapter for coap (placeholder until its issue lands).
+//! # polyhub-coap
+//!
+//! The CoAP adapter (`type = "coap"`): an RFC 7252 server over UDP that
+//! maps `/ps/{topic}` resources onto hub topics.
+//!
+//! - `POST`/`PUT /ps/{topic}` publishes the payload (`2.04 Changed`);
+//!   Content-Format becomes the envelope's content type. A CON request
+//!   publishes at QoS 1, a NON one at QoS 0; `?retain` and `?qos=0|1`
+//!   override.
+//! - `GET /ps/{topic}` returns the last value (`2.05`, `4.04` if none);
+//!   with `Observe: 0` it registers an observer (RFC 7641) of a topic or of
+//!   a filter (`+`, `#` levels): every new envelope is a notification,
+//!   confirmable for QoS 1 envelopes and at least every
+//!   `observe_con_interval_secs`; `Observe: 1`, a RST or an unacknowledged
+//!   confirmable notification ends the observation.
+//! - `DELETE /ps/{topic}` forgets the last value (`2.02 Deleted`).
+//! - `GET /.well-known/core` lists topics in link-format (RFC 6690).
+//! - Block-wise transfer (RFC 7959) both ways above `block_size` bytes.
+//! - Duplicate requests (same peer and message id within
+//!   EXCHANGE_LIFETIME) are answered from a cache and processed once.
+//! - `push = [{ filter, url }]` sends matching envelopes as CON `PUT` to
+//!   devices' CoAP servers, retransmitted with the RFC 7252 back-off.
+//! - Malformed datagrams are counted (`malformed_datagrams`) and dropped,
+//!   or answered with RST when they are confirmable.
+//!
+//! ```toml
+//! [[adapters]]
+//! name = "coap"
+//! type = "coap"
+//! [adapters.config]
+//! bind = "0.0.0.0:5683"
+//! push = [{ filter = "actuators/#", url = "coap://127.0.0.1:5684/led" }]
+//! ```
+
+pub mod adapter;
+pub mod config;
+pub mod convert;
+pub mod dedup;
+pub mod error;
+pub mod observe;
+pub mod push;
+pub mod server;
+pub mod transmission;
 
 use polyhub_sdk::{Adapter, AdapterConfig, AdapterFactory, ConfigError};
+
+pub use adapter::CoapAdapter;
+pub use config::{CoapConfig, PushTarget, Settings};
+pub use error::CoapError;
 
 /// Builds `type = "coap"` adapters.
 #[derive(Debug, Default)]
@@ -11,7 +57,8 @@ impl AdapterFactory for Factory {
         "coap"
     }
 
-    fn create(&self, _config: &AdapterConfig) -> Result<Box<dyn Adapter>, ConfigError> {
-        Err(ConfigError::table("the coap adapter is not implemented yet"))
+    fn create(&self, config: &AdapterConfig) -> Result<Box<dyn Adapter>, ConfigError> {
+        let settings = Settings::from_config(config)?;
+        Ok(Box::new(CoapAdapter::new(settings)))
     }
 }

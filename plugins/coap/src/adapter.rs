@@ -1,0 +1,105 @@
+//! The run loop of the CoAP adapter: binds the UDP socket, starts the push
+//! targets and the server, reports the adapter up, and drains on shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use polyhub_sdk::{Adapter, AdapterContext, AdapterError, AdapterState, Envelope, TopicFilter};
+use tokio::net::UdpSocket;
+use tokio_util::task::TaskTracker;
+use tracing::{info, Instrument};
+
+use crate::config::Settings;
+use crate::push::{self, PushQueue};
+use crate::server::Server;
+
+/// A configured CoAP adapter, ready to run.
+#[derive(Debug)]
+pub struct CoapAdapter {
+    settings: Arc<Settings>,
+}
+
+impl CoapAdapter {
+    /// An adapter with validated settings.
+    pub fn new(settings: Settings) -> Self {
+        CoapAdapter {
+            settings: Arc::new(settings),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Adapter for CoapAdapter {
+    async fn run(self: Box<Self>, ctx: AdapterContext) -> Result<(), AdapterError> {
+        let span = ctx.span().clone();
+        run(self.settings, ctx).instrument(span).await
+    }
+}
+
+async fn run(settings: Arc<Settings>, ctx: AdapterContext) -> Result<(), AdapterError> {
+    let socket = UdpSocket::bind(settings.bind)
+        .await
+        .map_err(|source| AdapterError::Bind {
+            addr: settings.bind.to_string(),
+            source,
+        })?;
+    let local_addr = socket.local_addr()?;
+    let tasks = TaskTracker::new();
+
+    let queues: Arc<Vec<PushQueue>> = Arc::new(
+        settings
+            .push
+            .iter()
+            .map(|p| push::start(&ctx, &settings, p.clone(), &tasks))
+            .collect(),
+    );
+    if !queues.is_empty() {
+        let filters: Vec<TopicFilter> = queues.iter().map(|q| q.endpoint.filter.clone()).collect();
+        let mut sub = ctx
+            .subscribe_with_depth(filters, settings.observe_queue_depth)
+            .map_err(|e| AdapterError::protocol(format!("cannot subscribe for push: {e}")))?;
+        let (ctx2, queues2) = (ctx.clone(), queues.clone());
+        tasks.spawn(async move {
+            loop {
+                let envelope = tokio::select! {
+                    _ = ctx2.shutdown().cancelled() => break,
+                    e = sub.recv() => match e { Some(e) => e, None => break },
+                };
+                for q in queues2
+                    .iter()
+                    .filter(|q| q.endpoint.filter.matches(&envelope.topic))
+                {
+                    q.push(&ctx2, envelope.clone()).await;
+                }
+            }
+        });
+    }
+
+    // Envelopes this adapter's own clients publish never come back from the
+    // hub, so they reach push targets through this callback.
+    let (ctx3, queues3) = (ctx.clone(), queues.clone());
+    let local = Box::new(move |envelope: &Arc<Envelope>| {
+        for q in queues3
+            .iter()
+            .filter(|q| q.endpoint.filter.matches(&envelope.topic))
+        {
+            q.try_push(&ctx3, envelope.clone());
+        }
+    });
+
+    let server = Server::new(
+        ctx.clone(),
+        settings.clone(),
+        Arc::new(socket),
+        tasks.clone(),
+        local,
+    );
+    ctx.set_state(AdapterState::Up, None);
+    info!(adapter = %ctx.name(), addr = %local_addr, push_targets = queues.len(), "CoAP server listening.");
+    server.serve().await;
+
+    tasks.close();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
+    ctx.set_state(AdapterState::Stopped, None);
+    Ok(())
+}

@@ -1,0 +1,368 @@
+//! `CoapConfig`: the typed `[adapters.config]` table of a `type = "coap"`
+//! adapter, with its defaults and the checks `create()` runs on it.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use polyhub_sdk::{AdapterConfig, ConfigError, TopicFilter};
+use serde::Deserialize;
+
+/// RFC 7252 §4.8 ACK_TIMEOUT, in milliseconds.
+pub const DEFAULT_ACK_TIMEOUT_MS: u64 = 2_000;
+/// RFC 7252 §4.8 ACK_RANDOM_FACTOR.
+pub const DEFAULT_ACK_RANDOM_FACTOR: f64 = 1.5;
+/// RFC 7252 §4.8 MAX_RETRANSMIT.
+pub const DEFAULT_MAX_RETRANSMIT: u32 = 4;
+/// RFC 7252 §4.8.2 EXCHANGE_LIFETIME, in seconds.
+pub const DEFAULT_EXCHANGE_LIFETIME_SECS: u64 = 247;
+
+/// The config of a `type = "coap"` adapter.
+///
+/// ```toml
+/// [adapters.config]
+/// bind = "0.0.0.0:5683"
+/// push = [{ filter = "actuators/#", url = "coap://127.0.0.1:5684/led" }]
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoapConfig {
+    /// UDP address the CoAP server listens on. Default `0.0.0.0:5683`.
+    #[serde(default = "default_bind")]
+    pub bind: String,
+    /// Envelopes matching `filter` are sent as CON `PUT` to the CoAP server
+    /// at `url` (a device). Default: none.
+    #[serde(default)]
+    pub push: Vec<PushTarget>,
+    /// Largest block (bytes) of a block-wise transfer (RFC 7959): a power of
+    /// two from 16 to 1024. Payloads larger than this go in blocks. Default 1024.
+    #[serde(default = "default_block_size")]
+    pub block_size: usize,
+    /// Largest request body (bytes) assembled from Block1 transfers; larger
+    /// ones are answered `4.13`. Default 1048576 (1 MiB).
+    #[serde(default = "default_max_body")]
+    pub max_body: usize,
+    /// RFC 7252 ACK_TIMEOUT in milliseconds: the first wait for an ACK to a
+    /// CON message the hub sends (notifications, separate responses, pushes),
+    /// doubled on every retransmission. Also how long a request may take
+    /// before its CON gets an empty ACK and a separate response. Default 2000.
+    #[serde(default = "default_ack_timeout_ms")]
+    pub ack_timeout_ms: u64,
+    /// RFC 7252 ACK_RANDOM_FACTOR: the first timeout is drawn between
+    /// `ack_timeout_ms` and `ack_timeout_ms × ack_random_factor`. At least 1.
+    /// Default 1.5.
+    #[serde(default = "default_ack_random_factor")]
+    pub ack_random_factor: f64,
+    /// RFC 7252 MAX_RETRANSMIT: retransmissions of a CON message before the
+    /// peer counts as gone. Default 4.
+    #[serde(default = "default_max_retransmit")]
+    pub max_retransmit: u32,
+    /// How long (seconds) a request's message id is remembered per peer so
+    /// that a duplicate is answered from the cache instead of processed again
+    /// (RFC 7252 EXCHANGE_LIFETIME). Default 247.
+    #[serde(default = "default_exchange_lifetime")]
+    pub exchange_lifetime_secs: u64,
+    /// Most remembered exchanges (the duplicate cache); the oldest are
+    /// forgotten first beyond it. Default 65536.
+    #[serde(default = "default_dedup_capacity")]
+    pub dedup_capacity: usize,
+    /// An observer gets a confirmable notification at least this often
+    /// (seconds) while notifications flow, so that a vanished observer is
+    /// noticed (RFC 7641 §4.5). QoS 1 envelopes are always confirmable.
+    /// Default 60.
+    #[serde(default = "default_observe_con_interval")]
+    pub observe_con_interval_secs: u64,
+    /// Most observers at once; registrations beyond are answered without the
+    /// Observe option (not registered). Default 10000.
+    #[serde(default = "default_max_observers")]
+    pub max_observers: usize,
+    /// Depth of the queue of envelopes waiting to reach observers and each
+    /// push target. Full: QoS 0 envelopes are dropped and counted, QoS 1
+    /// ones wait. Default: the hub's default depth (observers), 1024 (push).
+    #[serde(default)]
+    pub queue_depth: Option<usize>,
+}
+
+/// One `push` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushTarget {
+    /// Topic filter of the envelopes to push (`actuators/#`).
+    pub filter: TopicFilter,
+    /// The device's resource: `coap://host[:port]/path[?query]`; port 5683
+    /// when absent.
+    pub url: String,
+}
+
+fn default_bind() -> String {
+    "0.0.0.0:5683".to_owned()
+}
+fn default_block_size() -> usize {
+    1024
+}
+fn default_max_body() -> usize {
+    1 << 20
+}
+fn default_ack_timeout_ms() -> u64 {
+    DEFAULT_ACK_TIMEOUT_MS
+}
+fn default_ack_random_factor() -> f64 {
+    DEFAULT_ACK_RANDOM_FACTOR
+}
+fn default_max_retransmit() -> u32 {
+    DEFAULT_MAX_RETRANSMIT
+}
+fn default_exchange_lifetime() -> u64 {
+    DEFAULT_EXCHANGE_LIFETIME_SECS
+}
+fn default_dedup_capacity() -> usize {
+    65_536
+}
+fn default_observe_con_interval() -> u64 {
+    60
+}
+fn default_max_observers() -> usize {
+    10_000
+}
+
+/// A push target with its URL taken apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushEndpoint {
+    /// Which envelopes go there.
+    pub filter: TopicFilter,
+    /// The URL as written, for logs.
+    pub url: String,
+    /// Host name or address.
+    pub host: String,
+    /// UDP port.
+    pub port: u16,
+    /// Uri-Path options, one per segment, percent-decoded.
+    pub path: Vec<String>,
+    /// Uri-Query options, one per `&`-separated item.
+    pub query: Vec<String>,
+}
+
+/// Retransmission parameters (RFC 7252 §4.2).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Retransmission {
+    /// First timeout, before the random factor.
+    pub ack_timeout: Duration,
+    /// Random factor applied to the first timeout.
+    pub random_factor: f64,
+    /// Retransmissions before giving up.
+    pub max_retransmit: u32,
+}
+
+/// The validated settings the adapter runs with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Address to bind.
+    pub bind: SocketAddr,
+    /// Push targets.
+    pub push: Vec<PushEndpoint>,
+    /// Block size in bytes (16..=1024, power of two).
+    pub block_size: usize,
+    /// Largest assembled request body.
+    pub max_body: usize,
+    /// CON retransmission parameters.
+    pub retransmission: Retransmission,
+    /// How long request message ids are remembered.
+    pub exchange_lifetime: Duration,
+    /// Most remembered exchanges.
+    pub dedup_capacity: usize,
+    /// Longest time between confirmable notifications to one observer.
+    pub observe_con_interval: Duration,
+    /// Most observers.
+    pub max_observers: usize,
+    /// Queue depth of the observer subscription (hub default when `None`).
+    pub observe_queue_depth: Option<usize>,
+    /// Queue depth of each push target.
+    pub push_queue_depth: usize,
+}
+
+impl Settings {
+    /// Parses and checks an adapter's config table.
+    pub fn from_config(config: &AdapterConfig) -> Result<Self, ConfigError> {
+        let c: CoapConfig = config.parse()?;
+        let bind: SocketAddr = c.bind.parse().map_err(|e| {
+            ConfigError::key(
+                "bind",
+                format!(
+                    "`{}` is not an IP address and port ({e}); e.g. \"0.0.0.0:5683\"",
+                    c.bind
+                ),
+            )
+        })?;
+        if !(16..=1024).contains(&c.block_size) || !c.block_size.is_power_of_two() {
+            return Err(ConfigError::key(
+                "block_size",
+                format!(
+                    "{} is not a CoAP block size: use 16, 32, 64, 128, 256, 512 or 1024",
+                    c.block_size
+                ),
+            ));
+        }
+        if c.max_body == 0 {
+            return Err(ConfigError::key("max_body", "must be at least 1 byte"));
+        }
+        if c.ack_timeout_ms == 0 {
+            return Err(ConfigError::key("ack_timeout_ms", "must be at least 1 ms"));
+        }
+        if !(c.ack_random_factor >= 1.0 && c.ack_random_factor <= 10.0) {
+            return Err(ConfigError::key(
+                "ack_random_factor",
+                format!(
+                    "{} is out of range: use a number from 1 to 10",
+                    c.ack_random_factor
+                ),
+            ));
+        }
+        if c.max_retransmit > 20 {
+            return Err(ConfigError::key(
+                "max_retransmit",
+                format!("{} is too many: use 0 to 20", c.max_retransmit),
+            ));
+        }
+        if c.dedup_capacity == 0 {
+            return Err(ConfigError::key("dedup_capacity", "must be at least 1"));
+        }
+        if c.observe_con_interval_secs == 0 {
+            return Err(ConfigError::key(
+                "observe_con_interval_secs",
+                "must be at least 1 second",
+            ));
+        }
+        if c.queue_depth == Some(0) {
+            return Err(ConfigError::key("queue_depth", "must be at least 1"));
+        }
+        let push = c
+            .push
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                parse_push_url(&p.url)
+                    .map(|(host, port, path, query)| PushEndpoint {
+                        filter: p.filter.clone(),
+                        url: p.url.clone(),
+                        host,
+                        port,
+                        path,
+                        query,
+                    })
+                    .map_err(|m| ConfigError::key(format!("push[{i}].url"), m))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Settings {
+            bind,
+            push,
+            block_size: c.block_size,
+            max_body: c.max_body,
+            retransmission: Retransmission {
+                ack_timeout: Duration::from_millis(c.ack_timeout_ms),
+                random_factor: c.ack_random_factor,
+                max_retransmit: c.max_retransmit,
+            },
+            exchange_lifetime: Duration::from_secs(c.exchange_lifetime_secs),
+            dedup_capacity: c.dedup_capacity,
+            observe_con_interval: Duration::from_secs(c.observe_con_interval_secs),
+            max_observers: c.max_observers,
+            observe_queue_depth: c.queue_depth,
+            push_queue_depth: c.queue_depth.unwrap_or(1024),
+        })
+    }
+}
+
+/// Splits `coap://host[:port]/a/b?x=1&y` into host, port, path segments and
+/// query items.
+fn parse_push_url(s: &str) -> Result<(String, u16, Vec<String>, Vec<String>), String> {
+    let url = url::Url::parse(s).map_err(|e| format!("`{s}` is not a URL: {e}"))?;
+    if url.scheme() != "coap" {
+        return Err(format!(
+            "`{s}`: scheme `{}` is not supported, use coap://host:port/path",
+            url.scheme()
+        ));
+    }
+    let host = match url.host() {
+        Some(url::Host::Ipv6(a)) => a.to_string(),
+        Some(h) => h.to_string(),
+        None => return Err(format!("`{s}` has no host")),
+    };
+    let port = url.port().unwrap_or(5683);
+    let path = url
+        .path_segments()
+        .map(|segs| {
+            segs.filter(|p| !p.is_empty())
+                .map(|p| {
+                    percent_encoding::percent_decode_str(p)
+                        .decode_utf8_lossy()
+                        .into_owned()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let query = url
+        .query()
+        .map(|q| {
+            q.split('&')
+                .filter(|p| !p.is_empty())
+                .map(|p| {
+                    percent_encoding::percent_decode_str(p)
+                        .decode_utf8_lossy()
+                        .into_owned()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok((host, port, path, query))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(text: &str) -> Result<Settings, ConfigError> {
+        Settings::from_config(&AdapterConfig::from_toml_str("coap", text).unwrap())
+    }
+
+    #[test]
+    fn defaults_follow_rfc_7252() {
+        let s = settings("").unwrap();
+        assert_eq!(s.bind.to_string(), "0.0.0.0:5683");
+        assert_eq!(s.block_size, 1024);
+        assert_eq!(s.retransmission.ack_timeout, Duration::from_secs(2));
+        assert_eq!(s.retransmission.max_retransmit, 4);
+        assert_eq!(s.exchange_lifetime, Duration::from_secs(247));
+        assert!(s.push.is_empty());
+    }
+
+    #[test]
+    fn push_urls_are_taken_apart() {
+        let s = settings(
+            "push = [{ filter = \"actuators/#\", url = \"coap://127.0.0.1:5684/led/a%20b?x=1&y\" }, \
+             { filter = \"x\", url = \"coap://[::1]/\" }]",
+        )
+        .unwrap();
+        let p = &s.push[0];
+        assert_eq!((p.host.as_str(), p.port), ("127.0.0.1", 5684));
+        assert_eq!(p.path, vec!["led", "a b"]);
+        assert_eq!(p.query, vec!["x=1", "y"]);
+        assert_eq!((s.push[1].host.as_str(), s.push[1].port), ("::1", 5683));
+        assert!(s.push[1].path.is_empty());
+    }
+
+    #[test]
+    fn bad_keys_are_named() {
+        let e = settings("bnd = \"x\"").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("bnd"));
+        let e = settings("bind = \"localhost\"").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("bind"));
+        let e = settings("block_size = 1000").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("block_size"));
+        let e = settings("push = [{ filter = \"a\", url = \"http://x/y\" }]").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("push[0].url"));
+        let e = settings("push = [{ filter = \"a/#/b\", url = \"coap://x/y\" }]").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("push[0].filter"));
+        let e =
+            settings("push = [{ filter = \"a\", url = \"coap://x/y\", extra = 1 }]").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("push[0].extra"));
+    }
+}
