@@ -9,6 +9,10 @@ COUNT messages arrived or nothing came for TIMEOUT seconds (exit 1).
 With --queue the queue is durable and named; --keep leaves it in place
 (otherwise it is deleted at the end); --no-bind consumes an existing queue.
 
+declare: declare the exchange and a durable queue bound with KEY, then exit.
+
+cleanup: delete the --delete-queue queues and the exchange.
+
 publish: publish COUNT messages (persistent, confirmed) to the exchange with
 routing key KEY and body "{prefix}{i}".
 """
@@ -86,9 +90,31 @@ def publish(args):
     return 0
 
 
+def declare(args):
+    conn = connect(args.url)
+    ch = conn.channel()
+    ch.exchange_declare(args.exchange, exchange_type="topic", durable=True)
+    ch.queue_declare(args.queue, durable=True)
+    for key in args.key:
+        ch.queue_bind(args.queue, args.exchange, routing_key=key)
+    conn.close()
+    print("ready", flush=True)
+    return 0
+
+
+def cleanup(args):
+    conn = connect(args.url)
+    ch = conn.channel()
+    for q in args.delete_queue:
+        ch.queue_delete(q)
+    ch.exchange_delete(args.exchange)
+    conn.close()
+    return 0
+
+
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["consume", "publish"])
+    p.add_argument("mode", choices=["consume", "publish", "declare", "cleanup"])
     p.add_argument("--url", default="amqp://guest:guest@127.0.0.1:5672/%2f")
     p.add_argument("--exchange", required=True)
     p.add_argument("--key", action="append", default=[])
@@ -98,10 +124,12 @@ def main():
     p.add_argument("--count", type=int, default=1)
     p.add_argument("--timeout", type=float, default=10.0)
     p.add_argument("--prefix", default="m")
+    p.add_argument("--delete-queue", action="append", default=[])
     args = p.parse_args()
     if not args.key:
         args.key = ["#"]
-    sys.exit(consume(args) if args.mode == "consume" else publish(args))
+    modes = {"consume": consume, "publish": publish, "declare": declare, "cleanup": cleanup}
+    sys.exit(modes[args.mode](args))
 
 
 if __name__ == "__main__":
