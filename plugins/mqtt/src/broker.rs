@@ -1,0 +1,289 @@
+//! The embedded broker (rumqttd): its listeners run on a thread of their own
+//! with a current-thread runtime, so stopping it closes every device
+//! connection; the adapter is attached to the broker's router through an
+//! in-process link and moves messages between it and the hub.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::thread;
+
+use polyhub_sdk::{AdapterContext, AdapterError, AdapterState, Envelope, QoS, TopicFilter};
+use rumqttd::local::LinkBuilder;
+use rumqttd::protocol::v4::V4;
+use rumqttd::protocol::v5::V5;
+use rumqttd::protocol::{Filter, Packet, PubAck, PubAckReason, RetainForwardRule, Subscribe};
+use rumqttd::{
+    ConnectionSettings, LinkType, Notification, Router, RouterConfig, Server, ServerSettings,
+};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use crate::config::BrokerSettings;
+use crate::convert::{self, FromBroker};
+use crate::error::MqttError;
+
+/// Size of one segment of a filter's in-memory log.
+const SEGMENT_SIZE: usize = 4 << 20;
+/// Segments kept per filter.
+const SEGMENT_COUNT: usize = 4;
+/// Devices the broker accepts at once.
+const MAX_CONNECTIONS: usize = 10_000;
+/// Unacknowledged QoS 1 messages per device.
+const MAX_INFLIGHT: usize = 100;
+
+/// Checks that `addr` can be bound, with an error that says what to do
+/// when it cannot.
+fn check_bind(addr: SocketAddr, key: &str) -> Result<(), AdapterError> {
+    match std::net::TcpListener::bind(addr) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(AdapterError::Bind {
+            addr: addr.to_string(),
+            source: io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!(
+                    "port {port} is already in use (another MQTT broker such as Mosquitto?). \
+                     Set another port in `{key}`, or replace `listen` with \
+                     `url = \"mqtt://127.0.0.1:{port}\"` to join the broker already there",
+                    port = addr.port()
+                ),
+            ),
+        }),
+        Err(e) => Err(AdapterError::Bind {
+            addr: addr.to_string(),
+            source: e,
+        }),
+    }
+}
+
+fn server_settings(name: &str, listen: SocketAddr, s: &BrokerSettings) -> ServerSettings {
+    let auth = if s.users.is_empty() {
+        None
+    } else {
+        Some(
+            s.users
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect::<HashMap<_, _>>(),
+        )
+    };
+    ServerSettings {
+        name: name.to_owned(),
+        listen,
+        tls: None,
+        next_connection_delay_ms: 0,
+        connections: ConnectionSettings {
+            connection_timeout_ms: 10_000,
+            max_payload_size: s.max_payload,
+            max_inflight_count: MAX_INFLIGHT,
+            auth,
+            external_auth: None,
+            dynamic_filters: false,
+        },
+    }
+}
+
+/// Runs the embedded broker and the adapter's link to it until shutdown.
+pub(crate) async fn run(
+    s: BrokerSettings,
+    subscribe: Vec<TopicFilter>,
+    forward: Vec<TopicFilter>,
+    ctx: AdapterContext,
+) -> Result<(), AdapterError> {
+    check_bind(s.listen, "listen")?;
+    if let Some(v5) = s.listen_v5 {
+        check_bind(v5, "listen_v5")?;
+    }
+
+    let router = Router::new(
+        0,
+        RouterConfig {
+            max_connections: MAX_CONNECTIONS,
+            max_outgoing_packet_count: 200,
+            max_segment_size: SEGMENT_SIZE,
+            max_segment_count: SEGMENT_COUNT,
+            ..RouterConfig::default()
+        },
+    );
+    let router_tx = router.spawn();
+
+    // Listeners on their own thread and runtime: dropping that runtime at
+    // shutdown closes the listeners and every device connection.
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let (failed_tx, mut failed_rx) = mpsc::channel::<String>(2);
+    let mut v4 = Server::new(server_settings("v4", s.listen, &s), router_tx.clone(), V4);
+    let mut v5 = s
+        .listen_v5
+        .map(|addr| Server::new(server_settings("v5", addr, &s), router_tx.clone(), V5));
+    let span = ctx.span().clone();
+    let server_thread = thread::Builder::new()
+        .name(format!("mqtt-{}", ctx.name()))
+        .spawn(move || {
+            let _enter = span.enter();
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = failed_tx.try_send(format!("cannot start the listener runtime: {e}"));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let serve_v5 = async {
+                    match v5.as_mut() {
+                        Some(server) => server.start(LinkType::Remote).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = stop_rx => {}
+                    r = v4.start(LinkType::Remote) => {
+                        let _ = failed_tx.try_send(format!("MQTT 3.1.1 listener stopped: {r:?}"));
+                    }
+                    r = serve_v5 => {
+                        let _ = failed_tx.try_send(format!("MQTT 5 listener stopped: {r:?}"));
+                    }
+                }
+            });
+        })?;
+
+    let client_id = format!("polyhub-{}", ctx.name());
+    let link_router = router_tx.clone();
+    let built = tokio::task::spawn_blocking(move || {
+        LinkBuilder::new(&client_id, link_router)
+            .clean_session(true)
+            .build()
+    })
+    .await
+    .map_err(|e| MqttError::Broker(format!("link setup: {e}")))?;
+    let (mut link_tx, mut link_rx, _connack) = built.map_err(MqttError::from)?;
+
+    if !subscribe.is_empty() {
+        let filters = subscribe
+            .iter()
+            .map(|f| Filter {
+                path: f.as_str().to_owned(),
+                qos: rumqttd::protocol::QoS::AtLeastOnce,
+                nolocal: true,
+                preserve_retain: true,
+                retain_forward_rule: RetainForwardRule::OnEverySubscribe,
+            })
+            .collect();
+        link_tx
+            .send(Packet::Subscribe(Subscribe { pkid: 1, filters }, None))
+            .await
+            .map_err(MqttError::from)?;
+    }
+    let mut hub_sub = if forward.is_empty() {
+        None
+    } else {
+        Some(
+            ctx.subscribe(forward.iter().cloned())
+                .map_err(|_| AdapterError::HubClosed)?,
+        )
+    };
+
+    // A per-process marker: this adapter's echo is recognised by it.
+    let marker = format!(
+        "{}/{}/{:x}",
+        ctx.name(),
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    );
+    info!(adapter = %ctx.name(), listen = %s.listen, listen_v5 = ?s.listen_v5, "Embedded MQTT broker listening.");
+    ctx.set_state(AdapterState::Up, None);
+
+    let mut pkid: u16 = 0;
+    let result: Result<(), AdapterError> = loop {
+        tokio::select! {
+            _ = ctx.shutdown().cancelled() => break Ok(()),
+            failed = failed_rx.recv() => {
+                let reason = failed.unwrap_or_else(|| "listener thread ended".to_owned());
+                ctx.metrics().record_error();
+                break Err(MqttError::Broker(reason).into());
+            }
+            note = link_rx.next() => {
+                let note = match note {
+                    Ok(Some(n)) => n,
+                    Ok(None) => continue,
+                    Err(e) => break Err(MqttError::from(e).into()),
+                };
+                match note {
+                    Notification::Forward(fwd) => {
+                        let (qos, id) = convert::broker_header(&fwd.publish);
+                        let origin = ctx.origin().with_peer("embedded broker");
+                        match convert::envelope_from_broker(&fwd.publish, fwd.properties.as_ref(), &marker, origin) {
+                            Ok(FromBroker::Own) => {}
+                            Ok(FromBroker::Envelope(env)) => {
+                                if ctx.publish(env).await.is_err() {
+                                    break Ok(());
+                                }
+                            }
+                            Err(e) => {
+                                ctx.metrics().record_error();
+                                ctx.metrics().incr("invalid_messages");
+                                warn!(adapter = %ctx.name(), error = %e, "Dropped invalid message from a device.");
+                            }
+                        }
+                        if qos != QoS::AtMostOnce {
+                            // Acked once the hub took it: the broker then sends the next.
+                            let ack = Packet::PubAck(PubAck { pkid: id, reason: PubAckReason::Success }, None);
+                            if let Err(e) = link_tx.send(ack).await {
+                                break Err(MqttError::from(e).into());
+                            }
+                        }
+                    }
+                    Notification::Unschedule => {
+                        if let Err(e) = link_rx.wake().await {
+                            break Err(MqttError::from(e).into());
+                        }
+                    }
+                    Notification::Disconnect(d, _) => {
+                        ctx.metrics().record_error();
+                        break Err(MqttError::Broker(format!("the broker dropped the adapter's link: {d:?}")).into());
+                    }
+                    other => debug!(adapter = %ctx.name(), notification = ?other, "Broker notification."),
+                }
+            }
+            env = recv(&mut hub_sub) => {
+                let Some(env) = env else { break Ok(()) };
+                pkid = pkid.wrapping_add(1).max(1);
+                if let Err(e) = send_to_broker(&mut link_tx, &env, pkid, &marker).await {
+                    break Err(MqttError::from(e).into());
+                }
+            }
+        }
+    };
+
+    // Closing the listeners' runtime drops every device connection.
+    let _ = stop_tx.send(());
+    let joined = tokio::task::spawn_blocking(move || server_thread.join()).await;
+    if !matches!(joined, Ok(Ok(()))) {
+        warn!(adapter = %ctx.name(), "Embedded broker thread did not stop cleanly.");
+    }
+    info!(adapter = %ctx.name(), "Embedded MQTT broker stopped.");
+    result
+}
+
+async fn recv(sub: &mut Option<polyhub_sdk::Subscription>) -> Option<std::sync::Arc<Envelope>> {
+    match sub {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn send_to_broker(
+    link_tx: &mut rumqttd::local::LinkTx,
+    env: &Envelope,
+    pkid: u16,
+    marker: &str,
+) -> Result<(), rumqttd::local::LinkError> {
+    let (publish, props) = convert::broker_publish(env, pkid, marker);
+    link_tx.send(Packet::Publish(publish, Some(props))).await?;
+    Ok(())
+}

@@ -1,0 +1,374 @@
+//! Client of an external broker (rumqttc, MQTT 5): the event-loop task that
+//! connects, reconnects with backoff and takes publishes into the hub, and the
+//! forwarder task that sends hub envelopes out.
+//!
+//! QoS 1 messages are never lost to a broker restart: when the connection
+//! drops, rumqttc's unacknowledged and queued publishes are moved into the
+//! adapter's own bounded [`Outbox`], which also takes what the hub forwards
+//! while disconnected; after the next CONNACK the outbox is replayed first.
+//! (rumqttc alone would discard them when the broker has no session for us.)
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use polyhub_sdk::{AdapterContext, AdapterError, AdapterState, Subscription, TopicFilter};
+use rumqttc::v5::mqttbytes::v5::{
+    ConnectReturnCode, Filter, Packet, Publish, RetainForwardRule, Subscribe, SubscribeReasonCode,
+};
+use rumqttc::v5::mqttbytes::QoS as CQoS;
+use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Request};
+use rumqttc::{TlsConfiguration, Transport};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::ClientSettings;
+use crate::convert;
+use crate::error::MqttError;
+
+/// Requests rumqttc's event loop queues from the forwarder while connected.
+const REQUEST_CHANNEL: usize = 256;
+/// QoS 1 publishes in flight towards the broker.
+const INFLIGHT: u16 = 100;
+/// How long a clean disconnect may take at shutdown.
+const DISCONNECT_GRACE: Duration = Duration::from_secs(1);
+
+/// Publishes waiting for a connection, bounded by `buffer`.
+#[derive(Debug)]
+struct Outbox {
+    connected: bool,
+    queue: VecDeque<Publish>,
+    capacity: usize,
+    overflowed: u64,
+}
+
+impl Outbox {
+    /// Queues a publish; false when the buffer is full (the publish is dropped).
+    fn push(&mut self, mut publish: Publish) -> bool {
+        if self.queue.len() >= self.capacity {
+            self.overflowed += 1;
+            return false;
+        }
+        // A new session assigns fresh packet ids.
+        publish.pkid = 0;
+        publish.dup = false;
+        self.queue.push_back(publish);
+        true
+    }
+}
+
+fn lock(outbox: &Mutex<Outbox>) -> MutexGuard<'_, Outbox> {
+    // The lock only guards plain data; a panic elsewhere cannot corrupt it.
+    outbox.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+fn overflow(ctx: &AdapterContext, outbox: &Mutex<Outbox>) {
+    ctx.metrics().record_drop();
+    ctx.metrics().incr("buffer_overflow");
+    let total = lock(outbox).overflowed;
+    // Log the first and then every 1000th, not one line per message.
+    if total == 1 || total % 1000 == 0 {
+        warn!(adapter = %ctx.name(), dropped_total = total, "Broker unreachable and the buffer is full; dropped a message.");
+    }
+}
+
+fn tls_config(s: &ClientSettings) -> Result<TlsConfiguration, MqttError> {
+    use rumqttc::tokio_rustls::rustls;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+
+    let path = s
+        .ca_file
+        .clone()
+        .unwrap_or_else(|| "/etc/ssl/certs/ca-certificates.crt".into());
+    let ca_err = |reason: String| MqttError::CaFile {
+        path: path.clone(),
+        reason,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(&path).map_err(|e| ca_err(e.to_string()))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| ca_err(e.to_string()))?;
+        roots.add(cert).map_err(|e| ca_err(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(ca_err("no certificate in the file".into()));
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| MqttError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(TlsConfiguration::Rustls(Arc::new(config)))
+}
+
+fn options(s: &ClientSettings) -> Result<MqttOptions, MqttError> {
+    let mut opts = MqttOptions::new(s.client_id.clone(), s.host.clone(), s.port);
+    opts.set_keep_alive(s.keep_alive)
+        .set_clean_start(true)
+        .set_connection_timeout(5)
+        .set_outgoing_inflight_upper_limit(INFLIGHT);
+    if let Some((user, pass)) = &s.credentials {
+        opts.set_credentials(user.clone(), pass.clone());
+    }
+    if s.tls {
+        opts.set_transport(Transport::tls_with_config(tls_config(s)?));
+    }
+    Ok(opts)
+}
+
+fn subscribe_request(filters: &[TopicFilter]) -> Request {
+    let filters = filters.iter().map(|f| Filter {
+        path: f.as_str().to_owned(),
+        qos: CQoS::AtLeastOnce,
+        // Never receive our own publishes back: no echo into the hub.
+        nolocal: true,
+        // Keep the retain flag of live messages, so the hub can carry it.
+        preserve_retain: true,
+        retain_forward_rule: RetainForwardRule::OnEverySubscribe,
+    });
+    Request::Subscribe(Subscribe::new_many(filters, None))
+}
+
+/// A refusal that retrying will not cure.
+fn is_permanent(code: &ConnectReturnCode) -> bool {
+    matches!(
+        code,
+        ConnectReturnCode::BadUserNamePassword
+            | ConnectReturnCode::NotAuthorized
+            | ConnectReturnCode::BadClientId
+            | ConnectReturnCode::ClientIdentifierNotValid
+            | ConnectReturnCode::Banned
+            | ConnectReturnCode::BadAuthenticationMethod
+    )
+}
+
+/// Runs the client until shutdown.
+pub(crate) async fn run(
+    s: ClientSettings,
+    subscribe: Vec<TopicFilter>,
+    forward: Vec<TopicFilter>,
+    ctx: AdapterContext,
+) -> Result<(), AdapterError> {
+    let broker = format!("{}:{}", s.host, s.port);
+    let (client, mut eventloop) = AsyncClient::new(options(&s)?, REQUEST_CHANNEL);
+    let outbox = Arc::new(Mutex::new(Outbox {
+        connected: false,
+        queue: VecDeque::new(),
+        capacity: s.buffer,
+        overflowed: 0,
+    }));
+
+    let stop_forwarder = CancellationToken::new();
+    let forwarder = if forward.is_empty() {
+        None
+    } else {
+        let sub = ctx
+            .subscribe(forward.iter().cloned())
+            .map_err(|_| AdapterError::HubClosed)?;
+        Some(tokio::spawn(forward_loop(
+            ctx.clone(),
+            sub,
+            client.clone(),
+            outbox.clone(),
+            stop_forwarder.clone(),
+        )))
+    };
+
+    let result = event_loop(&s, &broker, &subscribe, &mut eventloop, &outbox, &ctx).await;
+
+    stop_forwarder.cancel();
+    if let Some(task) = forwarder {
+        let _ = task.await;
+    }
+    if result.is_ok() && lock(&outbox).connected {
+        disconnect(&client, &mut eventloop).await;
+    }
+    let left = lock(&outbox).queue.len();
+    if left > 0 {
+        warn!(adapter = %ctx.name(), messages = left, "Stopped with messages still buffered for the broker.");
+    }
+    result
+}
+
+async fn disconnect(client: &AsyncClient, eventloop: &mut EventLoop) {
+    if client.try_disconnect().is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(DISCONNECT_GRACE, async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+}
+
+async fn event_loop(
+    s: &ClientSettings,
+    broker: &str,
+    subscribe: &[TopicFilter],
+    eventloop: &mut EventLoop,
+    outbox: &Mutex<Outbox>,
+    ctx: &AdapterContext,
+) -> Result<(), AdapterError> {
+    let mut backoff = s.reconnect_min;
+    let mut ever_up = false;
+    loop {
+        let event = tokio::select! {
+            _ = ctx.shutdown().cancelled() => return Ok(()),
+            event = eventloop.poll() => event,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                let saved = {
+                    let mut ob = lock(outbox);
+                    ob.connected = true;
+                    std::mem::take(&mut ob.queue)
+                };
+                // Subscribe first, then replay what waited for the broker,
+                // then anything rumqttc still holds.
+                let mut pending = VecDeque::with_capacity(saved.len() + 1);
+                if !subscribe.is_empty() {
+                    pending.push_back(subscribe_request(subscribe));
+                }
+                let replayed = saved.len();
+                pending.extend(saved.into_iter().map(Request::Publish));
+                pending.append(&mut eventloop.pending);
+                eventloop.pending = pending;
+                if ever_up {
+                    ctx.metrics().record_reconnect();
+                    info!(adapter = %ctx.name(), broker = %broker, replayed, "Reconnected to broker.");
+                } else {
+                    info!(adapter = %ctx.name(), broker = %broker, replayed, "Connected to broker.");
+                }
+                ever_up = true;
+                backoff = s.reconnect_min;
+                ctx.set_state(AdapterState::Up, None);
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                let origin = ctx.origin().with_peer(broker);
+                match convert::envelope_from_client(&publish, origin) {
+                    Ok(env) => {
+                        if ctx.publish(env).await.is_err() {
+                            // The hub is shutting down.
+                            return Ok(());
+                        }
+                    }
+                    Err(e) => {
+                        ctx.metrics().record_error();
+                        ctx.metrics().incr("invalid_messages");
+                        warn!(adapter = %ctx.name(), broker = %broker, error = %e, "Dropped invalid message from broker.");
+                    }
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                for (code, filter) in ack.return_codes.iter().zip(subscribe) {
+                    if !matches!(code, SubscribeReasonCode::Success(_)) {
+                        ctx.metrics().record_error();
+                        warn!(adapter = %ctx.name(), broker = %broker, filter = %filter, code = ?code, "Broker refused a subscription.");
+                    }
+                }
+            }
+            Ok(Event::Incoming(Packet::Disconnect(d))) => {
+                warn!(adapter = %ctx.name(), broker = %broker, reason = ?d.reason_code, "Broker is disconnecting us.");
+            }
+            Ok(other) => debug!(adapter = %ctx.name(), event = ?other, "MQTT event."),
+            Err(e) => {
+                let pending = std::mem::take(&mut eventloop.pending);
+                let dropped = {
+                    let mut ob = lock(outbox);
+                    ob.connected = false;
+                    pending
+                        .into_iter()
+                        .filter_map(|r| match r {
+                            Request::Publish(p) => Some(p),
+                            _ => None,
+                        })
+                        .filter(|p| !ob.push(p.clone()))
+                        .count()
+                };
+                for _ in 0..dropped {
+                    overflow(ctx, outbox);
+                }
+                if let ConnectionError::ConnectionRefused(code) = &e {
+                    if !ever_up && is_permanent(code) {
+                        return Err(MqttError::Refused {
+                            broker: broker.to_owned(),
+                            code: format!("{code:?}"),
+                        }
+                        .into());
+                    }
+                }
+                ctx.metrics().record_error();
+                let reason = format!("broker {broker}: {e}");
+                warn!(adapter = %ctx.name(), broker = %broker, error = %e, retry_in = ?backoff, "Broker connection lost; reconnecting.");
+                ctx.set_state(AdapterState::Down, Some(reason));
+                tokio::select! {
+                    _ = ctx.shutdown().cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(s.reconnect_max);
+            }
+        }
+    }
+}
+
+/// Sends what the hub forwards to the broker; buffers it while disconnected.
+async fn forward_loop(
+    ctx: AdapterContext,
+    mut sub: Subscription,
+    client: AsyncClient,
+    outbox: Arc<Mutex<Outbox>>,
+    stop: CancellationToken,
+) {
+    loop {
+        let env = tokio::select! {
+            _ = stop.cancelled() => return,
+            env = sub.recv() => match env {
+                Some(env) => env,
+                None => return,
+            },
+        };
+        let publish = convert::client_publish(&env);
+        {
+            let mut ob = lock(&outbox);
+            if !ob.connected {
+                let queued = ob.push(publish);
+                drop(ob);
+                if !queued {
+                    overflow(&ctx, &outbox);
+                }
+                continue;
+            }
+        }
+        let topic = env.topic.as_str().to_owned();
+        let sent = match publish.properties {
+            Some(props) => {
+                client
+                    .publish_bytes_with_properties(
+                        topic,
+                        publish.qos,
+                        publish.retain,
+                        publish.payload,
+                        props,
+                    )
+                    .await
+            }
+            None => {
+                client
+                    .publish_bytes(topic, publish.qos, publish.retain, publish.payload)
+                    .await
+            }
+        };
+        if let Err(e) = sent {
+            // Only when the event loop is gone, i.e. the adapter is stopping.
+            ctx.metrics().record_drop();
+            debug!(adapter = %ctx.name(), error = %e, "Event loop closed; message not sent.");
+            return;
+        }
+    }
+}

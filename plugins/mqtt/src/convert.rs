@@ -1,0 +1,313 @@
+//! Pure mapping between MQTT publishes and [`Envelope`]s, for both the rumqttc
+//! client (MQTT 5 packets from an external broker) and the rumqttd embedded
+//! broker (its local-link publishes). No I/O here; unit tested below.
+//!
+//! Topic ↔ topic unchanged; QoS and retain carried both ways; MQTT 5
+//! content type, user properties, response topic and correlation data map to
+//! `content_type`, `headers`, `reply_to` and `correlation`.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use polyhub_sdk::{Envelope, Origin, QoS, Topic};
+use rumqttc::v5::mqttbytes::v5::{Publish as CPublish, PublishProperties as CProps};
+use rumqttc::v5::mqttbytes::QoS as CQoS;
+use rumqttd::protocol::{Publish as DPublish, PublishProperties as DProps};
+use thiserror::Error;
+
+/// User property that marks a publish the adapter itself made on the
+/// embedded broker, so it is not taken back into the hub (rumqttd has no
+/// MQTT 5 no-local).
+pub const ORIGIN_PROPERTY: &str = "x-polyhub-origin";
+
+/// Why an MQTT publish could not become an envelope.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ConvertError {
+    /// The topic is not UTF-8.
+    #[error("topic is not UTF-8")]
+    TopicNotUtf8,
+    /// The topic breaks the MQTT topic rules.
+    #[error("invalid topic: {0}")]
+    InvalidTopic(String),
+}
+
+/// Hub QoS → MQTT QoS (rumqttc).
+pub fn client_qos(q: QoS) -> CQoS {
+    match q {
+        QoS::AtMostOnce => CQoS::AtMostOnce,
+        QoS::AtLeastOnce => CQoS::AtLeastOnce,
+        QoS::ExactlyOnce => CQoS::ExactlyOnce,
+    }
+}
+
+/// MQTT QoS (rumqttc) → hub QoS.
+pub fn hub_qos(q: CQoS) -> QoS {
+    match q {
+        CQoS::AtMostOnce => QoS::AtMostOnce,
+        CQoS::AtLeastOnce => QoS::AtLeastOnce,
+        CQoS::ExactlyOnce => QoS::ExactlyOnce,
+    }
+}
+
+fn topic_from_bytes(raw: &[u8]) -> Result<Topic, ConvertError> {
+    let s = std::str::from_utf8(raw).map_err(|_| ConvertError::TopicNotUtf8)?;
+    Topic::new(s).map_err(|e| ConvertError::InvalidTopic(e.to_string()))
+}
+
+/// Moves MQTT 5 publish properties onto an envelope.
+fn apply_properties(
+    env: &mut Envelope,
+    content_type: Option<&String>,
+    user: &[(String, String)],
+    response_topic: Option<&String>,
+    correlation: Option<&Bytes>,
+) {
+    env.content_type = content_type.cloned();
+    env.headers = user
+        .iter()
+        .filter(|(k, _)| k != ORIGIN_PROPERTY)
+        .cloned()
+        .collect();
+    env.reply_to = response_topic.cloned();
+    env.correlation = correlation.cloned();
+}
+
+/// A publish received by the rumqttc client → an envelope.
+pub fn envelope_from_client(publish: &CPublish, origin: Origin) -> Result<Envelope, ConvertError> {
+    let topic = topic_from_bytes(&publish.topic)?;
+    let mut env = Envelope::new(topic, publish.payload.clone())
+        .with_qos(hub_qos(publish.qos))
+        .with_retain(publish.retain)
+        .with_origin(origin);
+    if let Some(p) = &publish.properties {
+        apply_properties(
+            &mut env,
+            p.content_type.as_ref(),
+            &p.user_properties,
+            p.response_topic.as_ref(),
+            p.correlation_data.as_ref(),
+        );
+    }
+    Ok(env)
+}
+
+/// MQTT 5 properties of an envelope, `None` when it has none to carry.
+fn client_properties(env: &Envelope) -> Option<CProps> {
+    if env.content_type.is_none()
+        && env.headers.is_empty()
+        && env.reply_to.is_none()
+        && env.correlation.is_none()
+    {
+        return None;
+    }
+    Some(CProps {
+        content_type: env.content_type.clone(),
+        user_properties: env.headers.clone(),
+        response_topic: env.reply_to.clone(),
+        correlation_data: env.correlation.clone(),
+        ..CProps::default()
+    })
+}
+
+/// An envelope → a publish for the rumqttc client.
+pub fn client_publish(env: &Envelope) -> CPublish {
+    let mut p = CPublish::new(
+        env.topic.as_str(),
+        client_qos(env.qos),
+        env.payload.clone(),
+        client_properties(env),
+    );
+    p.retain = env.retain;
+    p
+}
+
+/// QoS and packet id of an embedded-broker publish (rumqttd keeps these
+/// fields private; its own wire-independent serialization exposes them).
+pub fn broker_header(publish: &DPublish) -> (QoS, u16) {
+    let mut head = publish.clone();
+    head.payload = Bytes::new();
+    let raw = head.serialize();
+    let qos = match (raw[0] >> 1) & 0b11 {
+        1 => QoS::AtLeastOnce,
+        2 => QoS::ExactlyOnce,
+        _ => QoS::AtMostOnce,
+    };
+    (qos, u16::from_be_bytes([raw[1], raw[2]]))
+}
+
+/// What a publish forwarded by the embedded broker to the adapter's link is.
+#[derive(Debug)]
+pub enum FromBroker {
+    /// The adapter published it itself (carries our origin marker): skip.
+    Own,
+    /// A device's message.
+    Envelope(Envelope),
+}
+
+/// A publish the embedded broker forwarded to the adapter → an envelope,
+/// unless it carries `marker` (then it is the adapter's own echo).
+pub fn envelope_from_broker(
+    publish: &DPublish,
+    props: Option<&DProps>,
+    marker: &str,
+    origin: Origin,
+) -> Result<FromBroker, ConvertError> {
+    if let Some(p) = props {
+        if p.user_properties
+            .iter()
+            .any(|(k, v)| k == ORIGIN_PROPERTY && v == marker)
+        {
+            return Ok(FromBroker::Own);
+        }
+    }
+    let topic = topic_from_bytes(&publish.topic)?;
+    let (qos, _) = broker_header(publish);
+    let mut env = Envelope::new(topic, publish.payload.clone())
+        .with_qos(qos)
+        .with_retain(publish.retain)
+        .with_origin(origin);
+    if let Some(p) = props {
+        apply_properties(
+            &mut env,
+            p.content_type.as_ref(),
+            &p.user_properties,
+            p.response_topic.as_ref(),
+            p.correlation_data.as_ref(),
+        );
+    }
+    Ok(FromBroker::Envelope(env))
+}
+
+/// An envelope → a publish for the embedded broker with packet id `pkid`,
+/// marked with `marker` so the adapter recognises its echo.
+pub fn broker_publish(env: &Envelope, pkid: u16, marker: &str) -> (DPublish, DProps) {
+    // rumqttd only lets local links build QoS 0 publishes directly; its
+    // deserializer takes the fixed header with QoS, retain and packet id.
+    let qos = match env.qos {
+        QoS::AtMostOnce => 0u8,
+        // The embedded broker's QoS 2 towards devices is QoS 1 inside the hub.
+        QoS::AtLeastOnce | QoS::ExactlyOnce => 1u8,
+    };
+    let topic = env.topic.as_str().as_bytes();
+    let mut head = BytesMut::with_capacity(5 + topic.len());
+    head.put_u8(0b0011_0000 | (qos << 1) | u8::from(env.retain));
+    head.put_u16(if qos == 0 { 0 } else { pkid.max(1) });
+    // A Topic is at most 65535 bytes, so its length fits.
+    head.put_u16(topic.len() as u16);
+    head.put_slice(topic);
+    let mut publish = DPublish::deserialize(head.freeze());
+    publish.payload = env.payload.clone();
+    let mut user_properties = env.headers.clone();
+    user_properties.push((ORIGIN_PROPERTY.to_owned(), marker.to_owned()));
+    let props = DProps {
+        content_type: env.content_type.clone(),
+        user_properties,
+        response_topic: env.reply_to.clone(),
+        correlation_data: env.correlation.clone(),
+        ..DProps::default()
+    };
+    (publish, props)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(topic: &str, payload: &'static [u8]) -> Envelope {
+        Envelope::new(Topic::new(topic).unwrap(), Bytes::from_static(payload))
+    }
+
+    #[test]
+    fn client_publish_carries_qos_retain_and_properties() {
+        let e = env("sensors/t1", b"21.5")
+            .with_qos(QoS::AtLeastOnce)
+            .with_retain(true)
+            .with_content_type("text/plain")
+            .with_header("unit", "C");
+        let p = client_publish(&e);
+        assert_eq!(&p.topic[..], b"sensors/t1");
+        assert_eq!(&p.payload[..], b"21.5");
+        assert_eq!(p.qos, CQoS::AtLeastOnce);
+        assert!(p.retain);
+        let props = p.properties.clone().unwrap();
+        assert_eq!(props.content_type.as_deref(), Some("text/plain"));
+        assert_eq!(props.user_properties, vec![("unit".into(), "C".into())]);
+
+        let back = envelope_from_client(&p, Origin::default()).unwrap();
+        assert_eq!(back.topic.as_str(), "sensors/t1");
+        assert_eq!(back.qos, QoS::AtLeastOnce);
+        assert!(back.retain);
+        assert_eq!(back.content_type.as_deref(), Some("text/plain"));
+        assert_eq!(back.header("unit"), Some("C"));
+    }
+
+    #[test]
+    fn plain_envelope_has_no_properties() {
+        let p = client_publish(&env("a", b"x"));
+        assert!(p.properties.is_none());
+        assert_eq!(p.qos, CQoS::AtMostOnce);
+        assert!(!p.retain);
+    }
+
+    #[test]
+    fn client_publish_with_bad_topic_is_an_error() {
+        let mut p = CPublish::new("a/+", CQoS::AtMostOnce, "x", None);
+        assert!(matches!(
+            envelope_from_client(&p, Origin::default()),
+            Err(ConvertError::InvalidTopic(_))
+        ));
+        p.topic = Bytes::from_static(&[0xff, 0xfe]);
+        assert_eq!(
+            envelope_from_client(&p, Origin::default()).unwrap_err(),
+            ConvertError::TopicNotUtf8
+        );
+        p.topic = Bytes::new();
+        assert!(envelope_from_client(&p, Origin::default()).is_err());
+    }
+
+    #[test]
+    fn broker_publish_round_trips_and_own_echo_is_recognised() {
+        let e = env("home/led", b"on")
+            .with_qos(QoS::AtLeastOnce)
+            .with_retain(true)
+            .with_header("k", "v");
+        let (p, props) = broker_publish(&e, 7, "me");
+        assert_eq!(broker_header(&p), (QoS::AtLeastOnce, 7));
+        assert!(p.retain);
+        assert_eq!(&p.payload[..], b"on");
+        assert_eq!(&p.topic[..], b"home/led");
+
+        match envelope_from_broker(&p, Some(&props), "me", Origin::default()).unwrap() {
+            FromBroker::Own => {}
+            other => panic!("expected own echo, got {other:?}"),
+        }
+        match envelope_from_broker(&p, Some(&props), "other-hub", Origin::default()).unwrap() {
+            FromBroker::Envelope(back) => {
+                assert_eq!(back.qos, QoS::AtLeastOnce);
+                assert!(back.retain);
+                assert_eq!(back.headers, vec![("k".to_owned(), "v".to_owned())]);
+            }
+            other => panic!("expected an envelope, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn broker_publish_at_qos0_has_no_packet_id() {
+        let (p, _) = broker_publish(&env("a/b", b""), 9, "m");
+        assert_eq!(broker_header(&p), (QoS::AtMostOnce, 0));
+        assert!(!p.retain);
+    }
+
+    #[test]
+    fn device_publish_from_broker_becomes_an_envelope() {
+        let p = DPublish::new("dev/1/temp", "20", false);
+        match envelope_from_broker(&p, None, "m", Origin::default()).unwrap() {
+            FromBroker::Envelope(e) => {
+                assert_eq!(e.topic.as_str(), "dev/1/temp");
+                assert_eq!(&e.payload[..], b"20");
+                assert_eq!(e.qos, QoS::AtMostOnce);
+            }
+            other => panic!("expected an envelope, got {other:?}"),
+        }
+        let bad = DPublish::new(Bytes::from_static(b"\xff"), Bytes::new(), false);
+        assert!(envelope_from_broker(&bad, None, "m", Origin::default()).is_err());
+    }
+}

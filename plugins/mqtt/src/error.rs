@@ -1,0 +1,44 @@
+//! The crate's error type: what can stop an MQTT adapter, beyond the
+//! sdk's own [`AdapterError`] kinds.
+
+use std::path::PathBuf;
+
+use polyhub_sdk::AdapterError;
+use thiserror::Error;
+
+/// Why an MQTT adapter could not run.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum MqttError {
+    /// The CA file of `ca_file` could not be read or holds no certificate.
+    #[error("cannot use CA file {path}: {reason}")]
+    CaFile {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// TLS could not be set up.
+    #[error("TLS setup: {0}")]
+    Tls(String),
+    /// The broker refused our credentials or client id; retrying will not help.
+    #[error("broker {broker} refused the connection: {code}")]
+    Refused {
+        /// `host:port`.
+        broker: String,
+        /// The CONNACK reason.
+        code: String,
+    },
+    /// The embedded broker's in-process link failed.
+    #[error("embedded broker link: {0}")]
+    Link(#[from] rumqttd::local::LinkError),
+    /// The embedded broker stopped serving.
+    #[error("embedded broker: {0}")]
+    Broker(String),
+}
+
+impl From<MqttError> for AdapterError {
+    fn from(e: MqttError) -> Self {
+        AdapterError::Other(Box::new(e))
+    }
+}
