@@ -56,7 +56,7 @@ async fn run(settings: Arc<Settings>, ctx: AdapterContext) -> Result<(), Adapter
     if !queues.is_empty() {
         let filters: Vec<TopicFilter> = queues.iter().map(|q| q.endpoint.filter.clone()).collect();
         let mut sub = ctx
-            .subscribe_with_depth(filters, settings.observe_queue_depth)
+            .subscribe(filters)
             .map_err(|e| AdapterError::protocol(format!("cannot subscribe for push: {e}")))?;
         let (ctx2, queues2) = (ctx.clone(), queues.clone());
         tasks.spawn(async move {

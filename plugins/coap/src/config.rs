@@ -75,11 +75,12 @@ pub struct CoapConfig {
     /// Observe option (not registered). Default 10000.
     #[serde(default = "default_max_observers")]
     pub max_observers: usize,
-    /// Depth of the queue of envelopes waiting to reach observers and each
-    /// push target. Full: QoS 0 envelopes are dropped and counted, QoS 1
-    /// ones wait. Default: the hub's default depth (observers), 1024 (push).
-    #[serde(default)]
-    pub queue_depth: Option<usize>,
+    /// Depth of each push target's queue of envelopes waiting to be sent.
+    /// Full: QoS 0 envelopes are dropped and counted, QoS 1 ones wait.
+    /// (Observers use the hub's subscription queues, sized by the adapter's
+    /// `queue_depth`.) Default 1024.
+    #[serde(default = "default_push_queue_depth")]
+    pub push_queue_depth: usize,
 }
 
 /// One `push` entry.
@@ -119,6 +120,9 @@ fn default_dedup_capacity() -> usize {
 }
 fn default_observe_con_interval() -> u64 {
     60
+}
+fn default_push_queue_depth() -> usize {
+    1024
 }
 fn default_max_observers() -> usize {
     10_000
@@ -173,8 +177,6 @@ pub struct Settings {
     pub observe_con_interval: Duration,
     /// Most observers.
     pub max_observers: usize,
-    /// Queue depth of the observer subscription (hub default when `None`).
-    pub observe_queue_depth: Option<usize>,
     /// Queue depth of each push target.
     pub push_queue_depth: usize,
 }
@@ -231,8 +233,8 @@ impl Settings {
                 "must be at least 1 second",
             ));
         }
-        if c.queue_depth == Some(0) {
-            return Err(ConfigError::key("queue_depth", "must be at least 1"));
+        if c.push_queue_depth == 0 {
+            return Err(ConfigError::key("push_queue_depth", "must be at least 1"));
         }
         let push = c
             .push
@@ -265,8 +267,7 @@ impl Settings {
             dedup_capacity: c.dedup_capacity,
             observe_con_interval: Duration::from_secs(c.observe_con_interval_secs),
             max_observers: c.max_observers,
-            observe_queue_depth: c.queue_depth,
-            push_queue_depth: c.queue_depth.unwrap_or(1024),
+            push_queue_depth: c.push_queue_depth,
         })
     }
 }

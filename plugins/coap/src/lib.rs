@@ -45,6 +45,8 @@ pub mod transmission;
 use polyhub_sdk::{Adapter, AdapterConfig, AdapterFactory, ConfigError};
 
 pub use adapter::CoapAdapter;
+/// The CoAP message codec this crate is built on, for tests and tools.
+pub use coap_lite;
 pub use config::{CoapConfig, PushTarget, Settings};
 pub use error::CoapError;
 

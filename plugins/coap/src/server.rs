@@ -746,10 +746,7 @@ impl Server {
     /// Subscribes the hub for `filter` (first observer of it) and forwards
     /// what arrives to its observers.
     fn watch_filter(self: &Arc<Self>, st: &mut State, filter: TopicFilter) {
-        let sub: Subscription = match self
-            .ctx
-            .subscribe_with_depth([filter.clone()], self.settings.observe_queue_depth)
-        {
+        let sub: Subscription = match self.ctx.subscribe([filter.clone()]) {
             Ok(s) => s,
             Err(e) => {
                 self.ctx.metrics().record_error();
