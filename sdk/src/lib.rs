@@ -34,3 +34,4 @@ pub mod reexports {
     pub use toml;
     pub use tracing;
 }
+pub mod plugin;
