@@ -11,7 +11,6 @@ use std::thread;
 use polyhub_sdk::{AdapterContext, AdapterError, AdapterState, Envelope, QoS, TopicFilter};
 use rumqttd::local::LinkBuilder;
 use rumqttd::protocol::v4::V4;
-use rumqttd::protocol::v5::V5;
 use rumqttd::protocol::{Filter, Packet, PubAck, PubAckReason, RetainForwardRule, Subscribe};
 use rumqttd::{
     ConnectionSettings, LinkType, Notification, Router, RouterConfig, Server, ServerSettings,
@@ -20,7 +19,8 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::config::BrokerSettings;
-use crate::convert::{self, FromBroker};
+use crate::convert;
+use crate::echo_filter::EchoFilter;
 use crate::error::MqttError;
 
 /// Size of one segment of a filter's in-memory log.
@@ -31,6 +31,8 @@ const SEGMENT_COUNT: usize = 4;
 const MAX_CONNECTIONS: usize = 10_000;
 /// Unacknowledged QoS 1 messages per device.
 const MAX_INFLIGHT: usize = 100;
+/// Own publishes whose echo the adapter remembers.
+const ECHO_MEMORY: usize = 10_000;
 
 /// Checks that `addr` can be bound, with an error that says what to do
 /// when it cannot.
@@ -91,9 +93,6 @@ pub(crate) async fn run(
     ctx: AdapterContext,
 ) -> Result<(), AdapterError> {
     check_bind(s.listen, "listen")?;
-    if let Some(v5) = s.listen_v5 {
-        check_bind(v5, "listen_v5")?;
-    }
 
     let router = Router::new(
         0,
@@ -112,9 +111,6 @@ pub(crate) async fn run(
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let (failed_tx, mut failed_rx) = mpsc::channel::<String>(2);
     let mut v4 = Server::new(server_settings("v4", s.listen, &s), router_tx.clone(), V4);
-    let mut v5 = s
-        .listen_v5
-        .map(|addr| Server::new(server_settings("v5", addr, &s), router_tx.clone(), V5));
     let span = ctx.span().clone();
     let server_thread = thread::Builder::new()
         .name(format!("mqtt-{}", ctx.name()))
@@ -131,19 +127,10 @@ pub(crate) async fn run(
                 }
             };
             runtime.block_on(async move {
-                let serve_v5 = async {
-                    match v5.as_mut() {
-                        Some(server) => server.start(LinkType::Remote).await,
-                        None => std::future::pending().await,
-                    }
-                };
                 tokio::select! {
                     _ = stop_rx => {}
                     r = v4.start(LinkType::Remote) => {
                         let _ = failed_tx.try_send(format!("MQTT 3.1.1 listener stopped: {r:?}"));
-                    }
-                    r = serve_v5 => {
-                        let _ = failed_tx.try_send(format!("MQTT 5 listener stopped: {r:?}"));
                     }
                 }
             });
@@ -185,17 +172,8 @@ pub(crate) async fn run(
         )
     };
 
-    // A per-process marker: this adapter's echo is recognised by it.
-    let marker = format!(
-        "{}/{}/{:x}",
-        ctx.name(),
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-    );
-    info!(adapter = %ctx.name(), listen = %s.listen, listen_v5 = ?s.listen_v5, "Embedded MQTT broker listening.");
+    let mut echoes = EchoFilter::new(subscribe.clone(), ECHO_MEMORY);
+    info!(adapter = %ctx.name(), listen = %s.listen, "Embedded MQTT broker listening.");
     ctx.set_state(AdapterState::Up, None);
 
     let mut pkid: u16 = 0;
@@ -217,9 +195,9 @@ pub(crate) async fn run(
                     Notification::Forward(fwd) => {
                         let (qos, id) = convert::broker_header(&fwd.publish);
                         let origin = ctx.origin().with_peer("embedded broker");
-                        match convert::envelope_from_broker(&fwd.publish, fwd.properties.as_ref(), &marker, origin) {
-                            Ok(FromBroker::Own) => {}
-                            Ok(FromBroker::Envelope(env)) => {
+                        match convert::envelope_from_broker(&fwd.publish, fwd.properties.as_ref(), origin) {
+                            Ok(env) if echoes.is_echo(&env.topic, &env.payload) => {}
+                            Ok(env) => {
                                 if ctx.publish(env).await.is_err() {
                                     break Ok(());
                                 }
@@ -253,7 +231,8 @@ pub(crate) async fn run(
             env = recv(&mut hub_sub) => {
                 let Some(env) = env else { break Ok(()) };
                 pkid = pkid.wrapping_add(1).max(1);
-                if let Err(e) = send_to_broker(&mut link_tx, &env, pkid, &marker).await {
+                echoes.sent(&env.topic, &env.payload);
+                if let Err(e) = send_to_broker(&mut link_tx, &env, pkid).await {
                     break Err(MqttError::from(e).into());
                 }
             }
@@ -281,9 +260,8 @@ async fn send_to_broker(
     link_tx: &mut rumqttd::local::LinkTx,
     env: &Envelope,
     pkid: u16,
-    marker: &str,
 ) -> Result<(), rumqttd::local::LinkError> {
-    let (publish, props) = convert::broker_publish(env, pkid, marker);
-    link_tx.send(Packet::Publish(publish, Some(props))).await?;
+    let publish = convert::broker_publish(env, pkid);
+    link_tx.send(Packet::Publish(publish, None)).await?;
     Ok(())
 }

@@ -24,10 +24,6 @@ pub struct MqttConfig {
     /// `0.0.0.0:1883`. Exactly one of `url` and `listen`.
     #[serde(default)]
     pub listen: Option<String>,
-    /// Optional second listener of the embedded broker for MQTT 5 devices
-    /// (rumqttd serves one protocol version per listener). Only with `listen`.
-    #[serde(default)]
-    pub listen_v5: Option<String>,
     /// Filters taken from MQTT into the hub. Default `["#"]`.
     #[serde(default = "default_filters")]
     pub subscribe: Vec<String>,
@@ -134,8 +130,6 @@ pub struct ClientSettings {
 pub struct BrokerSettings {
     /// MQTT 3.1.1 listener.
     pub listen: SocketAddr,
-    /// MQTT 5 listener.
-    pub listen_v5: Option<SocketAddr>,
     /// Allowed users; empty means anonymous access.
     pub users: BTreeMap<String, String>,
     /// Largest accepted payload.
@@ -235,12 +229,6 @@ fn client_settings(name: &str, url: &str, raw: &MqttConfig) -> Result<ClientSett
             ));
         }
     }
-    if raw.listen_v5.is_some() {
-        return Err(ConfigError::key(
-            "listen_v5",
-            "`listen_v5` belongs to the embedded broker (`listen`), not to `url`",
-        ));
-    }
     if !raw.users.is_empty() {
         return Err(ConfigError::key(
             "users",
@@ -297,17 +285,6 @@ fn socket_addr(key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
 
 fn broker_settings(listen: &str, raw: &MqttConfig) -> Result<BrokerSettings, ConfigError> {
     let listen = socket_addr("listen", listen)?;
-    let listen_v5 = raw
-        .listen_v5
-        .as_deref()
-        .map(|s| socket_addr("listen_v5", s))
-        .transpose()?;
-    if listen_v5 == Some(listen) {
-        return Err(ConfigError::key(
-            "listen_v5",
-            "must differ from `listen` (one protocol version per port)",
-        ));
-    }
     for (key, set) in [
         ("client_id", raw.client_id.is_some()),
         ("ca_file", raw.ca_file.is_some()),
@@ -326,7 +303,6 @@ fn broker_settings(listen: &str, raw: &MqttConfig) -> Result<BrokerSettings, Con
     }
     Ok(BrokerSettings {
         listen,
-        listen_v5,
         users: raw.users.clone(),
         max_payload: raw.max_payload,
     })
@@ -398,15 +374,12 @@ mod tests {
 
     #[test]
     fn embedded_broker_settings_are_parsed() {
-        let s = settings(
-            "listen = \"127.0.0.1:1883\"\nlisten_v5 = \"127.0.0.1:1884\"\nusers = { a = \"b\" }\nforward = [\"x/+\"]",
-        )
-        .unwrap();
+        let s = settings("listen = \"127.0.0.1:1883\"\nusers = { a = \"b\" }\nforward = [\"x/+\"]")
+            .unwrap();
         let Mode::Broker(b) = s.mode else {
             panic!("expected broker mode")
         };
         assert_eq!(b.listen.port(), 1883);
-        assert_eq!(b.listen_v5.map(|a| a.port()), Some(1884));
         assert_eq!(b.users.get("a").map(String::as_str), Some("b"));
         assert_eq!(s.forward, vec![TopicFilter::new("x/+").unwrap()]);
     }

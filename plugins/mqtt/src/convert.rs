@@ -4,7 +4,9 @@
 //!
 //! Topic ↔ topic unchanged; QoS and retain carried both ways; MQTT 5
 //! content type, user properties, response topic and correlation data map to
-//! `content_type`, `headers`, `reply_to` and `correlation`.
+//! `content_type`, `headers`, `reply_to` and `correlation`. The embedded
+//! broker serves MQTT 3.1.1 devices, which have no properties: rumqttd cannot
+//! write them to 3.1.1 connections, so none are handed to it.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use polyhub_sdk::{Envelope, Origin, QoS, Topic};
@@ -12,11 +14,6 @@ use rumqttc::v5::mqttbytes::v5::{Publish as CPublish, PublishProperties as CProp
 use rumqttc::v5::mqttbytes::QoS as CQoS;
 use rumqttd::protocol::{Publish as DPublish, PublishProperties as DProps};
 use thiserror::Error;
-
-/// User property that marks a publish the adapter itself made on the
-/// embedded broker, so it is not taken back into the hub (rumqttd has no
-/// MQTT 5 no-local).
-pub const ORIGIN_PROPERTY: &str = "x-polyhub-origin";
 
 /// Why an MQTT publish could not become an envelope.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -61,11 +58,7 @@ fn apply_properties(
     correlation: Option<&Bytes>,
 ) {
     env.content_type = content_type.cloned();
-    env.headers = user
-        .iter()
-        .filter(|(k, _)| k != ORIGIN_PROPERTY)
-        .cloned()
-        .collect();
+    env.headers = user.to_vec();
     env.reply_to = response_topic.cloned();
     env.correlation = correlation.cloned();
 }
@@ -133,31 +126,12 @@ pub fn broker_header(publish: &DPublish) -> (QoS, u16) {
     (qos, u16::from_be_bytes([raw[1], raw[2]]))
 }
 
-/// What a publish forwarded by the embedded broker to the adapter's link is.
-#[derive(Debug)]
-pub enum FromBroker {
-    /// The adapter published it itself (carries our origin marker): skip.
-    Own,
-    /// A device's message.
-    Envelope(Envelope),
-}
-
-/// A publish the embedded broker forwarded to the adapter → an envelope,
-/// unless it carries `marker` (then it is the adapter's own echo).
+/// A publish the embedded broker forwarded to the adapter → an envelope.
 pub fn envelope_from_broker(
     publish: &DPublish,
     props: Option<&DProps>,
-    marker: &str,
     origin: Origin,
-) -> Result<FromBroker, ConvertError> {
-    if let Some(p) = props {
-        if p.user_properties
-            .iter()
-            .any(|(k, v)| k == ORIGIN_PROPERTY && v == marker)
-        {
-            return Ok(FromBroker::Own);
-        }
-    }
+) -> Result<Envelope, ConvertError> {
     let topic = topic_from_bytes(&publish.topic)?;
     let (qos, _) = broker_header(publish);
     let mut env = Envelope::new(topic, publish.payload.clone())
@@ -173,17 +147,15 @@ pub fn envelope_from_broker(
             p.correlation_data.as_ref(),
         );
     }
-    Ok(FromBroker::Envelope(env))
+    Ok(env)
 }
 
-/// An envelope → a publish for the embedded broker with packet id `pkid`,
-/// marked with `marker` so the adapter recognises its echo.
-pub fn broker_publish(env: &Envelope, pkid: u16, marker: &str) -> (DPublish, DProps) {
+/// An envelope → a publish for the embedded broker with packet id `pkid`.
+pub fn broker_publish(env: &Envelope, pkid: u16) -> DPublish {
     // rumqttd only lets local links build QoS 0 publishes directly; its
     // deserializer takes the fixed header with QoS, retain and packet id.
     let qos = match env.qos {
         QoS::AtMostOnce => 0u8,
-        // The embedded broker's QoS 2 towards devices is QoS 1 inside the hub.
         QoS::AtLeastOnce | QoS::ExactlyOnce => 1u8,
     };
     let topic = env.topic.as_str().as_bytes();
@@ -195,16 +167,7 @@ pub fn broker_publish(env: &Envelope, pkid: u16, marker: &str) -> (DPublish, DPr
     head.put_slice(topic);
     let mut publish = DPublish::deserialize(head.freeze());
     publish.payload = env.payload.clone();
-    let mut user_properties = env.headers.clone();
-    user_properties.push((ORIGIN_PROPERTY.to_owned(), marker.to_owned()));
-    let props = DProps {
-        content_type: env.content_type.clone(),
-        user_properties,
-        response_topic: env.reply_to.clone(),
-        correlation_data: env.correlation.clone(),
-        ..DProps::default()
-    };
-    (publish, props)
+    publish
 }
 
 #[cfg(test)]
@@ -264,34 +227,24 @@ mod tests {
     }
 
     #[test]
-    fn broker_publish_round_trips_and_own_echo_is_recognised() {
+    fn broker_publish_round_trips() {
         let e = env("home/led", b"on")
             .with_qos(QoS::AtLeastOnce)
-            .with_retain(true)
-            .with_header("k", "v");
-        let (p, props) = broker_publish(&e, 7, "me");
+            .with_retain(true);
+        let p = broker_publish(&e, 7);
         assert_eq!(broker_header(&p), (QoS::AtLeastOnce, 7));
         assert!(p.retain);
         assert_eq!(&p.payload[..], b"on");
         assert_eq!(&p.topic[..], b"home/led");
-
-        match envelope_from_broker(&p, Some(&props), "me", Origin::default()).unwrap() {
-            FromBroker::Own => {}
-            other => panic!("expected own echo, got {other:?}"),
-        }
-        match envelope_from_broker(&p, Some(&props), "other-hub", Origin::default()).unwrap() {
-            FromBroker::Envelope(back) => {
-                assert_eq!(back.qos, QoS::AtLeastOnce);
-                assert!(back.retain);
-                assert_eq!(back.headers, vec![("k".to_owned(), "v".to_owned())]);
-            }
-            other => panic!("expected an envelope, got {other:?}"),
-        }
+        let back = envelope_from_broker(&p, None, Origin::default()).unwrap();
+        assert_eq!(back.qos, QoS::AtLeastOnce);
+        assert!(back.retain);
+        assert_eq!(&back.payload[..], b"on");
     }
 
     #[test]
     fn broker_publish_at_qos0_has_no_packet_id() {
-        let (p, _) = broker_publish(&env("a/b", b""), 9, "m");
+        let p = broker_publish(&env("a/b", b""), 9);
         assert_eq!(broker_header(&p), (QoS::AtMostOnce, 0));
         assert!(!p.retain);
     }
@@ -299,15 +252,11 @@ mod tests {
     #[test]
     fn device_publish_from_broker_becomes_an_envelope() {
         let p = DPublish::new("dev/1/temp", "20", false);
-        match envelope_from_broker(&p, None, "m", Origin::default()).unwrap() {
-            FromBroker::Envelope(e) => {
-                assert_eq!(e.topic.as_str(), "dev/1/temp");
-                assert_eq!(&e.payload[..], b"20");
-                assert_eq!(e.qos, QoS::AtMostOnce);
-            }
-            other => panic!("expected an envelope, got {other:?}"),
-        }
+        let e = envelope_from_broker(&p, None, Origin::default()).unwrap();
+        assert_eq!(e.topic.as_str(), "dev/1/temp");
+        assert_eq!(&e.payload[..], b"20");
+        assert_eq!(e.qos, QoS::AtMostOnce);
         let bad = DPublish::new(Bytes::from_static(b"\xff"), Bytes::new(), false);
-        assert!(envelope_from_broker(&bad, None, "m", Origin::default()).is_err());
+        assert!(envelope_from_broker(&bad, None, Origin::default()).is_err());
     }
 }

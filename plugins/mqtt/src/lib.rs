@@ -9,17 +9,17 @@
 //!   messages from the hub in a bounded buffer (`buffer`) until the broker is
 //!   back.
 //! * `listen = "0.0.0.0:1883"`: the adapter runs an embedded broker (rumqttd)
-//!   in the hub process; devices connect to it directly (MQTT 3.1.1 on
-//!   `listen`, MQTT 5 on the optional `listen_v5`). The adapter is attached to
-//!   it through rumqttd's in-process link; its own publishes carry a user
-//!   property `x-polyhub-origin` by which it recognises and skips their echo.
+//!   in the hub process; MQTT 3.1.1 devices connect to it directly (optional
+//!   `users` for password login). The adapter is attached to it through
+//!   rumqttd's in-process link. rumqttd has no no-local, so the adapter
+//!   remembers what it published and skips that echo ([`echo_filter`]).
 //!
 //! `subscribe` (MQTT → hub) and `forward` (hub → MQTT) are topic-filter
-//! lists, default `["#"]`. Topics map unchanged; QoS, retain, and the MQTT 5
-//! content type, user properties, response topic and correlation data are
-//! carried both ways (the embedded broker hands live messages to its
-//! subscribers with retain cleared, as MQTT says, so only its retained-on-
-//! subscribe messages reach the hub flagged retained).
+//! lists, default `["#"]`. Topics map unchanged; QoS and retain are carried
+//! both ways, and with an external MQTT 5 broker also the content type, user
+//! properties, response topic and correlation data. (The embedded broker
+//! hands live messages to subscribers with retain cleared, as MQTT says, so
+//! only its retained-on-subscribe messages reach the hub flagged retained.)
 //!
 //! Counters beyond the hub's own: `invalid_messages` (publishes whose topic is
 //! not a valid UTF-8 topic name), `buffer_overflow` (hub messages dropped
@@ -36,6 +36,7 @@ mod broker;
 mod client;
 pub mod config;
 pub mod convert;
+pub mod echo_filter;
 mod error;
 
 use polyhub_sdk::{Adapter, AdapterConfig, AdapterFactory, ConfigError};

@@ -1,0 +1,12 @@
+# MQTT: Mosquitto on 127.0.0.1:1883 (the external broker of the MQTT tests),
+# the stock clients (mosquitto_pub / mosquitto_sub) as devices, and the
+# `mosquitto` binary itself, which the restart test and the benchmark start
+# as private instances on free ports.
+apt_install mosquitto mosquitto-clients
+if ! wait_port 127.0.0.1 1883 1; then
+  log "starting Mosquitto on 127.0.0.1:1883"
+  conf=/tmp/polyhub-test-mosquitto.conf
+  printf 'listener 1883 127.0.0.1\nallow_anonymous true\n' >"$conf"
+  mosquitto -d -c "$conf"
+  wait_port 127.0.0.1 1883 15 || { log "Mosquitto did not come up on 1883"; return 1; }
+fi
