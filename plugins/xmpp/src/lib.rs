@@ -1,6 +1,42 @@
-//! polyhub adapter for xmpp (placeholder until its issue lands).
+//! polyhub adapter for XMPP (`type = "xmpp"`): the hub logs in to an XMPP
+//! server as a client and chats with devices and people.
+//!
+//! - A `<message>` to the hub with a `<subject>` publishes: subject = topic,
+//!   body = payload. A body `subscribe FILTER` / `unsubscribe FILTER` /
+//!   `subscriptions` manages the sender's subscriptions, confirmed by a reply;
+//!   anything else gets a short help text. Only senders matching `allow`
+//!   (default: the hub's own domain) may publish, subscribe or control.
+//! - Envelopes matching a subscriber's filters go to it as
+//!   `<message type="chat"><subject>{topic}</subject><body>{payload}</body>`;
+//!   a payload that is not UTF-8 is sent base64 after the line
+//!   `Content-Transfer-Encoding: base64`.
+//! - XEP-0323 sensor data (`<fields xmlns="urn:xmpp:iot:sensordata">`) is
+//!   published as one envelope per field on `xmpp/{bare jid}/{field}`
+//!   (retained unless `retain_readings = false`); XEP-0325 control
+//!   (`<set xmlns="urn:xmpp:iot:control">`, in a message or an IQ) on
+//!   `xmpp/{bare jid}/control/{field}`.
+//! - The hub tracks its subscribers' presence (it asks for a presence
+//!   subscription): nothing is sent to an offline subscriber (counted as
+//!   `offline_skipped`), and one coming back online gets the retained values
+//!   of its filters. XEP-0199 pings and XEP-0030 disco#info are answered.
+//! - Reconnects with backoff after the server goes away; dynamic
+//!   subscriptions live in the adapter and survive it.
+//!
+//! Configuration: see [`config::XmppConfig`].
+
+#![warn(missing_docs)]
+
+pub mod adapter;
+pub mod config;
+pub mod connection;
+pub mod convert;
+pub mod error;
+pub mod subscribers;
 
 use polyhub_sdk::{Adapter, AdapterConfig, AdapterFactory, ConfigError};
+
+pub use config::XmppConfig;
+pub use error::XmppError;
 
 /// Builds `type = "xmpp"` adapters.
 #[derive(Debug, Default)]
@@ -11,7 +47,8 @@ impl AdapterFactory for Factory {
         "xmpp"
     }
 
-    fn create(&self, _config: &AdapterConfig) -> Result<Box<dyn Adapter>, ConfigError> {
-        Err(ConfigError::table("the xmpp adapter is not implemented yet"))
+    fn create(&self, config: &AdapterConfig) -> Result<Box<dyn Adapter>, ConfigError> {
+        let settings = config::Settings::from_config(config)?;
+        Ok(Box::new(adapter::XmppAdapter::new(settings)))
     }
 }

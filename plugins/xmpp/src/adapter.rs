@@ -1,0 +1,501 @@
+//! The run loop of an XMPP adapter: one client session (tokio-xmpp's
+//! `StanzaStream`, reconnected by [`reconnector`] with backoff), stanzas in,
+//! subscribers' envelopes out.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use polyhub_sdk::{
+    Adapter, AdapterContext, AdapterError, AdapterState, Envelope, QoS, TopicFilter,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_xmpp::minidom::Element;
+use tokio_xmpp::stanzastream::{Connection, Event, StanzaStream, StreamEvent};
+use tokio_xmpp::Stanza;
+use tracing::{debug, info, warn};
+use xmpp_parsers::iq::Iq;
+use xmpp_parsers::jid::{BareJid, Jid};
+use xmpp_parsers::message::{Message, MessageType};
+use xmpp_parsers::ns;
+use xmpp_parsers::presence::{Presence, Type as PresenceType};
+use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType, StanzaError};
+
+use crate::config::Settings;
+use crate::connection::Connector;
+use crate::convert::{self, Inbound};
+use crate::error::XmppError;
+use crate::subscribers::{Change, Outgoing, Subscribers};
+
+/// Depth of the stanza queues between the run loop and tokio-xmpp.
+const STANZA_QUEUE: usize = 256;
+/// Depth of the queue from the subscribers' forwarders to the run loop.
+const OUTGOING_QUEUE: usize = 256;
+/// First wait between connection attempts.
+const FIRST_RETRY: Duration = Duration::from_millis(500);
+
+/// A configured XMPP adapter.
+#[derive(Debug)]
+pub struct XmppAdapter {
+    settings: Arc<Settings>,
+}
+
+impl XmppAdapter {
+    /// An adapter for validated settings.
+    pub fn new(settings: Settings) -> Self {
+        XmppAdapter {
+            settings: Arc::new(settings),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Adapter for XmppAdapter {
+    async fn run(self: Box<Self>, ctx: AdapterContext) -> Result<(), AdapterError> {
+        let connector =
+            Connector::new(self.settings.clone()).map_err(|e| AdapterError::protocol(e))?;
+        let (status_tx, status_rx) = mpsc::channel(16);
+        let stream = StanzaStream::new(
+            reconnector(
+                connector,
+                status_tx,
+                self.settings.reconnect_max,
+                ctx.clone(),
+            ),
+            STANZA_QUEUE,
+        );
+        let (out_tx, out_rx) = mpsc::channel(OUTGOING_QUEUE);
+        let mut subscribers = Subscribers::new(ctx.clone(), out_tx, self.settings.queue_depth);
+        for (jid, filter) in &self.settings.subscribers {
+            subscribers.add_static(jid, filter);
+        }
+        let own = self.settings.jid.to_bare();
+        let session = Session {
+            ctx,
+            settings: self.settings.clone(),
+            own,
+            stream,
+            subscribers,
+            online: false,
+            ever_up: false,
+        };
+        session.run(status_rx, out_rx).await
+    }
+}
+
+/// Builds the closure tokio-xmpp calls for every (re)connection: it spawns a
+/// task that retries with backoff until a stream is authenticated, reporting
+/// each failure on `status`.
+fn reconnector(
+    connector: Connector,
+    status: mpsc::Sender<XmppError>,
+    max_wait: Duration,
+    ctx: AdapterContext,
+) -> Box<dyn FnMut(Option<String>, oneshot::Sender<Connection>) + Send + 'static> {
+    let mut first = true;
+    Box::new(move |_location, slot| {
+        let connector = connector.clone();
+        let status = status.clone();
+        let ctx = ctx.clone();
+        let reconnect = !first;
+        first = false;
+        tokio::spawn(async move {
+            let token: CancellationToken = ctx.shutdown().clone();
+            let mut wait = FIRST_RETRY;
+            let mut attempt_is_reconnect = reconnect;
+            loop {
+                if attempt_is_reconnect {
+                    ctx.metrics().record_reconnect();
+                }
+                attempt_is_reconnect = true;
+                let attempt = tokio::select! {
+                    r = connector.connect() => r,
+                    _ = token.cancelled() => return park(slot).await,
+                };
+                match attempt {
+                    Ok(conn) => {
+                        let _ = slot.send(conn);
+                        return;
+                    }
+                    Err(e) => {
+                        ctx.metrics().record_error();
+                        warn!(adapter = %ctx.name(), server = %connector.address(), error = %e, retry_in = ?wait, "XMPP connection failed.");
+                        let _ = status.try_send(e);
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = token.cancelled() => return park(slot).await,
+                }
+                wait = (wait * 2).min(max_wait);
+            }
+        });
+    })
+}
+
+/// On shutdown while reconnecting: hold the slot until tokio-xmpp drops its
+/// end (dropping ours would make its worker panic).
+async fn park(slot: oneshot::Sender<Connection>) {
+    let mut slot = slot;
+    slot.closed().await;
+}
+
+struct Session {
+    ctx: AdapterContext,
+    settings: Arc<Settings>,
+    own: BareJid,
+    stream: StanzaStream,
+    subscribers: Subscribers,
+    online: bool,
+    ever_up: bool,
+}
+
+impl Session {
+    async fn run(
+        mut self,
+        mut status: mpsc::Receiver<XmppError>,
+        mut outgoing: mpsc::Receiver<Outgoing>,
+    ) -> Result<(), AdapterError> {
+        let token = self.ctx.shutdown().clone();
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => break,
+                Some(e) = status.recv() => {
+                    if e.is_fatal() && !self.ever_up {
+                        return Err(AdapterError::protocol(e));
+                    }
+                    self.online = false;
+                    self.ctx.set_state(AdapterState::Down, Some(e.to_string()));
+                }
+                ev = self.stream.next() => match ev {
+                    Some(ev) => self.on_event(ev).await,
+                    None => return Err(AdapterError::protocol("the XMPP stream ended")),
+                },
+                Some(out) = outgoing.recv(), if self.online => self.deliver(out).await,
+            }
+        }
+        if self.online {
+            let _ = tokio::time::timeout(Duration::from_secs(3), self.stream.close()).await;
+        }
+        Ok(())
+    }
+
+    async fn send(&mut self, stanza: impl Into<Stanza>) {
+        let stanza = Box::new(stanza.into());
+        tokio::select! {
+            _ = self.stream.send(stanza) => {}
+            _ = self.ctx.shutdown().cancelled() => {}
+        }
+    }
+
+    async fn on_event(&mut self, ev: Event) {
+        match ev {
+            Event::Stream(StreamEvent::Reset { bound_jid, .. }) => {
+                info!(adapter = %self.ctx.name(), jid = %bound_jid, "XMPP session online.");
+                self.online = true;
+                self.ever_up = true;
+                self.ctx.set_state(AdapterState::Up, None);
+                self.subscribers.reset_presence();
+                self.send(Presence::available()).await;
+                for jid in self.subscribers.jids() {
+                    self.send(Presence::subscribe().with_to(jid)).await;
+                }
+            }
+            Event::Stream(StreamEvent::Resumed) => {
+                self.online = true;
+                self.ctx.set_state(AdapterState::Up, None);
+            }
+            Event::Stream(StreamEvent::Suspended) => {
+                self.online = false;
+                self.ctx.set_state(
+                    AdapterState::Down,
+                    Some("connection to the XMPP server lost; reconnecting".into()),
+                );
+            }
+            Event::Stanza(Stanza::Message(m)) => self.on_message(m).await,
+            Event::Stanza(Stanza::Presence(p)) => self.on_presence(p).await,
+            Event::Stanza(Stanza::Iq(iq)) => self.on_iq(iq).await,
+        }
+    }
+
+    fn allowed(&self, jid: &BareJid) -> bool {
+        convert::allowed(&self.settings.allow, jid)
+    }
+
+    async fn refuse(&mut self, to: Jid, id: Option<xmpp_parsers::message::Id>) {
+        self.ctx.metrics().incr("rejected_senders");
+        let mut m = Message::new_with_type(MessageType::Error, Some(to));
+        m.id = id;
+        m.payloads.push(
+            StanzaError::new(
+                ErrorType::Auth,
+                DefinedCondition::Forbidden,
+                "en",
+                "this hub does not accept messages from you",
+            )
+            .into(),
+        );
+        self.send(m).await;
+    }
+
+    async fn reply(&mut self, to: Jid, text: &str) {
+        self.send(convert::text_message(to, text)).await;
+    }
+
+    async fn on_message(&mut self, msg: Message) {
+        let Some(from) = msg.from.clone() else {
+            return;
+        };
+        let bare = from.to_bare();
+        if bare == self.own {
+            return;
+        }
+        let action = convert::classify_message(&msg);
+        if action == Inbound::Ignore {
+            return;
+        }
+        if !self.allowed(&bare) {
+            debug!(adapter = %self.ctx.name(), from = %from, "Refused message from a sender not in `allow`.");
+            return self.refuse(from, msg.id.clone()).await;
+        }
+        match action {
+            Inbound::Ignore => {}
+            Inbound::Reply(text) => self.reply(from, &text).await,
+            Inbound::Publish { topic, payload } => {
+                let content_type = if std::str::from_utf8(&payload).is_ok() {
+                    "text/plain"
+                } else {
+                    "application/octet-stream"
+                };
+                let env = Envelope::new(topic, payload).with_content_type(content_type);
+                self.publish(env, &from, false).await;
+            }
+            Inbound::Readings(readings) => {
+                for r in &readings {
+                    if let Some(env) = convert::reading_envelope(&bare, r, false) {
+                        self.publish(env, &from, self.settings.retain_readings)
+                            .await;
+                    }
+                }
+            }
+            Inbound::Control(values) => self.publish_control(&from, &values).await,
+            Inbound::Subscribe(filter) => self.subscribe(from, filter).await,
+            Inbound::Unsubscribe(filter) => {
+                let text = match self.subscribers.unsubscribe(&bare, &filter) {
+                    Change::Done => format!("polyhub: unsubscribed from {filter}"),
+                    Change::Static => format!(
+                        "polyhub: {filter} is a subscription from the hub's config; it stays"
+                    ),
+                    _ => format!("polyhub: you were not subscribed to {filter}"),
+                };
+                self.reply(from, &text).await;
+            }
+            Inbound::List => {
+                let filters = self.subscribers.filters(&bare);
+                let text = if filters.is_empty() {
+                    "polyhub: no subscriptions".to_owned()
+                } else {
+                    let list: Vec<&str> = filters.iter().map(|f| f.as_str()).collect();
+                    format!("polyhub: subscribed to {}", list.join(" "))
+                };
+                self.reply(from, &text).await;
+            }
+        }
+    }
+
+    async fn subscribe(&mut self, from: Jid, filter: TopicFilter) {
+        let bare = from.to_bare();
+        let was_known = self.subscribers.contains(&bare);
+        let text = match self.subscribers.subscribe(&bare, &filter) {
+            Change::Done => format!("polyhub: subscribed to {filter}"),
+            Change::Unchanged | Change::Static => {
+                format!("polyhub: already subscribed to {filter}")
+            }
+            Change::Failed => "polyhub: the hub is shutting down".to_owned(),
+        };
+        self.reply(from, &text).await;
+        if !was_known {
+            // To learn when the subscriber goes offline.
+            self.send(Presence::subscribe().with_to(bare.clone())).await;
+        }
+        // Like MQTT: a new subscription gets the retained values at once.
+        for env in self.ctx.retained(&filter) {
+            self.send(convert::outbound_message(&bare, &env)).await;
+        }
+    }
+
+    async fn publish_control(&mut self, from: &Jid, values: &[convert::Reading]) {
+        let bare = from.to_bare();
+        for v in values {
+            if let Some(env) = convert::reading_envelope(&bare, v, true) {
+                self.publish(env, from, false).await;
+            }
+        }
+    }
+
+    /// Publishes into the hub, then hands the envelope to this adapter's own
+    /// subscribers (the router never sends it back here).
+    async fn publish(&mut self, env: Envelope, from: &Jid, retain: bool) {
+        let bare = from.to_bare();
+        let origin = self
+            .ctx
+            .origin()
+            .with_peer(from)
+            .with_user(bare.to_string());
+        let env = env
+            .with_origin(origin)
+            .with_retain(retain)
+            .with_qos(QoS::AtMostOnce);
+        let env = Arc::new(env);
+        if let Err(e) = self.ctx.publish((*env).clone()).await {
+            self.ctx.metrics().record_error();
+            warn!(adapter = %self.ctx.name(), from = %from, error = %e, "Hub refused an envelope.");
+            return;
+        }
+        for to in self.subscribers.local_targets(&env.topic, &bare) {
+            self.deliver(Outgoing {
+                to,
+                envelope: env.clone(),
+            })
+            .await;
+        }
+    }
+
+    async fn deliver(&mut self, out: Outgoing) {
+        match self.subscribers.presence(&out.to) {
+            None => return,
+            Some(crate::subscribers::Presence::Offline) => {
+                self.ctx.metrics().record_drop();
+                self.ctx.metrics().incr("offline_skipped");
+                return;
+            }
+            Some(_) => {}
+        }
+        let msg = convert::outbound_message(&out.to, &out.envelope);
+        self.send(msg).await;
+    }
+
+    async fn on_presence(&mut self, p: Presence) {
+        let Some(from) = p.from.clone() else {
+            return;
+        };
+        let bare = from.to_bare();
+        if bare == self.own {
+            return;
+        }
+        let resource = from.resource().map(|r| r.to_string());
+        match p.type_ {
+            PresenceType::None => {
+                let Some(filters) = self
+                    .subscribers
+                    .available(&bare, resource.as_deref().unwrap_or(""))
+                else {
+                    return;
+                };
+                debug!(adapter = %self.ctx.name(), subscriber = %bare, "Subscriber online.");
+                let mut seen = HashSet::new();
+                for f in &filters {
+                    for env in self.ctx.retained(f) {
+                        if seen.insert(env.topic.clone()) {
+                            self.send(convert::outbound_message(&bare, &env)).await;
+                        }
+                    }
+                }
+            }
+            PresenceType::Unavailable | PresenceType::Error => {
+                if self.subscribers.unavailable(&bare, resource.as_deref()) {
+                    debug!(adapter = %self.ctx.name(), subscriber = %bare, "Subscriber offline.");
+                    self.ctx.metrics().incr("subscribers_gone_offline");
+                }
+            }
+            PresenceType::Subscribe => {
+                if self.allowed(&bare) {
+                    self.send(Presence::subscribed().with_to(bare.clone()))
+                        .await;
+                    self.send(Presence::subscribe().with_to(bare)).await;
+                } else {
+                    self.ctx.metrics().incr("rejected_senders");
+                    self.send(Presence::new(PresenceType::Unsubscribed).with_to(bare))
+                        .await;
+                }
+            }
+            PresenceType::Probe
+            | PresenceType::Subscribed
+            | PresenceType::Unsubscribe
+            | PresenceType::Unsubscribed => {}
+        }
+    }
+
+    async fn on_iq(&mut self, iq: Iq) {
+        match iq {
+            Iq::Get {
+                from, id, payload, ..
+            } => {
+                let reply = if payload.is("ping", ns::PING) {
+                    result(from, id, None)
+                } else if payload.is("query", ns::DISCO_INFO) {
+                    result(from, id, Some(convert::disco_info().into()))
+                } else {
+                    error(
+                        from,
+                        id,
+                        ErrorType::Cancel,
+                        DefinedCondition::ServiceUnavailable,
+                    )
+                };
+                self.send(reply).await;
+            }
+            Iq::Set {
+                from, id, payload, ..
+            } => {
+                let reply = if payload.is("set", convert::NS_CONTROL) {
+                    match from.as_ref().map(|f| (f.clone(), f.to_bare())) {
+                        Some((full, bare)) if self.allowed(&bare) => {
+                            let values = convert::parse_control(&payload);
+                            if values.is_empty() {
+                                error(from, id, ErrorType::Modify, DefinedCondition::BadRequest)
+                            } else {
+                                self.publish_control(&full, &values).await;
+                                result(from, id, Some(convert::control_response()))
+                            }
+                        }
+                        _ => {
+                            self.ctx.metrics().incr("rejected_senders");
+                            error(from, id, ErrorType::Auth, DefinedCondition::Forbidden)
+                        }
+                    }
+                } else {
+                    error(
+                        from,
+                        id,
+                        ErrorType::Cancel,
+                        DefinedCondition::ServiceUnavailable,
+                    )
+                };
+                self.send(reply).await;
+            }
+            Iq::Result { .. } | Iq::Error { .. } => {}
+        }
+    }
+}
+
+fn result(to: Option<Jid>, id: String, payload: Option<Element>) -> Iq {
+    Iq::Result {
+        from: None,
+        to,
+        id,
+        payload,
+    }
+}
+
+fn error(to: Option<Jid>, id: String, type_: ErrorType, cond: DefinedCondition) -> Iq {
+    Iq::Error {
+        from: None,
+        to,
+        id,
+        error: StanzaError::new(type_, cond, "en", "not supported by this hub"),
+        payload: None,
+    }
+}

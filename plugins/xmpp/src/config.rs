@@ -1,0 +1,289 @@
+//! `XmppConfig`: the `[adapters.config]` table of a `type = "xmpp"` adapter,
+//! and its validation into the checked form the run loop uses.
+
+use std::path::PathBuf;
+
+use polyhub_sdk::{AdapterConfig, ConfigError, TopicFilter};
+use serde::Deserialize;
+use xmpp_parsers::jid::{BareJid, Jid};
+
+/// Settings of an XMPP adapter, as written in the config file.
+///
+/// ```toml
+/// [adapters.config]
+/// jid = "hub@localhost"
+/// password = "secret"
+/// server = "127.0.0.1:5222"
+/// tls = "none"
+/// subscribers = [{ jid = "bob@localhost", filter = "sensors/#" }]
+/// allow = ["*@localhost"]
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct XmppConfig {
+    /// The hub's own account, `user@domain` (optionally `/resource`). Required.
+    pub jid: String,
+    /// The account's password. Required.
+    pub password: String,
+    /// `host:port` of the XMPP server. Default: the JID's domain, port 5222
+    /// (no DNS SRV lookup).
+    #[serde(default)]
+    pub server: Option<String>,
+    /// `starttls` (default): upgrade the connection with STARTTLS and refuse a
+    /// server that does not offer it; `none`: plaintext, only for a server on
+    /// loopback.
+    #[serde(default)]
+    pub tls: TlsMode,
+    /// PEM file with CA certificates trusted for STARTTLS besides the
+    /// system's roots (for a server with a private CA). Default: none.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Static subscriptions: every envelope matching `filter` is sent to `jid`
+    /// as a chat message. Default: none.
+    #[serde(default)]
+    pub subscribers: Vec<SubscriberConfig>,
+    /// Bare JIDs allowed to publish, subscribe and control through the hub;
+    /// `*` matches any run of characters (`"*@localhost"`, `"sensor-*@iot.example"`).
+    /// Default: everyone on the hub's own domain (`["*@{domain}"]`).
+    #[serde(default)]
+    pub allow: Option<Vec<String>>,
+    /// Whether XEP-0323 sensor readings become retained values (a reading is
+    /// the device's current state, like a retained MQTT message). Default: true.
+    #[serde(default = "default_true")]
+    pub retain_readings: bool,
+    /// Longest wait in seconds between reconnection attempts; waits start at
+    /// 0.5 s and double up to this. Default: 30.
+    #[serde(default = "default_reconnect_max_secs")]
+    pub reconnect_max_secs: u64,
+    /// Depth of each subscriber's queue in the hub (the hub's default when
+    /// absent): when full, QoS 0 envelopes are dropped and counted.
+    #[serde(default)]
+    pub queue_depth: Option<usize>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_reconnect_max_secs() -> u64 {
+    30
+}
+
+/// How the connection to the server is secured.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// STARTTLS, required (the default).
+    #[default]
+    Starttls,
+    /// Plaintext TCP (loopback servers only).
+    None,
+}
+
+/// One static subscription.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriberConfig {
+    /// Bare JID that receives the messages (`bob@localhost`).
+    pub jid: String,
+    /// Topic filter with MQTT wildcards (`sensors/#`).
+    pub filter: String,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The hub's JID (bare or full).
+    pub jid: Jid,
+    /// Password.
+    pub password: String,
+    /// Host to connect to.
+    pub host: String,
+    /// Port to connect to.
+    pub port: u16,
+    /// TLS mode.
+    pub tls: TlsMode,
+    /// Extra trusted CAs.
+    pub ca_file: Option<PathBuf>,
+    /// Static subscriptions, with parsed JIDs and filters.
+    pub subscribers: Vec<(BareJid, TopicFilter)>,
+    /// Allowed sender patterns, lower-cased.
+    pub allow: Vec<String>,
+    /// Whether readings are retained.
+    pub retain_readings: bool,
+    /// Longest reconnect wait.
+    pub reconnect_max: std::time::Duration,
+    /// Subscriber queue depth.
+    pub queue_depth: Option<usize>,
+}
+
+impl Settings {
+    /// Parses and checks an adapter's config table. Reads nothing from the
+    /// network; checks that `ca_file` exists.
+    pub fn from_config(config: &AdapterConfig) -> Result<Settings, ConfigError> {
+        let raw: XmppConfig = config.parse()?;
+        let jid = Jid::new(&raw.jid).map_err(|e| {
+            ConfigError::key("jid", format!("`{}` is not a valid JID: {e}", raw.jid))
+        })?;
+        if jid.node().is_none() {
+            return Err(ConfigError::key(
+                "jid",
+                format!("`{}` has no user part: expected `user@domain`", raw.jid),
+            ));
+        }
+        if raw.password.is_empty() {
+            return Err(ConfigError::key("password", "must not be empty"));
+        }
+        let (host, port) = match &raw.server {
+            None => (jid.domain().to_string(), 5222),
+            Some(s) => parse_server(s).ok_or_else(|| {
+                ConfigError::key(
+                    "server",
+                    format!("`{s}` is not `host:port` (for example `127.0.0.1:5222`)"),
+                )
+            })?,
+        };
+        if let Some(path) = &raw.ca_file {
+            if !path.is_file() {
+                return Err(ConfigError::key(
+                    "ca_file",
+                    format!("`{}` is not a readable file", path.display()),
+                ));
+            }
+            if raw.tls == TlsMode::None {
+                return Err(ConfigError::key(
+                    "ca_file",
+                    "is only used with tls = \"starttls\", but tls = \"none\"",
+                ));
+            }
+        }
+        let mut subscribers = Vec::new();
+        for (i, s) in raw.subscribers.iter().enumerate() {
+            let sub_jid = BareJid::new(&s.jid).map_err(|e| {
+                ConfigError::key(
+                    format!("subscribers[{i}].jid"),
+                    format!("`{}` is not a valid bare JID: {e}", s.jid),
+                )
+            })?;
+            let filter = TopicFilter::new(&s.filter).map_err(|e| {
+                ConfigError::key(
+                    format!("subscribers[{i}].filter"),
+                    format!("`{}` is not a valid topic filter: {e}", s.filter),
+                )
+            })?;
+            subscribers.push((sub_jid, filter));
+        }
+        let allow = match raw.allow {
+            Some(list) => {
+                for (i, p) in list.iter().enumerate() {
+                    if p.trim().is_empty() {
+                        return Err(ConfigError::key(
+                            format!("allow[{i}]"),
+                            "must not be empty: use \"*\" to allow everyone",
+                        ));
+                    }
+                }
+                list.iter().map(|p| p.trim().to_lowercase()).collect()
+            }
+            None => vec![format!("*@{}", jid.domain()).to_lowercase()],
+        };
+        if raw.reconnect_max_secs == 0 {
+            return Err(ConfigError::key("reconnect_max_secs", "must be at least 1"));
+        }
+        if raw.queue_depth == Some(0) {
+            return Err(ConfigError::key("queue_depth", "must be at least 1"));
+        }
+        Ok(Settings {
+            jid,
+            password: raw.password,
+            host,
+            port,
+            tls: raw.tls,
+            ca_file: raw.ca_file,
+            subscribers,
+            allow,
+            retain_readings: raw.retain_readings,
+            reconnect_max: std::time::Duration::from_secs(raw.reconnect_max_secs),
+            queue_depth: raw.queue_depth,
+        })
+    }
+}
+
+/// Splits `host:port` (`[v6]:port` too).
+fn parse_server(s: &str) -> Option<(String, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return None;
+    }
+    Some((host.to_owned(), port.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(text: &str) -> Result<Settings, ConfigError> {
+        Settings::from_config(&AdapterConfig::from_toml_str("xmpp", text).unwrap())
+    }
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let s = settings("jid = \"hub@example.org\"\npassword = \"pw\"").unwrap();
+        assert_eq!(s.host, "example.org");
+        assert_eq!(s.port, 5222);
+        assert_eq!(s.tls, TlsMode::Starttls);
+        assert_eq!(s.allow, vec!["*@example.org".to_owned()]);
+        assert!(s.retain_readings);
+        assert_eq!(s.reconnect_max.as_secs(), 30);
+    }
+
+    #[test]
+    fn full_config_parses() {
+        let s = settings(
+            r#"jid = "hub@localhost/polyhub"
+password = "pw"
+server = "127.0.0.1:15222"
+tls = "none"
+subscribers = [{ jid = "bob@localhost", filter = "sensors/#" }]
+allow = ["*"]
+retain_readings = false
+reconnect_max_secs = 2
+queue_depth = 8"#,
+        )
+        .unwrap();
+        assert_eq!((s.host.as_str(), s.port), ("127.0.0.1", 15222));
+        assert_eq!(s.tls, TlsMode::None);
+        assert_eq!(s.subscribers[0].0.to_string(), "bob@localhost");
+        assert_eq!(s.subscribers[0].1.as_str(), "sensors/#");
+        assert_eq!(s.queue_depth, Some(8));
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            ("jid = \"localhost\"\npassword = \"pw\"", "jid"),
+            ("jid = \"a@b\"\npassword = \"pw\"\nserver = \"nohost\"", "server"),
+            ("jid = \"a@b\"\npassword = \"pw\"\ntls = \"ssl\"", "tls"),
+            ("jid = \"a@b\"\npassword = \"pw\"\npasword = \"x\"", "pasword"),
+            (
+                "jid = \"a@b\"\npassword = \"pw\"\nsubscribers = [{ jid = \"b@b\", filter = \"a/#/b\" }]",
+                "subscribers[0].filter",
+            ),
+            (
+                "jid = \"a@b\"\npassword = \"pw\"\nsubscribers = [{ jid = \"b@b\", filtre = \"a\" }]",
+                "subscribers[0].filtre",
+            ),
+            (
+                "jid = \"a@b\"\npassword = \"pw\"\nca_file = \"/nonexistent/ca.pem\"",
+                "ca_file",
+            ),
+            ("jid = \"a@b\"\npassword = \"\"", "password"),
+            ("jid = \"a@b\"\npassword = \"pw\"\nallow = [\"\"]", "allow[0]"),
+        ];
+        for (text, key) in cases {
+            let e = settings(text).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(key), "{text}: {e}");
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! Errors of the XMPP adapter.
+
+use thiserror::Error;
+
+/// Why a connection attempt or the session failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum XmppError {
+    /// TCP connect or I/O failure.
+    #[error("cannot reach {addr}: {source}")]
+    Connect {
+        /// `host:port`.
+        addr: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Stream negotiation or SASL failed at the XMPP level.
+    #[error("XMPP stream: {0}")]
+    Stream(#[from] tokio_xmpp::Error),
+    /// The server refused the credentials.
+    #[error("the server refused the login of {jid}: {reason}")]
+    Auth {
+        /// The account.
+        jid: String,
+        /// The server's reason.
+        reason: String,
+    },
+    /// `tls = "starttls"` but the server offers no STARTTLS.
+    #[error("the server does not offer STARTTLS (set tls = \"none\" for a plaintext server on loopback)")]
+    NoStarttls,
+    /// TLS setup or handshake failed.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The CA file could not be read or holds no certificate.
+    #[error("ca_file {path}: {reason}")]
+    CaFile {
+        /// The path from the config.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// I/O error on an established stream.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+impl XmppError {
+    /// Whether retrying cannot help (wrong password, unusable CA file).
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, XmppError::Auth { .. } | XmppError::CaFile { .. })
+    }
+}

@@ -1,0 +1,14 @@
+# XMPP: Prosody from Debian (run as a private instance, never the system
+# service), openssl for its test CA, and slixmpp as the third-party device
+# client of the tests and benchmark.
+apt_install prosody openssl python3
+if ! python3 -c 'import slixmpp' 2>/dev/null; then
+  log "installing slixmpp"
+  python3 -m pip install -q slixmpp 2>/dev/null ||
+    python3 -m pip install -q --break-system-packages slixmpp
+fi
+# Private instance under /tmp/polyhub-prosody; its port is in that folder's
+# `port` file, which the XMPP tests read (they also call instance.sh themselves).
+POLYHUB_XMPP_PORT=$(scripts/prosody/instance.sh /tmp/polyhub-prosody)
+export POLYHUB_XMPP_PORT
+log "prosody (private) on 127.0.0.1:$POLYHUB_XMPP_PORT"
