@@ -185,13 +185,21 @@ pub struct PrivateMosquitto {
 impl PrivateMosquitto {
     /// Starts `mosquitto` on 127.0.0.1:`port` with persistence in `dir`.
     pub async fn start(dir: &Path, port: u16) -> PrivateMosquitto {
+        // Mosquitto started as root drops to its own user, which must be
+        // able to write its persistence file here.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777))
+                .expect("chmod tempdir");
+        }
         let conf = dir.join("mosquitto.conf");
         std::fs::write(
             &conf,
             format!(
                 "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
-                 persistence_location {}/\nmax_queued_messages 100000\n",
-                dir.display()
+                 persistence_location {dir}/\nmax_queued_messages 100000\n\
+                 log_dest file {dir}/mosquitto.log\n",
+                dir = dir.display()
             ),
         )
         .expect("write mosquitto.conf");
