@@ -5,6 +5,8 @@
 //! the plugin loader. The `polyhub` binary (`src/main.rs`) is a thin CLI over
 //! this library; `ARCHITECTURE.md` shows how an envelope flows.
 
+#[cfg(feature = "compare")]
+pub mod compare;
 pub mod config;
 pub mod hub;
 pub mod last_value;

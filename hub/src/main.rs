@@ -31,6 +31,93 @@ enum Command {
         #[arg(default_value = "polyhub.toml")]
         config: PathBuf,
     },
+    /// Measure MQTT, CoAP, HTTP, AMQP and XMPP side by side through the hub.
+    #[cfg(feature = "compare")]
+    Compare(CompareArgs),
+}
+
+/// `polyhub compare` options.
+#[cfg(feature = "compare")]
+#[derive(clap::Args, Debug)]
+struct CompareArgs {
+    /// Protocols to compare, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "mqtt,coap,http,amqp,xmpp"
+    )]
+    protocols: Vec<String>,
+    /// Payload sizes in bytes, comma-separated (each at least 16).
+    #[arg(long, value_delimiter = ',', default_value = "16,256,1024,4096")]
+    sizes: Vec<usize>,
+    /// Messages per protocol, size and phase.
+    #[arg(long, default_value_t = 200)]
+    messages: usize,
+    /// Delivery level: 0 at-most-once, 1 acknowledged.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
+    qos: u8,
+    /// Directory for compare.json, compare.csv and the SVG charts.
+    #[arg(long, default_value = "compare-out")]
+    out: PathBuf,
+    /// RabbitMQ address.
+    #[arg(long, default_value = "127.0.0.1:5672")]
+    amqp: std::net::SocketAddr,
+    /// XMPP server (c2s, plaintext on loopback).
+    #[arg(long, default_value = "127.0.0.1:5222")]
+    xmpp: std::net::SocketAddr,
+    /// XMPP domain of the polyhub-cmp-{pub,sub,in,out} accounts.
+    #[arg(long, default_value = "localhost")]
+    xmpp_domain: String,
+    /// Password of those accounts.
+    #[arg(long, default_value = "polyhub-cmp")]
+    xmpp_password: String,
+}
+
+#[cfg(feature = "compare")]
+fn compare(args: CompareArgs) -> ExitCode {
+    use polyhub::compare;
+    let protocols: Result<Vec<compare::Protocol>, _> =
+        args.protocols.iter().map(|p| p.parse()).collect();
+    let protocols = match protocols {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let options = compare::Options {
+        protocols,
+        sizes: args.sizes,
+        messages: args.messages,
+        acked: args.qos == 1,
+        out: Some(args.out.clone()),
+        progress: true,
+        servers: compare::Servers {
+            amqp: args.amqp,
+            xmpp: args.xmpp,
+            xmpp_domain: args.xmpp_domain,
+            xmpp_password: args.xmpp_password,
+            ..Default::default()
+        },
+    };
+    match compare::run(&options) {
+        Ok(report) => {
+            print!("{}", report.to_table());
+            println!(
+                "wrote {0}/compare.json, {0}/compare.csv, {0}/compare-bytes.svg, {0}/compare-latency.svg",
+                args.out.display()
+            );
+            if report.rows.is_empty() {
+                eprintln!("error: no protocol could be measured");
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn init_logging() {
@@ -47,6 +134,8 @@ fn main() -> ExitCode {
     init_logging();
     let registry = Registry::builtin();
     match cli.command {
+        #[cfg(feature = "compare")]
+        Command::Compare(args) => compare(args),
         Command::Check { config } => match Config::load(&config, &registry) {
             Ok(c) => {
                 println!(
