@@ -786,3 +786,233 @@ async fn bad_coap_config_is_refused_with_the_key() {
     let msg = format!("{err:#}");
     assert!(msg.contains("block_size"), "{msg}");
 }
+
+#[tokio::test]
+async fn a_slow_hub_gets_an_empty_ack_then_a_separate_response() {
+    // One-envelope queues: a QoS 1 publish waits while the subscriber is full.
+    let port = free_udp_port();
+    let hub = start_hub(&format!(
+        "[hub]\nqueue_depth = 1\n[[adapters]]\nname = \"coap\"\ntype = \"coap\"\n\
+         [adapters.config]\nbind = \"127.0.0.1:{port}\"\nack_timeout_ms = 200\n"
+    ))
+    .await;
+    let app = hub.attach("app", "test");
+    let mut sub = app.subscribe([filter("slow/#")]).unwrap();
+    let (sock, addr) = udp_client(&format!("coap://127.0.0.1:{port}")).await;
+
+    let first = raw_request(true, 2, 0x0100, &[1], &["ps", "slow"], b"a");
+    sock.send_to(&first, addr).await.unwrap();
+    let (_, ack) = recv_packet(&sock).await;
+    assert_eq!(
+        ack.header.code,
+        MessageClass::Response(ResponseType::Changed)
+    );
+
+    // The queue is full now: the second request is acknowledged empty...
+    let second = raw_request(true, 2, 0x0101, &[2], &["ps", "slow"], b"b");
+    sock.send_to(&second, addr).await.unwrap();
+    let (_, ack) = recv_packet(&sock).await;
+    assert_eq!(ack.header.get_type(), MessageType::Acknowledgement);
+    assert_eq!(ack.header.code, MessageClass::Empty);
+    assert_eq!(ack.header.message_id, 0x0101);
+    // ...a retransmission of it gets the same empty ACK, not a second publish...
+    sock.send_to(&second, addr).await.unwrap();
+    let (_, again) = recv_packet(&sock).await;
+    assert_eq!(again.header.code, MessageClass::Empty);
+
+    // ...and once the subscriber reads, the 2.04 comes as a CON of its own.
+    assert_eq!(&within("a", sub.recv()).await.unwrap().payload[..], b"a");
+    assert_eq!(&within("b", sub.recv()).await.unwrap().payload[..], b"b");
+    let (_, separate) = recv_packet(&sock).await;
+    assert_eq!(separate.header.get_type(), MessageType::Confirmable);
+    assert_eq!(
+        separate.header.code,
+        MessageClass::Response(ResponseType::Changed)
+    );
+    assert_eq!(separate.get_token(), &[2]);
+    let mut ack = Packet::new();
+    ack.header.set_type(MessageType::Acknowledgement);
+    ack.header.message_id = separate.header.message_id;
+    sock.send_to(&ack.to_bytes().unwrap(), addr).await.unwrap();
+    assert!(
+        sub.try_recv().is_none(),
+        "the retransmission was not published"
+    );
+    hub.shutdown().await.unwrap();
+}
+
+/// A topic prefix no other test run uses on the shared Mosquitto.
+fn unique_prefix() -> String {
+    format!(
+        "coaptest-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
+
+#[cfg(feature = "mqtt")]
+#[tokio::test]
+async fn coap_devices_and_mqtt_devices_reach_each_other() {
+    assert!(
+        service_up(1883),
+        "Mosquitto must run on 1883 (scripts/test.sh starts it)"
+    );
+    let prefix = unique_prefix();
+    let port = free_udp_port();
+    let hub = start_hub(&format!(
+        "[[adapters]]\nname = \"coap\"\ntype = \"coap\"\n[adapters.config]\nbind = \"127.0.0.1:{port}\"\n\
+         [[adapters]]\nname = \"mqtt\"\ntype = \"mqtt\"\n[adapters.config]\nurl = \"mqtt://127.0.0.1:1883\"\n\
+         subscribe = [\"{prefix}/#\"]\nforward = [\"{prefix}/#\"]\n"
+    ))
+    .await;
+    wait_until("mqtt adapter up", Duration::from_secs(10), || {
+        hub.snapshot().all_up()
+    })
+    .await;
+    let url = format!("coap://127.0.0.1:{port}");
+
+    // CoAP → hub → MQTT.
+    let sub_topic = format!("{prefix}/from-coap");
+    let mut mqtt_sub = Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            "1883",
+            "-C",
+            "1",
+            "-W",
+            "10",
+            "-t",
+            &sub_topic,
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub");
+    // mosquitto_sub has subscribed once a retained-less publish reaches it;
+    // publish until it does.
+    let mut got = String::new();
+    for _ in 0..40 {
+        let out =
+            coap_client(&["-m", "post", "-e", "21.5", &format!("{url}/ps/{sub_topic}")]).await;
+        assert!(out.status.success(), "{}", stderr(&out));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Ok(Some(_)) = mqtt_sub.try_wait() {
+            let mut s = String::new();
+            mqtt_sub
+                .stdout
+                .take()
+                .unwrap()
+                .read_to_string(&mut s)
+                .unwrap();
+            got = s;
+            break;
+        }
+    }
+    let _ = mqtt_sub.kill();
+    let _ = mqtt_sub.wait();
+    assert_eq!(got.trim_end(), "21.5");
+
+    // MQTT → hub → CoAP observer.
+    let obs_topic = format!("{prefix}/from-mqtt");
+    let mut obs = Observer::start(&hub, &format!("{url}/ps/{obs_topic}")).await;
+    let out = within(
+        "mosquitto_pub",
+        tokio::task::spawn_blocking(move || {
+            Command::new("mosquitto_pub")
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    "1883",
+                    "-q",
+                    "1",
+                    "-t",
+                    &obs_topic,
+                    "-m",
+                    "hello",
+                ])
+                .output()
+                .expect("mosquitto_pub")
+        }),
+    )
+    .await
+    .unwrap();
+    assert!(out.status.success());
+    assert_eq!(obs.next().await, "hello");
+    hub.shutdown().await.unwrap();
+}
+
+#[cfg(feature = "http")]
+#[tokio::test]
+async fn coap_and_http_share_last_values() {
+    let (coap_port, http_port) = (free_udp_port(), free_tcp_port());
+    let hub = start_hub(&format!(
+        "[[adapters]]\nname = \"coap\"\ntype = \"coap\"\n[adapters.config]\nbind = \"127.0.0.1:{coap_port}\"\n\
+         [[adapters]]\nname = \"http\"\ntype = \"http\"\n[adapters.config]\nbind = \"127.0.0.1:{http_port}\"\n"
+    ))
+    .await;
+    let curl = |args: Vec<String>| async move {
+        within(
+            "curl",
+            tokio::task::spawn_blocking(move || {
+                Command::new("curl")
+                    .args(["-s", "-m", "8"])
+                    .args(&args)
+                    .output()
+                    .expect("curl")
+            }),
+        )
+        .await
+        .unwrap()
+    };
+    // HTTP POST → CoAP GET, content type carried.
+    let out = curl(vec![
+        "-X".into(),
+        "POST".into(),
+        "-H".into(),
+        "Content-Type: application/json".into(),
+        "--data".into(),
+        "{\"t\":21}".into(),
+        format!("http://127.0.0.1:{http_port}/topics/house/temp"),
+    ])
+    .await;
+    assert!(out.status.success());
+    let out = coap_client(&[
+        "-A",
+        "50",
+        &format!("coap://127.0.0.1:{coap_port}/ps/house/temp"),
+    ])
+    .await;
+    assert_eq!(stdout(&out).trim_end(), "{\"t\":21}");
+
+    // CoAP POST → HTTP GET.
+    let out = coap_client(&[
+        "-m",
+        "post",
+        "-t",
+        "0",
+        "-e",
+        "on",
+        &format!("coap://127.0.0.1:{coap_port}/ps/house/light"),
+    ])
+    .await;
+    assert!(out.status.success());
+    let out = curl(vec![
+        "-i".into(),
+        format!("http://127.0.0.1:{http_port}/topics/house/light"),
+    ])
+    .await;
+    let text = stdout(&out);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("content-type: text/plain"),
+        "{text}"
+    );
+    assert!(text.ends_with("on"), "{text}");
+    hub.shutdown().await.unwrap();
+}
