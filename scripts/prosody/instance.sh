@@ -13,7 +13,7 @@
 #   scripts/prosody/instance.sh --start DIR  starts an already configured DIR
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
-ACCOUNTS="hub hub1 hub2 hub3 hub4 hub5 hub6 hub7 hub8 hub9 alice bob carol dave erin frank grace mallory bench1 bench2"
+ACCOUNTS="${PROSODY_ACCOUNTS:-hub hub1 hub2 hub3 hub4 hub5 hub6 hub7 hub8 hub9 alice bob carol dave erin frank grace mallory bench1 bench2}"
 PASSWORD="polyhub-pw"
 
 mode=ensure

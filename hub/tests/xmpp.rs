@@ -1,0 +1,778 @@
+//! The XMPP adapter against a real Prosody (the private instance of
+//! `scripts/prosody/instance.sh`) with slixmpp devices
+//! (`xmpp_devices/device.py`), and MQTT (`mosquitto_sub`/`mosquitto_pub`
+//! on the embedded broker), HTTP (`curl`) and in-process clients on the
+//! other side. Each test logs in with its own hub and device accounts, so
+//! tests run in parallel on one server; the restart test runs its own server.
+#![cfg(feature = "xmpp")]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use polyhub_sdk::{AdapterState, Envelope, Subscription, Topic, TopicFilter};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, Command};
+use tokio::sync::mpsc;
+
+const PASSWORD: &str = "polyhub-pw";
+const SHARED_DIR: &str = "/tmp/polyhub-prosody";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Starts (or finds) the Prosody of `dir` and returns its port.
+fn prosody(dir: &str) -> u16 {
+    let out = std::process::Command::new(repo().join("scripts/prosody/instance.sh"))
+        .arg(dir)
+        .output()
+        .expect("run scripts/prosody/instance.sh (is prosody installed? run scripts/test.sh)");
+    assert!(
+        out.status.success(),
+        "instance.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("instance.sh prints the port")
+}
+
+fn shared_prosody() -> u16 {
+    prosody(SHARED_DIR)
+}
+
+fn ca_file(dir: &str) -> String {
+    format!("{dir}/certs/ca.crt")
+}
+
+fn xmpp_adapter(name: &str, user: &str, port: u16, extra: &str) -> String {
+    format!(
+        "[[adapters]]\nname = \"{name}\"\ntype = \"xmpp\"\n[adapters.config]\n\
+         jid = \"{user}@localhost/polyhub\"\npassword = \"{PASSWORD}\"\nserver = \"127.0.0.1:{port}\"\n\
+         tls = \"none\"\nreconnect_max_secs = 1\n{extra}\n"
+    )
+}
+
+fn mqtt_adapter(port: u16) -> String {
+    format!("[[adapters]]\nname = \"mqtt\"\ntype = \"mqtt\"\n[adapters.config]\nlisten = \"127.0.0.1:{port}\"\n")
+}
+
+fn http_adapter(port: u16) -> String {
+    format!("[[adapters]]\nname = \"http\"\ntype = \"http\"\n[adapters.config]\nbind = \"127.0.0.1:{port}\"\n")
+}
+
+/// One event line of a device: its name and fields.
+#[derive(Debug, Clone)]
+struct Ev {
+    name: String,
+    fields: HashMap<String, String>,
+}
+
+impl Ev {
+    fn parse(line: &str) -> Ev {
+        let mut parts = line.split('\t');
+        let name = parts.next().unwrap_or_default().to_owned();
+        let fields = parts
+            .filter_map(|p| p.split_once('='))
+            .map(|(k, v)| (k.to_owned(), unescape(v)))
+            .collect();
+        Ev { name, fields }
+    }
+
+    fn get(&self, key: &str) -> &str {
+        self.fields.get(key).map(String::as_str).unwrap_or("")
+    }
+}
+
+fn unescape(v: &str) -> String {
+    let mut out = String::new();
+    let mut chars = v.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            match chars.next() {
+                Some('t') => out.push('\t'),
+                Some('n') => out.push('\n'),
+                Some('r') => out.push('\r'),
+                Some(o) => out.push(o),
+                None => {}
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A JSON string literal.
+fn js(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A JSON object of string values.
+fn obj(pairs: &[(&str, &str)]) -> String {
+    let inner: Vec<String> = pairs
+        .iter()
+        .map(|(k, v)| format!("{}: {}", js(k), js(v)))
+        .collect();
+    format!("{{{}}}", inner.join(", "))
+}
+
+/// A slixmpp device process; a thread forwards its event lines.
+struct Device {
+    name: String,
+    child: Child,
+    stdin: ChildStdin,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Device {
+    /// Starts `user@localhost` (STARTTLS with the instance's CA) and waits
+    /// until it is online.
+    async fn online(user: &str, port: u16, dir: &str) -> Device {
+        let mut child = Command::new("python3")
+            .arg(repo().join("hub/tests/xmpp_devices/device.py"))
+            .arg(format!("{user}@localhost"))
+            .arg(PASSWORD)
+            .arg(port.to_string())
+            .arg(ca_file(dir))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 with slixmpp (run scripts/test.sh)");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel(256);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.blocking_send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut d = Device {
+            name: user.to_owned(),
+            child,
+            stdin,
+            lines,
+        };
+        d.expect("online", |e| e.name == "online").await;
+        d
+    }
+
+    async fn cmd(&mut self, json: String) {
+        // One short line into a pipe the device drains: does not block.
+        writeln!(self.stdin, "{json}").unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    /// The next event matching `pred` (others are skipped).
+    async fn expect(&mut self, what: &str, pred: impl Fn(&Ev) -> bool) -> Ev {
+        let name = self.name.clone();
+        within(&format!("{name}: {what}"), async {
+            loop {
+                let line = self
+                    .lines
+                    .recv()
+                    .await
+                    .unwrap_or_else(|| panic!("{name} exited while waiting for {what}"));
+                let ev = Ev::parse(&line);
+                if ev.name == "command_error" {
+                    panic!("{name}: {line}");
+                }
+                if pred(&ev) {
+                    return ev;
+                }
+            }
+        })
+        .await
+    }
+
+    /// The next message (skipping other events).
+    async fn message(&mut self) -> Ev {
+        self.expect("a message", |e| e.name == "message").await
+    }
+
+    async fn send(&mut self, to: &str, subject: Option<&str>, body: &str) {
+        let json = match subject {
+            Some(s) => obj(&[("op", "send"), ("to", to), ("subject", s), ("body", body)]),
+            None => obj(&[("op", "send"), ("to", to), ("body", body)]),
+        };
+        self.cmd(json).await;
+    }
+
+    async fn quit(mut self) {
+        self.cmd(obj(&[("op", "quit")])).await;
+        self.expect("bye", |e| e.name == "bye").await;
+    }
+}
+
+/// Runs a short-lived tool to completion off the runtime, bounded.
+async fn run_tool(what: &str, mut cmd: Command) -> std::process::Output {
+    let what = what.to_owned();
+    let out = within(&what, tokio::task::spawn_blocking(move || cmd.output())).await;
+    out.unwrap().unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
+fn filter(s: &str) -> TopicFilter {
+    TopicFilter::new(s).unwrap()
+}
+
+async fn next_env(sub: &mut Subscription, what: &str) -> std::sync::Arc<Envelope> {
+    within(what, sub.recv()).await.expect("hub closed")
+}
+
+fn adapter_state(hub: &polyhub::Hub, name: &str) -> AdapterState {
+    hub.snapshot()
+        .adapters
+        .iter()
+        .find(|a| a.name == name)
+        .map(|a| a.state)
+        .unwrap()
+}
+
+fn counter(hub: &polyhub::Hub, adapter: &str, key: &str) -> u64 {
+    let snap = hub.snapshot();
+    let a = snap.adapters.iter().find(|a| a.name == adapter).unwrap();
+    match key {
+        "reconnects" => a.metrics.reconnects,
+        "dropped" => a.metrics.dropped,
+        _ => a
+            .metrics
+            .named
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| *v)
+            .unwrap_or(0),
+    }
+}
+
+/// `mosquitto_sub -v` on the embedded broker: `count` messages, at most 10 s.
+fn mosquitto_sub(port: u16, filter: &str, count: u32) -> tokio::task::JoinHandle<String> {
+    let mut cmd = Command::new("mosquitto_sub");
+    cmd.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-t",
+        filter,
+        "-v",
+        "-W",
+        "10",
+    ])
+    .args(["-C", &count.to_string()]);
+    tokio::task::spawn_blocking(move || {
+        let out = cmd.output().expect("mosquitto_sub");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    })
+}
+
+async fn mosquitto_pub(port: u16, topic: &str, payload: &[u8]) {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), payload).unwrap();
+    let mut cmd = Command::new("mosquitto_pub");
+    cmd.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-t",
+        topic,
+        "-f",
+    ])
+    .arg(file.path());
+    let out = run_tool("mosquitto_pub", cmd).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The seed scenario: `alice` reports `firealarm` readings with XEP-0323;
+/// `bob` (a static XMPP subscriber) and an MQTT subscriber both get them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alice_firealarm_readings_reach_bob_and_an_mqtt_subscriber() {
+    let port = shared_prosody();
+    let mqtt = free_tcp_port();
+    let mut bob = Device::online("bob", port, SHARED_DIR).await;
+    let hub = start_hub(&format!(
+        "{}{}",
+        xmpp_adapter(
+            "xmpp",
+            "hub1",
+            port,
+            "subscribers = [{ jid = \"bob@localhost\", filter = \"xmpp/alice@localhost/#\" }]"
+        ),
+        mqtt_adapter(mqtt)
+    ))
+    .await;
+    assert_eq!(adapter_state(&hub, "xmpp"), AdapterState::Up);
+    let probe = hub.attach("probe", "test");
+    let mut sub = probe.subscribe([filter("xmpp/alice@localhost/#")]).unwrap();
+    let mqtt_sub = mosquitto_sub(mqtt, "xmpp/alice@localhost/temperature", 1);
+
+    let mut alice = Device::online("alice", port, SHARED_DIR).await;
+    alice
+        .cmd(
+            r#"{"op": "sensor", "to": "hub1@localhost", "node": "firealarm",
+                "fields": [{"type": "numeric", "name": "temperature", "value": "23.5", "unit": "C"},
+                           {"type": "boolean", "name": "alarm", "value": "false"}]}"#
+                .replace('\n', " "),
+        )
+        .await;
+
+    let t = next_env(&mut sub, "temperature envelope").await;
+    assert_eq!(t.topic.as_str(), "xmpp/alice@localhost/temperature");
+    assert_eq!(&t.payload[..], b"23.5");
+    assert_eq!(t.header("unit"), Some("C"));
+    assert_eq!(t.header("xmpp-node"), Some("firealarm"));
+    assert!(t.retain);
+    assert_eq!(t.origin.user.as_deref(), Some("alice@localhost"));
+    let a = next_env(&mut sub, "alarm envelope").await;
+    assert_eq!(a.topic.as_str(), "xmpp/alice@localhost/alarm");
+    assert_eq!(&a.payload[..], b"false");
+
+    // bob gets both as chat messages with the topic as subject.
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let m = bob.message().await;
+        assert_eq!(m.get("from"), "hub1@localhost/polyhub");
+        assert_eq!(m.get("type"), "chat");
+        got.push((m.get("subject").to_owned(), m.get("body").to_owned()));
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("xmpp/alice@localhost/alarm".to_owned(), "false".to_owned()),
+            (
+                "xmpp/alice@localhost/temperature".to_owned(),
+                "23.5".to_owned()
+            ),
+        ]
+    );
+
+    // The MQTT subscriber (live or from the retained value) gets it too.
+    let printed = within_for(Duration::from_secs(15), "mosquitto_sub", mqtt_sub)
+        .await
+        .unwrap();
+    assert_eq!(printed, "xmpp/alice@localhost/temperature 23.5");
+
+    // XEP-0325 control, as a message and as an IQ (answered).
+    let mut ctl = probe
+        .subscribe([filter("xmpp/alice@localhost/control/#")])
+        .unwrap();
+    alice
+        .cmd(obj(&[
+            ("op", "control_msg"),
+            ("to", "hub1@localhost"),
+            ("name", "led"),
+            ("type", "boolean"),
+            ("value", "true"),
+        ]))
+        .await;
+    let c = next_env(&mut ctl, "control envelope").await;
+    assert_eq!(c.topic.as_str(), "xmpp/alice@localhost/control/led");
+    assert_eq!(&c.payload[..], b"true");
+    alice
+        .cmd(obj(&[
+            ("op", "control_iq"),
+            ("to", "hub1@localhost/polyhub"),
+            ("name", "fan"),
+            ("type", "int"),
+            ("value", "3"),
+        ]))
+        .await;
+    let iq = alice.expect("control iq answer", |e| e.name == "iq").await;
+    assert_eq!(iq.get("type"), "result", "{iq:?}");
+    assert!(iq.get("xml").contains("setResponse"), "{iq:?}");
+    let c = next_env(&mut ctl, "control iq envelope").await;
+    assert_eq!(c.topic.as_str(), "xmpp/alice@localhost/control/fan");
+    assert_eq!(&c.payload[..], b"3");
+
+    alice.quit().await;
+    bob.quit().await;
+    within("shutdown", hub.shutdown()).await.unwrap();
+}
+
+/// A chat with a subject reaches MQTT and HTTP; `subscribe`/`unsubscribe`
+/// are confirmed and manage what comes back from MQTT, binary included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn carol_publishes_to_mqtt_and_http_and_subscribes_to_mqtt() {
+    let port = shared_prosody();
+    let (mqtt, http) = (free_tcp_port(), free_tcp_port());
+    let hub = start_hub(&format!(
+        "{}{}{}",
+        xmpp_adapter("xmpp", "hub2", port, ""),
+        mqtt_adapter(mqtt),
+        http_adapter(http)
+    ))
+    .await;
+    let hub_jid = "hub2@localhost";
+    let mut carol = Device::online("carol", port, SHARED_DIR).await;
+
+    // XMPP → MQTT and HTTP.
+    let mqtt_sub = mosquitto_sub(mqtt, "lab/#", 1);
+    let probe = hub.attach("probe", "test");
+    let mut sub = probe.subscribe([filter("lab/#")]).unwrap();
+    carol.send(hub_jid, Some("lab/temp"), "21.5").await;
+    let env = next_env(&mut sub, "lab/temp envelope").await;
+    assert_eq!(env.topic.as_str(), "lab/temp");
+    assert_eq!(&env.payload[..], b"21.5");
+    assert_eq!(env.content_type.as_deref(), Some("text/plain"));
+    // mosquitto_sub may subscribe after the (not retained) message went by:
+    // then it prints nothing within its 10 s; what it prints must be this.
+    let printed = within_for(Duration::from_secs(15), "mosquitto_sub", mqtt_sub)
+        .await
+        .unwrap();
+    assert!(
+        printed.is_empty() || printed == "lab/temp 21.5",
+        "{printed}"
+    );
+    let mut curl = Command::new("curl");
+    curl.args([
+        "-s",
+        "-m",
+        "10",
+        &format!("http://127.0.0.1:{http}/topics/lab/temp"),
+    ]);
+    let curl = run_tool("curl", curl).await;
+    assert_eq!(String::from_utf8_lossy(&curl.stdout), "21.5");
+
+    // subscribe: confirmed, then MQTT → carol.
+    carol.send(hub_jid, None, "subscribe lab/cmd/#").await;
+    let m = carol.message().await;
+    assert_eq!(m.get("body"), "polyhub: subscribed to lab/cmd/#");
+    carol.send(hub_jid, None, "subscribe lab/other").await;
+    assert_eq!(
+        carol.message().await.get("body"),
+        "polyhub: subscribed to lab/other"
+    );
+    mosquitto_pub(mqtt, "lab/cmd/fan", b"on").await;
+    let m = carol.message().await;
+    assert_eq!((m.get("subject"), m.get("body")), ("lab/cmd/fan", "on"));
+    assert_eq!(m.get("type"), "chat");
+
+    // Binary payloads come base64 with a header line.
+    mosquitto_pub(mqtt, "lab/cmd/blob", &[0xff, 0x00, 0xfe]).await;
+    let m = carol.message().await;
+    assert_eq!(m.get("subject"), "lab/cmd/blob");
+    assert_eq!(m.get("body"), "Content-Transfer-Encoding: base64\n/wD+");
+
+    // The listing, then unsubscribe: nothing more from lab/cmd/#.
+    carol.send(hub_jid, None, "subscriptions").await;
+    assert_eq!(
+        carol.message().await.get("body"),
+        "polyhub: subscribed to lab/cmd/# lab/other"
+    );
+    carol.send(hub_jid, None, "unsubscribe lab/cmd/#").await;
+    assert_eq!(
+        carol.message().await.get("body"),
+        "polyhub: unsubscribed from lab/cmd/#"
+    );
+    carol.send(hub_jid, None, "unsubscribe lab/cmd/#").await;
+    assert_eq!(
+        carol.message().await.get("body"),
+        "polyhub: you were not subscribed to lab/cmd/#"
+    );
+    mosquitto_pub(mqtt, "lab/cmd/fan", b"off").await;
+    mosquitto_pub(mqtt, "lab/other", b"marker").await;
+    let m = carol.message().await;
+    assert_eq!((m.get("subject"), m.get("body")), ("lab/other", "marker"));
+
+    // Anything else: a short help text; a bad filter is explained.
+    carol.send(hub_jid, None, "hello?").await;
+    assert!(carol
+        .message()
+        .await
+        .get("body")
+        .contains("subscribe FILTER"));
+    carol.send(hub_jid, None, "subscribe lab/#/x").await;
+    assert!(carol
+        .message()
+        .await
+        .get("body")
+        .contains("not a topic filter"));
+
+    carol.quit().await;
+    within("shutdown", hub.shutdown()).await.unwrap();
+}
+
+/// Senders outside `allow` get a `forbidden` error and publish nothing;
+/// disco#info and ping are answered; malformed stanzas are survived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_are_refused_and_malformed_stanzas_are_survived() {
+    let port = shared_prosody();
+    let hub = start_hub(&xmpp_adapter(
+        "xmpp",
+        "hub3",
+        port,
+        "allow = [\"dave@localhost\"]",
+    ))
+    .await;
+    let hub_jid = "hub3@localhost";
+    let probe = hub.attach("probe", "test");
+    let mut sub = probe.subscribe([filter("#")]).unwrap();
+    let mut mallory = Device::online("mallory", port, SHARED_DIR).await;
+    let mut dave = Device::online("dave", port, SHARED_DIR).await;
+
+    mallory.send(hub_jid, Some("doors/front"), "open").await;
+    let m = mallory.message().await;
+    assert_eq!(
+        (m.get("type"), m.get("error")),
+        ("error", "forbidden"),
+        "{m:?}"
+    );
+    mallory.send(hub_jid, None, "subscribe #").await;
+    let m = mallory.message().await;
+    assert_eq!(m.get("error"), "forbidden");
+
+    // disco#info and ping.
+    dave.cmd(obj(&[("op", "disco"), ("to", "hub3@localhost/polyhub")]))
+        .await;
+    let d = dave.expect("disco", |e| e.name == "disco").await;
+    for f in [
+        "urn:xmpp:iot:sensordata",
+        "urn:xmpp:iot:control",
+        "urn:xmpp:ping",
+    ] {
+        assert!(d.get("features").split(' ').any(|x| x == f), "{d:?}");
+    }
+    dave.cmd(obj(&[("op", "ping"), ("to", "hub3@localhost/polyhub")]))
+        .await;
+    dave.expect("pong", |e| e.name == "pong").await;
+    dave.cmd(obj(&[
+        ("op", "iq_get"),
+        ("to", "hub3@localhost/polyhub"),
+        ("xml", "<what xmlns='urn:example:nothing'/>"),
+    ]))
+    .await;
+    let iq = dave.expect("iq error", |e| e.name == "iq").await;
+    assert_eq!(
+        (iq.get("type"), iq.get("error")),
+        ("error", "service-unavailable")
+    );
+
+    // Malformed input.
+    let raw = [
+        "<message to='hub3@localhost'><subject>a/#</subject><body>x</body></message>",
+        "<message to='hub3@localhost'><fields xmlns='urn:xmpp:iot:sensordata'><node><timestamp><numeric/><numeric name=''/></timestamp></node><junk/></fields></message>",
+        "<message to='hub3@localhost'><set xmlns='urn:xmpp:iot:control'/></message>",
+        "<message to='hub3@localhost' type='bogus'><body>subscribe #</body></message>",
+        "<message to='hub3@localhost'><body>x</body><body>y</body></message>",
+        "<iq type='set' id='m1' to='hub3@localhost/polyhub'><set xmlns='urn:xmpp:iot:control'><boolean/></set></iq>",
+        "<iq type='get' id='m2' to='hub3@localhost/polyhub'/>",
+    ];
+    for xml in raw {
+        dave.cmd(obj(&[("op", "raw"), ("xml", xml)])).await;
+    }
+    let m = dave.message().await;
+    assert!(m.get("body").contains("not a topic"), "{m:?}");
+    let m = dave.message().await;
+    assert!(m.get("body").contains("holds no named value"), "{m:?}");
+
+    // Still up; dave's envelope is the first the hub saw (none of mallory's).
+    dave.send(hub_jid, Some("doors/back"), "closed").await;
+    let env = next_env(&mut sub, "dave's envelope").await;
+    assert_eq!(env.topic.as_str(), "doors/back");
+    assert_eq!(env.origin.user.as_deref(), Some("dave@localhost"));
+    assert_eq!(adapter_state(&hub, "xmpp"), AdapterState::Up);
+    assert!(counter(&hub, "xmpp", "rejected_senders") >= 2);
+
+    mallory.quit().await;
+    dave.quit().await;
+    within("shutdown", hub.shutdown()).await.unwrap();
+}
+
+/// An offline subscriber is not sent to (counted) and gets the retained
+/// values of its filters when it comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_subscriber_is_skipped_and_gets_retained_values_back() {
+    let port = shared_prosody();
+    let erin = Device::online("erin", port, SHARED_DIR).await;
+    let hub = start_hub(&xmpp_adapter(
+        "xmpp",
+        "hub4",
+        port,
+        "subscribers = [{ jid = \"erin@localhost\", filter = \"home/#\" }]",
+    ))
+    .await;
+    let probe = hub.attach("probe", "test");
+    // The hub asks erin for her presence (slixmpp authorizes it); once she
+    // leaves, the hub knows she is offline.
+    erin.quit().await;
+    wait_until("erin seen offline", Duration::from_secs(10), || {
+        counter(&hub, "xmpp", "subscribers_gone_offline") >= 1
+    })
+    .await;
+
+    let door = Envelope::new(Topic::new("home/door").unwrap(), "open").with_retain(true);
+    probe.publish(door).await.unwrap();
+    probe
+        .publish(Envelope::new(Topic::new("home/bell").unwrap(), "ring"))
+        .await
+        .unwrap();
+    wait_until("both skipped", Duration::from_secs(10), || {
+        counter(&hub, "xmpp", "offline_skipped") >= 2
+    })
+    .await;
+    assert!(counter(&hub, "xmpp", "dropped") >= 2);
+
+    let mut erin = Device::online("erin", port, SHARED_DIR).await;
+    let m = erin.message().await;
+    assert_eq!((m.get("subject"), m.get("body")), ("home/door", "open"));
+    probe
+        .publish(Envelope::new(Topic::new("home/marker").unwrap(), "m"))
+        .await
+        .unwrap();
+    let m = erin.message().await;
+    assert_eq!(
+        (m.get("subject"), m.get("body")),
+        ("home/marker", "m"),
+        "the bell rang while erin was away: not sent"
+    );
+    erin.quit().await;
+    within("shutdown", hub.shutdown()).await.unwrap();
+}
+
+/// STARTTLS with a private CA in `ca_file`; without it the certificate is
+/// refused (adapter down, retrying); a wrong password fails the start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starttls_trusts_ca_file_and_bad_credentials_fail_the_start() {
+    let port = shared_prosody();
+    let tls = |user: &str, extra: &str| {
+        format!(
+            "[[adapters]]\nname = \"xmpp\"\ntype = \"xmpp\"\n[adapters.config]\n\
+             jid = \"{user}@localhost/polyhub\"\npassword = \"{PASSWORD}\"\n\
+             server = \"127.0.0.1:{port}\"\nreconnect_max_secs = 1\n{extra}\n"
+        )
+    };
+    let hub = start_hub(&tls(
+        "hub6",
+        &format!("ca_file = \"{}\"", ca_file(SHARED_DIR)),
+    ))
+    .await;
+    assert_eq!(adapter_state(&hub, "xmpp"), AdapterState::Up);
+    let probe = hub.attach("probe", "test");
+    let mut sub = probe.subscribe([filter("tls/#")]).unwrap();
+    let mut grace = Device::online("grace", port, SHARED_DIR).await;
+    grace.send("hub6@localhost", Some("tls/ok"), "yes").await;
+    assert_eq!(&next_env(&mut sub, "over TLS").await.payload[..], b"yes");
+    grace.quit().await;
+    within("shutdown", hub.shutdown()).await.unwrap();
+
+    let hub = start_hub(&tls("hub7", "")).await;
+    let snap = hub.snapshot();
+    let a = snap.adapters.iter().find(|a| a.name == "xmpp").unwrap();
+    assert_eq!(a.state, AdapterState::Down);
+    let reason = a.reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains("TLS") || reason.contains("certificate"),
+        "{reason}"
+    );
+    within("shutdown", hub.shutdown()).await.unwrap();
+
+    let bad = format!(
+        "[[adapters]]\nname = \"xmpp\"\ntype = \"xmpp\"\n[adapters.config]\njid = \"hub8@localhost\"\n\
+         password = \"wrong\"\nserver = \"127.0.0.1:{port}\"\ntls = \"none\"\n"
+    );
+    let err = within("start", polyhub::start_str(&bad))
+        .await
+        .err()
+        .expect("refused");
+    assert!(format!("{err:#}").contains("refused the login"), "{err:#}");
+}
+
+/// The server restarts: the adapter goes down, reconnects by itself, and
+/// frank's dynamic subscription still delivers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_reconnects_after_prosody_restart_and_keeps_subscriptions() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir_s = dir.path().to_str().unwrap().to_owned();
+    let script = repo().join("scripts/prosody/instance.sh");
+    let out = std::process::Command::new(&script)
+        .arg(&dir_s)
+        .env("PROSODY_ACCOUNTS", "hub frank")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let port: u16 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let stop = || {
+        std::process::Command::new(&script)
+            .args(["--stop", &dir_s])
+            .status()
+            .unwrap()
+    };
+
+    let hub = start_hub(&xmpp_adapter("xmpp", "hub", port, "")).await;
+    let probe = hub.attach("probe", "test");
+    let mut frank = Device::online("frank", port, &dir_s).await;
+    frank.send("hub@localhost", None, "subscribe plant/#").await;
+    assert_eq!(
+        frank.message().await.get("body"),
+        "polyhub: subscribed to plant/#"
+    );
+
+    assert!(stop().success());
+    wait_until("adapter down", Duration::from_secs(10), || {
+        adapter_state(&hub, "xmpp") == AdapterState::Down
+    })
+    .await;
+    frank
+        .expect("frank disconnected", |e| e.name == "disconnected")
+        .await;
+    let started = std::process::Command::new(&script)
+        .args(["--start", &dir_s])
+        .output()
+        .unwrap();
+    assert!(started.status.success());
+    wait_until("adapter up again", Duration::from_secs(20), || {
+        adapter_state(&hub, "xmpp") == AdapterState::Up
+    })
+    .await;
+    assert!(counter(&hub, "xmpp", "reconnects") >= 1);
+    frank
+        .expect("frank back online", |e| e.name == "online")
+        .await;
+
+    probe
+        .publish(Envelope::new(Topic::new("plant/water").unwrap(), "low"))
+        .await
+        .unwrap();
+    let m = frank.message().await;
+    assert_eq!((m.get("subject"), m.get("body")), ("plant/water", "low"));
+
+    frank.quit().await;
+    within("shutdown", hub.shutdown()).await.unwrap();
+    stop();
+}
