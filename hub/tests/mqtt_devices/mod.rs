@@ -185,6 +185,11 @@ pub struct PrivateMosquitto {
 impl PrivateMosquitto {
     /// Starts `mosquitto` on 127.0.0.1:`port` with persistence in `dir`.
     pub async fn start(dir: &Path, port: u16) -> PrivateMosquitto {
+        Self::start_with(dir, port, "").await
+    }
+
+    /// Same, with more lines for its config file (such as TLS settings).
+    pub async fn start_with(dir: &Path, port: u16, extra: &str) -> PrivateMosquitto {
         // Mosquitto started as root drops to its own user, which must be
         // able to write its persistence file here.
         {
@@ -198,7 +203,7 @@ impl PrivateMosquitto {
             format!(
                 "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
                  persistence_location {dir}/\nmax_queued_messages 100000\n\
-                 log_dest file {dir}/mosquitto.log\n",
+                 log_dest file {dir}/mosquitto.log\n{extra}\n",
                 dir = dir.display()
             ),
         )
