@@ -23,7 +23,9 @@ use polyhub_sdk::plugin::abi::{
     status, Completion, EnvelopeSink, EnvelopeView, HeaderView, HostApi, HostCtx, MetricsDelta,
     PluginRunning, SnapshotSink, StrView,
 };
-use polyhub_sdk::plugin::view::{copy_envelope, envelope_view, state_from_u32, with_snapshot_view};
+use polyhub_sdk::plugin::view::{
+    copy_envelope_cached, envelope_view, state_from_u32, with_snapshot_view, OriginCache,
+};
 use polyhub_sdk::{
     AdapterContext, AdapterState, Envelope, PublishError, Subscription, Topic, TopicFilter,
 };
@@ -78,6 +80,8 @@ pub(crate) struct HostState {
     stop: CancellationToken,
     finished: Mutex<Option<oneshot::Sender<Outcome>>>,
     failed: AtomicBool,
+    /// Origin strings of what the plugin publishes (its own name, mostly).
+    origins: Mutex<OriginCache>,
 }
 
 impl HostState {
@@ -89,7 +93,6 @@ impl HostState {
     ) -> (Arc<Self>, oneshot::Receiver<Outcome>) {
         let (tx, rx) = oneshot::channel();
         let state = Arc::new(HostState {
-            ctx,
             plugin,
             handle: tokio::runtime::Handle::current(),
             running: watch::Sender::new(None),
@@ -97,6 +100,8 @@ impl HostState {
             stop: CancellationToken::new(),
             finished: Mutex::new(Some(tx)),
             failed: AtomicBool::new(false),
+            origins: Mutex::new(OriginCache::seeded(&ctx.origin())),
+            ctx,
         });
         (state, rx)
     }
@@ -328,7 +333,8 @@ unsafe extern "C" fn host_publish(
             return status::FAILED;
         }
         // SAFETY: lent for this call; copied here.
-        let envelope = match unsafe { copy_envelope(envelope) } {
+        let copied = unsafe { copy_envelope_cached(envelope, &mut state.origins.lock()) };
+        let envelope = match copied {
             Ok(e) => e,
             Err(e) => {
                 state.ctx.metrics().record_error();
@@ -336,8 +342,8 @@ unsafe extern "C" fn host_publish(
                 return status::INVALID;
             }
         };
-        let ctx = state.ctx.clone();
-        let mut fut = async move { ctx.publish(envelope).await }.boxed();
+        let owner = state.clone();
+        let mut fut = async move { owner.ctx.publish(envelope).await }.boxed();
         let mut cx = Context::from_waker(futures::task::noop_waker_ref());
         match fut.as_mut().poll(&mut cx) {
             Poll::Ready(r) => publish_code(r),

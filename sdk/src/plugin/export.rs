@@ -22,7 +22,6 @@ use super::abi::{
 };
 use super::link::{HostHandle, PluginLink};
 use super::log_forward;
-use super::view::copy_envelope;
 use crate::adapter::{Adapter, AdapterContext, AdapterFactory};
 use crate::config::AdapterConfig;
 use crate::metrics::AdapterMetrics;
@@ -329,13 +328,11 @@ unsafe extern "C" fn deliver(
         }
         // SAFETY: made by `start`, valid until `release`.
         let running = unsafe { &*(running as *const Running) };
-        let Some(tx) = running.link.sender(token) else {
-            return status::CLOSED;
-        };
         // SAFETY: lent for this call; copied here.
-        let envelope = match unsafe { copy_envelope(envelope) } {
-            Ok(e) => Arc::new(e),
-            Err(_) => return status::INVALID,
+        let (tx, envelope) = match unsafe { running.link.take_delivery(token, envelope) } {
+            None => return status::CLOSED,
+            Some(Err(_)) => return status::INVALID,
+            Some(Ok((tx, e))) => (tx, Arc::new(e)),
         };
         match tx.try_send(envelope) {
             Ok(()) => status::OK,

@@ -21,7 +21,10 @@ use super::abi::{
     status, Completion, CounterView, EnvelopeSink, EnvelopeView, HeaderView, HostApi, HostCtx,
     MetricsDelta, SnapshotSink, SnapshotView, StrView,
 };
-use super::view::{copy_envelope, copy_snapshot, envelope_view, state_to_u32};
+use super::view::{
+    copy_envelope, copy_envelope_cached, copy_snapshot, envelope_view, state_to_u32, OriginCache,
+    ViewError,
+};
 use crate::adapter::{AdapterState, HubLink, PublishError, SubscribeError, SubscriptionId};
 use crate::envelope::Envelope;
 use crate::metrics::{AdapterMetrics, HubSnapshot, MetricsSnapshot};
@@ -94,6 +97,7 @@ impl Drop for HostHandle {
 struct SubSlot {
     host_id: u64,
     tx: mpsc::Sender<Arc<Envelope>>,
+    origins: OriginCache,
 }
 
 /// The [`HubLink`] of one loaded adapter instance.
@@ -116,9 +120,21 @@ impl PluginLink {
         }
     }
 
-    /// The queue of subscription `token`, if it still exists.
-    pub(crate) fn sender(&self, token: u64) -> Option<mpsc::Sender<Arc<Envelope>>> {
-        self.subs.lock().get(&token).map(|s| s.tx.clone())
+    /// Copies a delivered envelope and returns it with the queue of
+    /// subscription `token`; `None` when the subscription is gone.
+    ///
+    /// # Safety
+    /// As [`copy_envelope_cached`].
+    pub(crate) unsafe fn take_delivery(
+        &self,
+        token: u64,
+        view: *const EnvelopeView,
+    ) -> Option<Result<(mpsc::Sender<Arc<Envelope>>, Envelope), ViewError>> {
+        let mut subs = self.subs.lock();
+        let slot = subs.get_mut(&token)?;
+        // SAFETY: forwarded.
+        let copied = unsafe { copy_envelope_cached(view, &mut slot.origins) };
+        Some(copied.map(|e| (slot.tx.clone(), e)))
     }
 
     /// Reports the counters recorded since the last report to the hub.
@@ -240,7 +256,14 @@ impl HubLink for PluginLink {
     ) -> Result<(SubscriptionId, mpsc::Receiver<Arc<Envelope>>), SubscribeError> {
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(PLUGIN_QUEUE);
-        self.subs.lock().insert(token, SubSlot { host_id: 0, tx });
+        self.subs.lock().insert(
+            token,
+            SubSlot {
+                host_id: 0,
+                tx,
+                origins: OriginCache::default(),
+            },
+        );
         let views: Vec<StrView> = filters
             .iter()
             .map(|f| StrView::from_str(f.as_str()))

@@ -86,12 +86,53 @@ unsafe fn text(view: StrView, field: &'static str) -> Result<Option<&'static str
     }
 }
 
+/// The origin strings of the last copied envelope: a stream of envelopes
+/// from one adapter shares them instead of allocating them anew.
+#[derive(Debug, Default, Clone)]
+pub struct OriginCache {
+    adapter: Option<Arc<str>>,
+    protocol: Option<Arc<str>>,
+}
+
+impl OriginCache {
+    /// A cache that starts with `origin`'s adapter and protocol.
+    pub fn seeded(origin: &Origin) -> Self {
+        OriginCache {
+            adapter: Some(origin.adapter.clone()),
+            protocol: Some(origin.protocol.clone()),
+        }
+    }
+}
+
+fn cached(slot: &mut Option<Arc<str>>, text: &str) -> Arc<str> {
+    match slot {
+        Some(s) if **s == *text => s.clone(),
+        _ => {
+            let s: Arc<str> = Arc::from(text);
+            *slot = Some(s.clone());
+            s
+        }
+    }
+}
+
 /// Copies a view into an owned [`Envelope`], checking the topic.
 ///
 /// # Safety
 /// `view` must be null or point to a valid [`EnvelopeView`] whose pointers
 /// are readable for the duration of this call.
 pub unsafe fn copy_envelope(view: *const EnvelopeView) -> Result<Envelope, ViewError> {
+    // SAFETY: forwarded.
+    unsafe { copy_envelope_cached(view, &mut OriginCache::default()) }
+}
+
+/// As [`copy_envelope`], sharing origin strings through `cache`.
+///
+/// # Safety
+/// As [`copy_envelope`].
+pub unsafe fn copy_envelope_cached(
+    view: *const EnvelopeView,
+    cache: &mut OriginCache,
+) -> Result<Envelope, ViewError> {
     if view.is_null() {
         return Err(ViewError::Null);
     }
@@ -119,8 +160,14 @@ pub unsafe fn copy_envelope(view: *const EnvelopeView) -> Result<Envelope, ViewE
         }
         let arc = |s: Option<&str>| s.map(Arc::<str>::from);
         let origin = Origin {
-            adapter: Arc::from(text(v.origin_adapter, "origin.adapter")?.unwrap_or_default()),
-            protocol: Arc::from(text(v.origin_protocol, "origin.protocol")?.unwrap_or_default()),
+            adapter: cached(
+                &mut cache.adapter,
+                text(v.origin_adapter, "origin.adapter")?.unwrap_or_default(),
+            ),
+            protocol: cached(
+                &mut cache.protocol,
+                text(v.origin_protocol, "origin.protocol")?.unwrap_or_default(),
+            ),
             peer: arc(text(v.origin_peer, "origin.peer")?),
             user: arc(text(v.origin_user, "origin.user")?),
         };
@@ -309,6 +356,26 @@ mod tests {
         assert_eq!(copy.timestamp, e.timestamp);
         assert_eq!(copy.reply_to, None);
         assert_eq!(copy.correlation, None);
+    }
+
+    #[test]
+    fn cached_copies_share_origin_strings() {
+        let origin = Origin {
+            adapter: "a".into(),
+            protocol: "p".into(),
+            peer: None,
+            user: None,
+        };
+        let e = Envelope::new(Topic::new("t").unwrap(), "x").with_origin(origin.clone());
+        let mut headers = Vec::new();
+        let view = envelope_view(&e, &mut headers);
+        let mut cache = OriginCache::seeded(&origin);
+        let copy = unsafe { copy_envelope_cached(&view, &mut cache) }.unwrap();
+        assert!(Arc::ptr_eq(&copy.origin.adapter, &origin.adapter));
+        let other = Envelope::new(Topic::new("t").unwrap(), "x");
+        let view = envelope_view(&other, &mut headers);
+        let copy = unsafe { copy_envelope_cached(&view, &mut cache) }.unwrap();
+        assert_eq!(&*copy.origin.adapter, "");
     }
 
     #[test]
