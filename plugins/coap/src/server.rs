@@ -787,7 +787,7 @@ impl Server {
         let now = Instant::now();
         let format = convert::envelope_content_format(envelope);
         let ours = Block::szx_for(self.settings.block_size);
-        let mut out: Vec<(Packet, SocketAddr, bool)> = Vec::new();
+        let mut out: Vec<(Packet, SocketAddr, ObserverKey, bool)> = Vec::new();
         {
             let mut st = self.state.lock();
             let keys: Vec<ObserverKey> = match filter {
@@ -850,36 +850,59 @@ impl Server {
                     p.payload = envelope.payload.to_vec();
                     p
                 };
-                out.push((p, peer, con));
+                out.push((p, peer, key, con));
             }
         }
-        for (p, peer, con) in out {
+        // Sent here, in order (a spawned send could overtake another);
+        // confirmable ones then wait for their ACK in a task of their own.
+        for (p, peer, key, con) in out {
+            let Ok(bytes) = p.to_bytes_unlimited() else {
+                self.ctx.metrics().record_error();
+                continue;
+            };
+            let mid = p.header.message_id;
+            if !con {
+                self.try_send(&bytes, peer);
+                continue;
+            }
+            let rx = self.expect_reply(peer, mid);
+            self.try_send(&bytes, peer);
             let me = self.clone();
-            if con {
-                self.tasks.spawn(async move {
-                    let key = {
-                        let st = me.state.lock();
-                        st.observers.by_notification(peer, p.header.message_id)
-                    };
-                    let ok = me.confirm(p, peer).await;
-                    let mut st = me.state.lock();
-                    if let Some(key) = key {
-                        if ok {
-                            if let Some(o) = st.observers.get_mut(&key) {
-                                o.con_in_flight = false;
-                            }
-                        } else {
-                            me.ctx.metrics().incr("observers_lost");
-                            me.deregister_locked(&mut st, &key);
-                        }
+            self.tasks.spawn(async move {
+                let ok = me.retransmit(bytes, peer, mid, rx, true).await;
+                let mut st = me.state.lock();
+                if ok {
+                    if let Some(o) = st.observers.get_mut(&key) {
+                        o.con_in_flight = false;
                     }
-                });
-            } else {
-                self.tasks.spawn(async move {
-                    me.send(&p, peer).await;
-                });
+                } else if st.observers.get_mut(&key).is_some() {
+                    me.ctx.metrics().incr("observers_lost");
+                    me.deregister_locked(&mut st, &key);
+                }
+            });
+        }
+    }
+
+    /// Sends without waiting; a full socket buffer drops the datagram.
+    fn try_send(&self, bytes: &[u8], peer: SocketAddr) {
+        match self.socket.try_send_to(bytes, peer) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                self.ctx.metrics().record_drop();
+                self.ctx.metrics().incr("notifications_dropped");
+            }
+            Err(e) => {
+                self.ctx.metrics().record_error();
+                debug!(adapter = %self.ctx.name(), peer = %peer, error = %e, "Send failed.");
             }
         }
+    }
+
+    /// Registers interest in the ACK or RST for message `mid` to `peer`.
+    fn expect_reply(&self, peer: SocketAddr, mid: u16) -> oneshot::Receiver<Reply> {
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().insert((peer, mid), tx);
+        rx
     }
 
     /// Sends a confirmable message and retransmits it until acknowledged;
@@ -890,8 +913,20 @@ impl Server {
             return false;
         };
         let mid = packet.header.message_id;
-        let (tx, mut rx) = oneshot::channel();
-        self.pending.lock().insert((peer, mid), tx);
+        let rx = self.expect_reply(peer, mid);
+        self.retransmit(bytes, peer, mid, rx, false).await
+    }
+
+    /// Transmits `bytes` (again, when `first_sent`) with the RFC 7252
+    /// back-off until `rx` reports an ACK or RST.
+    async fn retransmit(
+        &self,
+        bytes: Vec<u8>,
+        peer: SocketAddr,
+        mid: u16,
+        mut rx: oneshot::Receiver<Reply>,
+        first_sent: bool,
+    ) -> bool {
         let mut attempts = 0;
         let mut outcome = None;
         for wait in transmission::timeouts(&self.settings.retransmission) {
@@ -899,7 +934,9 @@ impl Server {
             if attempts > 1 {
                 self.ctx.metrics().incr("retransmissions");
             }
-            self.send_bytes(&bytes, peer).await;
+            if attempts > 1 || !first_sent {
+                self.send_bytes(&bytes, peer).await;
+            }
             tokio::select! {
                 _ = self.ctx.shutdown().cancelled() => break,
                 r = &mut rx => { outcome = r.ok(); break; }
