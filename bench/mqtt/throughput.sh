@@ -16,8 +16,10 @@ work=$(mktemp -d)
 chmod 777 "$work"
 pids=()
 cleanup() {
+  local rc=$?
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   rm -rf "$work"
+  exit "$rc"
 }
 trap cleanup EXIT
 
