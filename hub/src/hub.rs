@@ -10,7 +10,7 @@ use futures::FutureExt;
 use parking_lot::RwLock;
 use polyhub_sdk::{
     AdapterContext, AdapterMetrics, AdapterSnapshot, AdapterState, Envelope, HubLink, HubSnapshot,
-    PublishError, SubscribeError, SubscriptionId, Topic, TopicFilter,
+    PublishError, SubscribeError, SubscribeOptions, SubscriptionId, Topic, TopicFilter,
 };
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
@@ -167,6 +167,20 @@ impl HubLink for Link {
             self.slot.metrics.clone(),
             filters,
             depth.or(self.slot.queue_depth),
+        )
+    }
+
+    fn subscribe_with_options(
+        &self,
+        filters: &[TopicFilter],
+        mut options: SubscribeOptions,
+    ) -> Result<(SubscriptionId, mpsc::Receiver<Arc<Envelope>>), SubscribeError> {
+        options.depth = options.depth.or(self.slot.queue_depth);
+        self.shared.router.subscribe_with(
+            self.slot.name.clone(),
+            self.slot.metrics.clone(),
+            filters,
+            options,
         )
     }
 

@@ -14,7 +14,7 @@ use ahash::AHashMap;
 use parking_lot::{Mutex, RwLock};
 use polyhub_sdk::{
     AdapterMetrics, Envelope, HistogramSnapshot, MessageId, PublishError, SubscribeError,
-    SubscriptionId, Topic, TopicFilter,
+    SubscribeOptions, SubscriptionId, Topic, TopicFilter,
 };
 use tokio::sync::mpsc;
 
@@ -25,8 +25,11 @@ use crate::trie::TopicTrie;
 #[derive(Debug)]
 pub(crate) struct SubEntry {
     id: u64,
-    /// Name of the adapter instance that owns it (never sent its own envelopes).
+    /// Name of the adapter instance that owns it.
     adapter: Arc<str>,
+    /// Whether it also receives envelopes its own adapter published
+    /// (otherwise they are never handed back: no echo).
+    include_own: bool,
     tx: mpsc::Sender<Arc<Envelope>>,
     metrics: Arc<AdapterMetrics>,
     /// Set while the subscription has more than one filter, so that an
@@ -161,8 +164,9 @@ impl Router {
                     }
                     seen.push(entry.id);
                 }
-                if Arc::ptr_eq(&entry.adapter, &envelope.origin.adapter)
-                    || *entry.adapter == *envelope.origin.adapter
+                if !entry.include_own
+                    && (Arc::ptr_eq(&entry.adapter, &envelope.origin.adapter)
+                        || *entry.adapter == *envelope.origin.adapter)
                 {
                     return;
                 }
@@ -193,7 +197,8 @@ impl Router {
         Ok(())
     }
 
-    /// Creates a subscription owned by `adapter`.
+    /// Creates a subscription owned by `adapter`, which is never handed the
+    /// envelopes `adapter` published.
     pub fn subscribe(
         &self,
         adapter: Arc<str>,
@@ -201,6 +206,22 @@ impl Router {
         filters: &[TopicFilter],
         depth: Option<usize>,
     ) -> Result<(SubscriptionId, mpsc::Receiver<Arc<Envelope>>), SubscribeError> {
+        let options = SubscribeOptions {
+            depth,
+            include_own: false,
+        };
+        self.subscribe_with(adapter, metrics, filters, options)
+    }
+
+    /// Creates a subscription owned by `adapter` with options.
+    pub fn subscribe_with(
+        &self,
+        adapter: Arc<str>,
+        metrics: Arc<AdapterMetrics>,
+        filters: &[TopicFilter],
+        options: SubscribeOptions,
+    ) -> Result<(SubscriptionId, mpsc::Receiver<Arc<Envelope>>), SubscribeError> {
+        let depth = options.depth;
         if self.closed.load(Ordering::Relaxed) {
             return Err(SubscribeError::Closed);
         }
@@ -215,6 +236,7 @@ impl Router {
         let entry = Arc::new(SubEntry {
             id,
             adapter,
+            include_own: options.include_own,
             tx,
             metrics,
             multi: AtomicBool::new(unique.len() > 1),
@@ -351,6 +373,24 @@ mod tests {
         assert_eq!(rx_b.try_recv().unwrap().topic.as_str(), "sensors/k/temp");
         assert!(rx_c.try_recv().is_err());
         assert_eq!(pm.snapshot().messages_in, 1);
+    }
+
+    #[tokio::test]
+    async fn include_own_subscriptions_get_their_adapters_envelopes() {
+        let r = Router::new(8);
+        let pm = AdapterMetrics::default();
+        let m = Arc::new(AdapterMetrics::default());
+        let options = SubscribeOptions {
+            depth: None,
+            include_own: true,
+        };
+        let (_id, mut rx) = r
+            .subscribe_with(Arc::from("a"), m, &[f("t/#")], options)
+            .unwrap();
+        r.publish(env("t/1", "a", QoS::AtMostOnce), &pm)
+            .await
+            .unwrap();
+        assert_eq!(rx.try_recv().unwrap().topic.as_str(), "t/1");
     }
 
     #[tokio::test]

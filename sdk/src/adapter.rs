@@ -135,6 +135,25 @@ pub enum SubscribeError {
     /// No such subscription (already dropped).
     #[error("no such subscription")]
     Unknown,
+    /// The hub on the other side of this link does not offer the option.
+    #[error("this hub does not support {0}")]
+    Unsupported(&'static str),
+}
+
+/// How a subscription behaves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SubscribeOptions {
+    /// Queue depth in envelopes (the hub's default when `None`).
+    pub depth: Option<usize>,
+    /// Also receive envelopes this same adapter instance published.
+    ///
+    /// By default the hub never hands an adapter its own envelopes, which is
+    /// what adapters attached to a broker want (the broker already delivers
+    /// between its clients). An adapter whose devices talk to the hub directly
+    /// (an HTTP client POSTing while another streams `/events`, a CoAP client
+    /// publishing to a topic another observes) sets this so that those devices
+    /// reach each other through the router too.
+    pub include_own: bool,
 }
 
 /// Identifies one subscription within the hub.
@@ -155,6 +174,19 @@ pub trait HubLink: Send + Sync + 'static {
         filters: &[TopicFilter],
         depth: Option<usize>,
     ) -> Result<(SubscriptionId, mpsc::Receiver<Arc<Envelope>>), SubscribeError>;
+    /// Creates a subscription with options. The default implementation
+    /// serves links that only know [`HubLink::subscribe`] and refuses
+    /// `include_own` rather than silently ignoring it.
+    fn subscribe_with_options(
+        &self,
+        filters: &[TopicFilter],
+        options: SubscribeOptions,
+    ) -> Result<(SubscriptionId, mpsc::Receiver<Arc<Envelope>>), SubscribeError> {
+        if options.include_own {
+            return Err(SubscribeError::Unsupported("include_own subscriptions"));
+        }
+        self.subscribe(filters, options.depth)
+    }
     /// Adds a filter to a subscription.
     fn add_filter(&self, id: SubscriptionId, filter: &TopicFilter) -> Result<(), SubscribeError>;
     /// Removes a filter from a subscription; false if it was not there.
@@ -267,6 +299,26 @@ impl AdapterContext {
     {
         let filters: Vec<TopicFilter> = filters.into_iter().map(Into::into).collect();
         let (id, rx) = self.link.subscribe(&filters, depth)?;
+        Ok(Subscription {
+            id,
+            rx,
+            link: self.link.clone(),
+        })
+    }
+
+    /// Subscribes to `filters` with [`SubscribeOptions`] (queue depth, and
+    /// whether this adapter's own envelopes are delivered to it too).
+    pub fn subscribe_with<I>(
+        &self,
+        filters: I,
+        options: SubscribeOptions,
+    ) -> Result<Subscription, SubscribeError>
+    where
+        I: IntoIterator,
+        I::Item: Into<TopicFilter>,
+    {
+        let filters: Vec<TopicFilter> = filters.into_iter().map(Into::into).collect();
+        let (id, rx) = self.link.subscribe_with_options(&filters, options)?;
         Ok(Subscription {
             id,
             rx,

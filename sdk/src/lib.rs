@@ -17,7 +17,7 @@ pub mod topic;
 
 pub use adapter::{
     Adapter, AdapterContext, AdapterError, AdapterFactory, AdapterState, HubLink, PublishError,
-    SubscribeError, Subscription, SubscriptionId,
+    SubscribeError, SubscribeOptions, Subscription, SubscriptionId,
 };
 pub use bytes::Bytes;
 pub use config::{AdapterConfig, ConfigError};
