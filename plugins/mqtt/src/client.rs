@@ -372,3 +372,38 @@ async fn forward_loop(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outbox_is_bounded_and_resets_packet_ids() {
+        let mut ob = Outbox {
+            connected: false,
+            queue: VecDeque::new(),
+            capacity: 2,
+            overflowed: 0,
+        };
+        let mut p = Publish::new("a", CQoS::AtLeastOnce, "x", None);
+        p.pkid = 42;
+        p.dup = true;
+        assert!(ob.push(p.clone()));
+        assert!(ob.push(p.clone()));
+        assert!(!ob.push(p), "third does not fit");
+        assert_eq!(ob.overflowed, 1);
+        assert_eq!(ob.queue.len(), 2);
+        assert!(ob.queue.iter().all(|q| q.pkid == 0 && !q.dup));
+    }
+
+    #[test]
+    fn subscription_asks_for_no_local_and_retain_as_published() {
+        let Request::Subscribe(sub) = subscribe_request(&[TopicFilter::new("a/#").unwrap()]) else {
+            panic!("expected a subscribe request")
+        };
+        assert_eq!(sub.filters.len(), 1);
+        assert!(sub.filters[0].nolocal);
+        assert!(sub.filters[0].preserve_retain);
+        assert_eq!(sub.filters[0].qos, CQoS::AtLeastOnce);
+    }
+}
