@@ -50,7 +50,9 @@ class Device(slixmpp.ClientXMPP):
         if ca_file:
             self.ca_certs = ca_file
         else:
+            self.enable_direct_tls = False
             self.enable_starttls = False
+            self.enable_plaintext = True
         self.quitting = False
         self.register_plugin("xep_0030")
         self.register_plugin("xep_0199")
