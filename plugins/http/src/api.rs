@@ -10,7 +10,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -250,7 +250,12 @@ fn last_value(state: &ApiState, topic: &Topic) -> Result<Response, ApiError> {
 async fn publish(state: &ApiState, topic: Topic, req: Request) -> Result<Response, ApiError> {
     let query = convert::parse_query(req.uri().query())?;
     let opts = PublishOptions::from_query(&query)?;
-    let headers: HeaderMap = req.headers().clone();
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let carried = convert::carried_headers(req.headers());
     let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -279,11 +284,8 @@ async fn publish(state: &ApiState, topic: Topic, req: Request) -> Result<Respons
         .with_qos(opts.qos)
         .with_retain(opts.retain)
         .with_origin(origin);
-    env.content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    env.headers = convert::carried_headers(&headers);
+    env.content_type = content_type;
+    env.headers = carried;
 
     let local = (!state.bus.is_empty()).then(|| Arc::new(env.clone()));
     let shutdown = state.ctx.shutdown();

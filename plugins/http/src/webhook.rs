@@ -113,8 +113,8 @@ async fn deliver(
                 }
                 ctx.metrics().incr("webhook_retries");
                 tracing::debug!(adapter = %name, url = %hook.url, attempt = n, retry_in = ?backoff, error = %why, "Webhook delivery failed; retrying.");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                tokio::time::sleep(backoff.min(MAX_BACKOFF)).await;
+                backoff = backoff.saturating_mul(2).min(MAX_BACKOFF);
             }
         }
     }

@@ -168,12 +168,7 @@ async fn shutdown_ends_open_streams_and_completes() {
         .await
         .unwrap();
     // The stream ends rather than hanging.
-    loop {
-        match within("stream end", sse.resp.chunk()).await {
-            Ok(Some(_)) => continue,
-            Ok(None) | Err(_) => break,
-        }
-    }
+    while let Ok(Some(_)) = within("stream end", sse.resp.chunk()).await {}
 }
 
 #[tokio::test]

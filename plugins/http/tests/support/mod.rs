@@ -65,7 +65,7 @@ impl Curl {
             .filter_map(|l| l.split_once(':'))
             .filter(|(k, _)| k.trim().eq_ignore_ascii_case(name))
             .map(|(_, v)| v.trim().to_owned())
-            .last()
+            .next_back()
     }
 
     pub fn json(&self) -> serde_json::Value {
