@@ -27,7 +27,8 @@ use polyhub_sdk::plugin::view::{
     copy_envelope_cached, envelope_view, state_from_u32, with_snapshot_view, OriginCache,
 };
 use polyhub_sdk::{
-    AdapterContext, AdapterState, Envelope, PublishError, Subscription, Topic, TopicFilter,
+    AdapterContext, AdapterState, Envelope, PublishError, SubscribeOptions, Subscription, Topic,
+    TopicFilter,
 };
 use tokio::sync::{oneshot, watch, Notify};
 use tokio_util::sync::CancellationToken;
@@ -142,7 +143,7 @@ impl HostState {
     fn subscribe(
         self: &Arc<Self>,
         filters: Vec<TopicFilter>,
-        depth: Option<usize>,
+        options: SubscribeOptions,
         token: u64,
     ) -> Result<u64, i32> {
         if self.failed.load(Ordering::Relaxed) || self.stop.is_cancelled() {
@@ -150,7 +151,7 @@ impl HostState {
         }
         let sub = self
             .ctx
-            .subscribe_with_depth(filters, depth)
+            .subscribe_with(filters, options)
             .map_err(|_| status::CLOSED)?;
         let id = sub.id().0;
         let sub = Arc::new(Mutex::new(sub));
@@ -294,6 +295,7 @@ static HOST_API: HostApi = HostApi {
     add_metrics: host_add_metrics,
     finished: host_finished,
     release: host_release,
+    subscribe_with_options: Some(host_subscribe_with_options),
 };
 
 /// Runs a callback body on the state behind `ctx`, inside `catch_unwind`.
@@ -374,6 +376,19 @@ unsafe extern "C" fn host_subscribe(
     token: u64,
     out_id: *mut u64,
 ) -> i32 {
+    // SAFETY: forwarded.
+    unsafe { host_subscribe_with_options(ctx, filters, filters_len, depth, 0, token, out_id) }
+}
+
+unsafe extern "C" fn host_subscribe_with_options(
+    ctx: HostCtx,
+    filters: *const StrView,
+    filters_len: usize,
+    depth: usize,
+    include_own: u8,
+    token: u64,
+    out_id: *mut u64,
+) -> i32 {
     with_state(ctx, status::PANIC, |state| {
         if out_id.is_null() || (filters.is_null() && filters_len > 0) {
             return status::INVALID;
@@ -392,8 +407,11 @@ unsafe extern "C" fn host_subscribe(
                 None => return status::INVALID,
             }
         }
-        let depth = (depth > 0).then_some(depth);
-        match state.subscribe(parsed, depth, token) {
+        let options = SubscribeOptions {
+            depth: (depth > 0).then_some(depth),
+            include_own: include_own != 0,
+        };
+        match state.subscribe(parsed, options, token) {
             Ok(id) => {
                 // SAFETY: checked non-null.
                 unsafe { *out_id = id };

@@ -24,7 +24,7 @@ pub const MAGIC: [u8; 8] = *b"PLYHUB\x00\x01";
 pub const ABI_MAJOR: u32 = 1;
 
 /// Minor version of this ABI: a hub loads plugins of its own or an older minor.
-pub const ABI_MINOR: u32 = 0;
+pub const ABI_MINOR: u32 = 1;
 
 /// The target triple the sdk was compiled for (`x86_64-unknown-linux-gnu`).
 pub const TARGET: &str = env!("POLYHUB_SDK_TARGET");
@@ -366,7 +366,25 @@ pub struct HostApi {
     pub finished: unsafe extern "C" fn(ctx: HostCtx, status: i32, message: StrView),
     /// The plugin holds `ctx` no more; the hub frees it.
     pub release: unsafe extern "C" fn(ctx: HostCtx),
+    /// ABI 1.1: as `subscribe`, and with `include_own` 1 the subscription
+    /// also gets the envelopes this adapter published
+    /// ([`SubscribeOptions::include_own`](crate::SubscribeOptions)).
+    /// Absent (null) in a 1.0 hub's table, which ends before it.
+    pub subscribe_with_options: Option<
+        unsafe extern "C" fn(
+            ctx: HostCtx,
+            filters: *const StrView,
+            filters_len: usize,
+            depth: usize,
+            include_own: u8,
+            token: u64,
+            out_id: *mut u64,
+        ) -> i32,
+    >,
 }
+
+/// Size of an ABI 1.0 [`HostApi`]: every field up to `release`.
+pub const HOST_API_1_0_SIZE: usize = std::mem::offset_of!(HostApi, subscribe_with_options);
 
 /// What the hub passes to [`PluginHeader::init`].
 #[repr(C)]

@@ -251,7 +251,8 @@ unsafe extern "C" fn start(
         // SAFETY: made by `create`, handed over once by the hub.
         let adapter = unsafe { Box::from_raw(adapter as *mut Box<dyn Adapter>) };
         // SAFETY: checked non-null; the hub's table is at least `size` long.
-        if unsafe { (*host).size } < std::mem::size_of::<HostApi>() {
+        // Fields added after ABI 1.0 are read only when `size` covers them.
+        if unsafe { (*host).size } < abi::HOST_API_1_0_SIZE {
             return status::INVALID;
         }
         let Some(rt) = runtime() else {

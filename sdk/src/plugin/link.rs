@@ -25,7 +25,9 @@ use super::view::{
     copy_envelope, copy_envelope_cached, copy_snapshot, envelope_view, state_to_u32, OriginCache,
     ViewError,
 };
-use crate::adapter::{AdapterState, HubLink, PublishError, SubscribeError, SubscriptionId};
+use crate::adapter::{
+    AdapterState, HubLink, PublishError, SubscribeError, SubscribeOptions, SubscriptionId,
+};
 use crate::envelope::Envelope;
 use crate::metrics::{AdapterMetrics, HubSnapshot, MetricsSnapshot};
 use crate::topic::{Topic, TopicFilter};
@@ -49,14 +51,24 @@ unsafe impl Send for HostHandle {}
 unsafe impl Sync for HostHandle {}
 
 impl HostHandle {
-    /// Takes the hub's table, reading only the fields this sdk knows.
+    /// Takes the hub's table, reading only the fields both sides know; the
+    /// optional fields an older hub's table lacks stay absent (null).
     ///
     /// # Safety
-    /// `api` must point to a valid [`HostApi`] of at least the size of ours
-    /// (checked by the caller), and `ctx` stay valid until `release`.
+    /// `api` must point to a valid [`HostApi`] of `size` bytes, at least
+    /// [`HOST_API_1_0_SIZE`](super::abi::HOST_API_1_0_SIZE) (checked by the
+    /// caller), and `ctx` stay valid until `release`.
     pub(crate) unsafe fn new(api: *const HostApi, ctx: HostCtx) -> Self {
-        // SAFETY: guaranteed by the caller.
-        let api = unsafe { std::ptr::read(api) };
+        let mut table = std::mem::MaybeUninit::<HostApi>::zeroed();
+        // SAFETY: the caller guarantees `size` readable bytes.
+        let len = unsafe { (*api).size }.min(std::mem::size_of::<HostApi>());
+        // SAFETY: copies the hub's prefix into our table. Every field up to
+        // HOST_API_1_0_SIZE is copied; the rest are `Option`s of function
+        // pointers, for which zero is `None`.
+        let api = unsafe {
+            std::ptr::copy_nonoverlapping(api as *const u8, table.as_mut_ptr() as *mut u8, len);
+            table.assume_init()
+        };
         HostHandle { api, ctx }
     }
 
@@ -254,6 +266,27 @@ impl HubLink for PluginLink {
         filters: &[TopicFilter],
         depth: Option<usize>,
     ) -> Result<(SubscriptionId, mpsc::Receiver<Arc<Envelope>>), SubscribeError> {
+        self.subscribe_with_options(
+            filters,
+            SubscribeOptions {
+                depth,
+                include_own: false,
+            },
+        )
+    }
+
+    fn subscribe_with_options(
+        &self,
+        filters: &[TopicFilter],
+        options: SubscribeOptions,
+    ) -> Result<(SubscriptionId, mpsc::Receiver<Arc<Envelope>>), SubscribeError> {
+        let with_options = match self.api().subscribe_with_options {
+            Some(call) if options.include_own => Some(call),
+            None if options.include_own => {
+                return Err(SubscribeError::Unsupported("include_own subscriptions"))
+            }
+            _ => None,
+        };
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(PLUGIN_QUEUE);
         self.subs.lock().insert(
@@ -268,17 +301,16 @@ impl HubLink for PluginLink {
             .iter()
             .map(|f| StrView::from_str(f.as_str()))
             .collect();
+        let (filters, len, depth) = (views.as_ptr(), views.len(), options.depth.unwrap_or(0));
         let mut host_id = 0u64;
         // SAFETY: the views live for the call; out pointer is valid.
         let code = unsafe {
-            (self.api().subscribe)(
-                self.ctx(),
-                views.as_ptr(),
-                views.len(),
-                depth.unwrap_or(0),
-                token,
-                &mut host_id,
-            )
+            match with_options {
+                Some(call) => call(self.ctx(), filters, len, depth, 1, token, &mut host_id),
+                None => {
+                    (self.api().subscribe)(self.ctx(), filters, len, depth, token, &mut host_id)
+                }
+            }
         };
         if code != status::OK {
             self.subs.lock().remove(&token);
@@ -385,5 +417,109 @@ impl Drop for PluginLink {
             // SAFETY: ctx is still valid: `host` is released after this.
             unsafe { (self.api().unsubscribe)(self.ctx(), host_id) }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugin::abi::HOST_API_1_0_SIZE;
+
+    unsafe extern "C" fn publish(_: HostCtx, _: *const EnvelopeView, _: Completion) -> i32 {
+        status::CLOSED
+    }
+    unsafe extern "C" fn subscribe(
+        _: HostCtx,
+        _: *const StrView,
+        _: usize,
+        _: usize,
+        _: u64,
+        _: *mut u64,
+    ) -> i32 {
+        status::OK
+    }
+    unsafe extern "C" fn subscribe_own(
+        _: HostCtx,
+        _: *const StrView,
+        _: usize,
+        _: usize,
+        include_own: u8,
+        _: u64,
+        out_id: *mut u64,
+    ) -> i32 {
+        // SAFETY: the link passes a valid out pointer.
+        unsafe { *out_id = 7 + u64::from(include_own) };
+        status::OK
+    }
+    unsafe extern "C" fn filter(_: HostCtx, _: u64, _: StrView) -> i32 {
+        status::OK
+    }
+    unsafe extern "C" fn remove(_: HostCtx, _: u64, _: StrView) -> u8 {
+        0
+    }
+    unsafe extern "C" fn id(_: HostCtx, _: u64) {}
+    unsafe extern "C" fn values(_: HostCtx, _: StrView, _: EnvelopeSink) -> i32 {
+        status::OK
+    }
+    unsafe extern "C" fn clear(_: HostCtx, _: StrView) -> u8 {
+        0
+    }
+    unsafe extern "C" fn state(_: HostCtx, _: u32, _: StrView) {}
+    unsafe extern "C" fn snapshot(_: HostCtx, _: SnapshotSink) -> i32 {
+        status::OK
+    }
+    unsafe extern "C" fn metrics(_: HostCtx, _: *const MetricsDelta) {}
+    unsafe extern "C" fn finished(_: HostCtx, _: i32, _: StrView) {}
+    unsafe extern "C" fn release(_: HostCtx) {}
+
+    fn link(size: usize) -> PluginLink {
+        let api = HostApi {
+            size,
+            publish,
+            subscribe,
+            add_filter: filter,
+            remove_filter: remove,
+            unsubscribe: id,
+            last_value: values,
+            clear_last_value: clear,
+            last_values: values,
+            retained: values,
+            set_state: state,
+            snapshot,
+            add_metrics: metrics,
+            finished,
+            release,
+            subscribe_with_options: Some(subscribe_own),
+        };
+        // SAFETY: a full table whose callbacks ignore the null ctx.
+        let host = unsafe { HostHandle::new(&api, std::ptr::null()) };
+        PluginLink::new(Arc::new(host), Arc::default())
+    }
+
+    fn own() -> SubscribeOptions {
+        SubscribeOptions {
+            depth: None,
+            include_own: true,
+        }
+    }
+
+    #[test]
+    fn include_own_goes_through_the_hubs_1_1_callback() {
+        let link = link(std::mem::size_of::<HostApi>());
+        let filters = [TopicFilter::new("a/#").unwrap()];
+        let (id, _rx) = link.subscribe_with_options(&filters, own()).unwrap();
+        assert_eq!(link.subs.lock()[&id.0].host_id, 8);
+    }
+
+    #[test]
+    fn a_1_0_hubs_table_is_read_up_to_its_size_and_include_own_refused() {
+        let link = link(HOST_API_1_0_SIZE);
+        assert!(link.api().subscribe_with_options.is_none());
+        let filters = [TopicFilter::new("a/#").unwrap()];
+        assert!(matches!(
+            link.subscribe_with_options(&filters, own()),
+            Err(SubscribeError::Unsupported(_))
+        ));
+        assert!(link.subscribe(&filters, None).is_ok());
     }
 }
