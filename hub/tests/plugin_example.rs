@@ -87,9 +87,17 @@ async fn example_line_plugin_bridges_tcp_devices_and_the_hub() {
     let mut sensors = client
         .subscribe([TopicFilter::new("sensors/#").unwrap()])
         .unwrap();
+    let mut hello = client
+        .subscribe([TopicFilter::new("hello/#").unwrap()])
+        .unwrap();
     let mut a = Device::connect(port).await;
     let mut b = Device::connect(port).await;
-    // Both devices are registered once both get a hub message.
+    // A device is registered once the hub got a line from it (a topic no
+    // device subscribes to, so no device sees these).
+    a.send("hello/a 1\n").await;
+    within("device a registered", hello.recv()).await.unwrap();
+    b.send("hello/b 1\n").await;
+    within("device b registered", hello.recv()).await.unwrap();
     within(
         "publish",
         client.publish(Envelope::new(Topic::new("actuators/sync").unwrap(), "1")),

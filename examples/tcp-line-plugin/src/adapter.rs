@@ -1,11 +1,11 @@
 //! The run loop: a TCP listener, one task per connected device, and the
 //! hub subscription whose envelopes are written to every device.
 //!
-//! A device's lines are published into the hub and also written to the
-//! adapter's other devices whose filters match (the hub never hands an
-//! adapter back its own envelopes, so this local fan-out is what lets two
-//! devices on one adapter talk, as on a broker). Each device has a bounded
-//! queue: when it is full, lines for that device are dropped and counted.
+//! A device's lines are published into the hub. The subscription includes
+//! this adapter's own envelopes (`include_own`), so they come back to reach
+//! the adapter's other devices, as on a broker; each is written to every
+//! device but the one that sent it. Each device has a bounded queue: when
+//! it is full, lines for that device are dropped and counted.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use polyhub_sdk::plugin::tokio;
 use polyhub_sdk::reexports::{async_trait, tracing};
 use polyhub_sdk::{
-    Adapter, AdapterContext, AdapterError, AdapterState, Bytes, Envelope, Topic, TopicFilter,
+    Adapter, AdapterContext, AdapterError, AdapterState, Bytes, Envelope, SubscribeOptions,
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -36,10 +36,10 @@ impl TcpLineAdapter {
     }
 }
 
-/// The connected devices' queues, by connection number.
+/// The connected devices' peer addresses and queues, by connection number.
 #[derive(Default)]
 struct Devices {
-    queues: Mutex<HashMap<u64, mpsc::Sender<Bytes>>>,
+    queues: Mutex<HashMap<u64, (String, mpsc::Sender<Bytes>)>>,
     next: AtomicU64,
 }
 
@@ -48,10 +48,10 @@ impl Devices {
         self.queues.lock().map_or(0, |q| q.len())
     }
 
-    fn add(&self, tx: mpsc::Sender<Bytes>) -> u64 {
+    fn add(&self, peer: SocketAddr, tx: mpsc::Sender<Bytes>) -> u64 {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut q) = self.queues.lock() {
-            q.insert(id, tx);
+            q.insert(id, (peer.to_string(), tx));
         }
         id
     }
@@ -62,12 +62,13 @@ impl Devices {
         }
     }
 
-    /// Queues `line` to every device but `except`; returns how many were full.
-    fn broadcast(&self, line: &Bytes, except: Option<u64>) -> u64 {
+    /// Queues `line` to every device but the one at peer address `except`;
+    /// returns how many were full.
+    fn broadcast(&self, line: &Bytes, except: Option<&str>) -> u64 {
         let Ok(q) = self.queues.lock() else { return 0 };
         let mut full = 0;
-        for (id, tx) in q.iter() {
-            if Some(*id) == except {
+        for (peer, tx) in q.values() {
+            if Some(peer.as_str()) == except {
                 continue;
             }
             if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(line.clone()) {
@@ -89,8 +90,12 @@ impl Adapter for TcpLineAdapter {
                     addr: config.listen.to_string(),
                     source,
                 })?;
+        let options = SubscribeOptions {
+            depth: None,
+            include_own: true,
+        };
         let mut sub = ctx
-            .subscribe(config.subscribe.iter().cloned())
+            .subscribe_with(config.subscribe.iter().cloned(), options)
             .map_err(AdapterError::protocol)?;
         let devices = Arc::new(Devices::default());
         let mut tasks = JoinSet::new();
@@ -120,9 +125,13 @@ impl Adapter for TcpLineAdapter {
                 },
                 envelope = sub.recv() => {
                     let Some(envelope) = envelope else { break };
+                    // A device's own line is not written back to it.
+                    let sender = (&*envelope.origin.adapter == ctx.name())
+                        .then_some(envelope.origin.peer.as_deref())
+                        .flatten();
                     match format_line(&envelope) {
                         Some(line) => {
-                            let full = devices.broadcast(&line, None);
+                            let full = devices.broadcast(&line, sender);
                             for _ in 0..full {
                                 ctx.metrics().record_drop();
                             }
@@ -151,7 +160,7 @@ impl Device {
         let _ = stream.set_nodelay(true);
         let (reader, mut writer) = stream.into_split();
         let (tx, mut rx) = mpsc::channel::<Bytes>(self.config.device_queue);
-        let id = self.devices.add(tx);
+        let id = self.devices.add(self.peer, tx);
         tracing::info!(adapter = %self.ctx.name(), peer = %self.peer, "Device connected.");
         let writing = async {
             while let Some(line) = rx.recv().await {
@@ -159,7 +168,7 @@ impl Device {
             }
             Ok::<(), std::io::Error>(())
         };
-        let reading = self.read_lines(reader, id);
+        let reading = self.read_lines(reader);
         let outcome = tokio::select! {
             _ = self.ctx.shutdown().cancelled() => Ok(()),
             r = writing => r,
@@ -177,11 +186,7 @@ impl Device {
         }
     }
 
-    async fn read_lines(
-        &self,
-        reader: tokio::net::tcp::OwnedReadHalf,
-        id: u64,
-    ) -> std::io::Result<()> {
+    async fn read_lines(&self, reader: tokio::net::tcp::OwnedReadHalf) -> std::io::Result<()> {
         let max = self.config.max_line;
         let mut reader = BufReader::new(reader);
         let mut buf = Vec::with_capacity(256);
@@ -197,7 +202,7 @@ impl Device {
             if buf.last() != Some(&b'\n') {
                 if buf.len() <= max {
                     // The device closed mid-line: take what it sent.
-                    self.line(&buf, id).await;
+                    self.line(&buf).await;
                     return Ok(());
                 }
                 self.ctx.metrics().record_drop();
@@ -220,11 +225,11 @@ impl Device {
                 continue;
             }
             buf.pop();
-            self.line(&buf, id).await;
+            self.line(&buf).await;
         }
     }
 
-    async fn line(&self, line: &[u8], id: u64) {
+    async fn line(&self, line: &[u8]) {
         let (topic, payload) = match parse_line(line) {
             Ok(parts) => parts,
             Err(LineError::Empty) => return,
@@ -235,30 +240,12 @@ impl Device {
                 return;
             }
         };
-        self.fan_out(&topic, &payload, id);
         let envelope = Envelope::new(topic, payload)
             .with_qos(self.config.qos)
             .with_origin(self.ctx.origin().with_peer(self.peer));
         if let Err(e) = self.ctx.publish(envelope).await {
             self.ctx.metrics().record_drop();
             tracing::warn!(adapter = %self.ctx.name(), peer = %self.peer, error = %e, "The hub refused a line.");
-        }
-    }
-
-    /// Writes a device's message to this adapter's other devices.
-    fn fan_out(&self, topic: &Topic, payload: &Bytes, from: u64) {
-        if !self
-            .config
-            .subscribe
-            .iter()
-            .any(|f: &TopicFilter| f.matches(topic))
-        {
-            return;
-        }
-        if let Some(line) = format_line(&Envelope::new(topic.clone(), payload.clone())) {
-            for _ in 0..self.devices.broadcast(&line, Some(from)) {
-                self.ctx.metrics().record_drop();
-            }
         }
     }
 }
