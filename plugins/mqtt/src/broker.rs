@@ -142,10 +142,11 @@ pub(crate) async fn run(
         LinkBuilder::new(&client_id, link_router)
             .clean_session(true)
             .build()
+            .map_err(MqttError::from)
     })
     .await
     .map_err(|e| MqttError::Broker(format!("link setup: {e}")))?;
-    let (mut link_tx, mut link_rx, _connack) = built.map_err(MqttError::from)?;
+    let (mut link_tx, mut link_rx, _connack) = built?;
 
     if !subscribe.is_empty() {
         let filters = subscribe

@@ -89,6 +89,11 @@ impl EchoFilter {
     pub fn len(&self) -> usize {
         self.order.len()
     }
+
+    /// Whether no echo is expected.
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
 }
 
 #[cfg(test)]
