@@ -62,9 +62,10 @@ struct CompareArgs {
     /// RabbitMQ address.
     #[arg(long, default_value = "127.0.0.1:5672")]
     amqp: std::net::SocketAddr,
-    /// XMPP server (c2s, plaintext on loopback).
-    #[arg(long, default_value = "127.0.0.1:5222")]
-    xmpp: std::net::SocketAddr,
+    /// XMPP server (c2s, plaintext on loopback). Default
+    /// 127.0.0.1:$POLYHUB_XMPP_PORT when set, else 127.0.0.1:5222.
+    #[arg(long)]
+    xmpp: Option<std::net::SocketAddr>,
     /// XMPP domain of the polyhub-cmp-{pub,sub,in,out} accounts.
     #[arg(long, default_value = "localhost")]
     xmpp_domain: String,
@@ -85,6 +86,7 @@ fn compare(args: CompareArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let defaults = compare::Servers::default();
     let options = compare::Options {
         protocols,
         sizes: args.sizes,
@@ -94,10 +96,10 @@ fn compare(args: CompareArgs) -> ExitCode {
         progress: true,
         servers: compare::Servers {
             amqp: args.amqp,
-            xmpp: args.xmpp,
+            xmpp: args.xmpp.unwrap_or(defaults.xmpp),
             xmpp_domain: args.xmpp_domain,
             xmpp_password: args.xmpp_password,
-            ..Default::default()
+            ..defaults
         },
     };
     match compare::run(&options) {
@@ -120,9 +122,9 @@ fn compare(args: CompareArgs) -> ExitCode {
     }
 }
 
-fn init_logging() {
+fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
@@ -131,7 +133,13 @@ fn init_logging() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // `compare` prints a table: only warnings (and no client-library noise
+    // about the connections it closes) unless RUST_LOG says otherwise.
+    #[cfg(feature = "compare")]
+    let quiet = matches!(cli.command, Command::Compare(_));
+    #[cfg(not(feature = "compare"))]
+    let quiet = false;
+    init_logging(if quiet { "warn,lapin=off" } else { "info" });
     let registry = Registry::builtin();
     match cli.command {
         #[cfg(feature = "compare")]

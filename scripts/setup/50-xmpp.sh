@@ -12,3 +12,8 @@ fi
 POLYHUB_XMPP_PORT=$(scripts/prosody/instance.sh /tmp/polyhub-prosody)
 export POLYHUB_XMPP_PORT
 log "prosody (private) on 127.0.0.1:$POLYHUB_XMPP_PORT"
+# The accounts `polyhub compare` logs in with (METHOD.md), on that instance.
+for user in polyhub-cmp-pub polyhub-cmp-sub polyhub-cmp-in polyhub-cmp-out; do
+  [[ -e /tmp/polyhub-prosody/data/localhost/accounts/${user//-/%2d}.dat ]] && continue
+  prosodyctl --config /tmp/polyhub-prosody/prosody.cfg.lua register "$user" localhost polyhub-cmp >/dev/null
+done

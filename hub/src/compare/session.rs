@@ -409,6 +409,7 @@ async fn run_protocol(
                     &account(&names.xmpp_pub),
                     &account(&names.xmpp_sub),
                     &names.xmpp_in,
+                    &names.xmpp_out,
                     TOPIC,
                     acked,
                 )
@@ -483,6 +484,7 @@ async fn run_protocol(
         }
         bar.inc(1);
     }
+    let _ = tokio::time::timeout(Duration::from_secs(3), pair.publisher.close()).await;
     drop(pair);
     drop((pub_relay, sub_relay));
     hub.stop().await;

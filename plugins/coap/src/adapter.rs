@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use polyhub_sdk::{Adapter, AdapterContext, AdapterError, AdapterState, Envelope, TopicFilter};
+use polyhub_sdk::{
+    Adapter, AdapterContext, AdapterError, AdapterState, SubscribeOptions, TopicFilter,
+};
 use tokio::net::UdpSocket;
 use tokio_util::task::TaskTracker;
 use tracing::{info, Instrument};
@@ -55,8 +57,13 @@ async fn run(settings: Arc<Settings>, ctx: AdapterContext) -> Result<(), Adapter
     );
     if !queues.is_empty() {
         let filters: Vec<TopicFilter> = queues.iter().map(|q| q.endpoint.filter.clone()).collect();
+        // Including what this adapter's own clients publish.
+        let options = SubscribeOptions {
+            depth: None,
+            include_own: true,
+        };
         let mut sub = ctx
-            .subscribe(filters)
+            .subscribe_with(filters, options)
             .map_err(|e| AdapterError::protocol(format!("cannot subscribe for push: {e}")))?;
         let (ctx2, queues2) = (ctx.clone(), queues.clone());
         tasks.spawn(async move {
@@ -75,24 +82,11 @@ async fn run(settings: Arc<Settings>, ctx: AdapterContext) -> Result<(), Adapter
         });
     }
 
-    // Envelopes this adapter's own clients publish never come back from the
-    // hub, so they reach push targets through this callback.
-    let (ctx3, queues3) = (ctx.clone(), queues.clone());
-    let local = Box::new(move |envelope: &Arc<Envelope>| {
-        for q in queues3
-            .iter()
-            .filter(|q| q.endpoint.filter.matches(&envelope.topic))
-        {
-            q.try_push(&ctx3, envelope.clone());
-        }
-    });
-
     let server = Server::new(
         ctx.clone(),
         settings.clone(),
         Arc::new(socket),
         tasks.clone(),
-        local,
     );
     ctx.set_state(AdapterState::Up, None);
     info!(adapter = %ctx.name(), addr = %local_addr, push_targets = queues.len(), "CoAP server listening.");

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
 use parking_lot::Mutex;
-use polyhub_sdk::{AdapterContext, Envelope, PublishError, QoS, Subscription, Topic, TopicFilter};
+use polyhub_sdk::{
+    AdapterContext, Envelope, PublishError, QoS, SubscribeOptions, Subscription, Topic, TopicFilter,
+};
 use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -86,9 +88,6 @@ pub struct Server {
     state: Mutex<State>,
     pending: Mutex<HashMap<(SocketAddr, u16), oneshot::Sender<Reply>>>,
     tasks: tokio_util::task::TaskTracker,
-    /// Where envelopes published by this adapter's own clients go too (the
-    /// hub never hands an adapter its own envelopes): push targets.
-    local: Box<dyn Fn(&Arc<Envelope>) + Send + Sync>,
 }
 
 /// What handling a request produced.
@@ -108,7 +107,6 @@ impl Server {
         settings: Arc<Settings>,
         socket: Arc<UdpSocket>,
         tasks: tokio_util::task::TaskTracker,
-        local: Box<dyn Fn(&Arc<Envelope>) + Send + Sync>,
     ) -> Arc<Self> {
         Arc::new(Server {
             state: Mutex::new(State {
@@ -124,7 +122,6 @@ impl Server {
             ids: MessageIds::default(),
             pending: Mutex::new(HashMap::new()),
             tasks,
-            local,
         })
     }
 
@@ -269,14 +266,13 @@ impl Server {
         match outcome {
             Outcome::Reply(resp) => self.answer(&packet, resp, peer).await,
             Outcome::Publish(envelope, resp) => {
-                let shared: Arc<Envelope> = Arc::new((*envelope).clone());
                 let ctx = self.ctx.clone();
                 let mut publish: PublishFuture =
                     Box::pin(async move { ctx.publish(*envelope).await });
                 let wait = self.settings.retransmission.ack_timeout / 2;
                 tokio::select! {
                     r = &mut publish => {
-                        let resp = self.published(r, resp, &shared);
+                        let resp = self.published(r, resp);
                         self.answer(&packet, resp, peer).await;
                     }
                     _ = tokio::time::sleep(wait) => {
@@ -290,7 +286,7 @@ impl Server {
                         }
                         self.tasks.spawn(async move {
                             let r = publish.await;
-                            let mut resp = me.published(r, resp, &shared);
+                            let mut resp = me.published(r, resp);
                             resp.header.message_id = me.ids.next();
                             if con {
                                 resp.header.set_type(MessageType::Confirmable);
@@ -306,18 +302,9 @@ impl Server {
     }
 
     /// The response after a publish: `resp` (2.04) or 5.03 when the hub refused.
-    fn published(
-        self: &Arc<Self>,
-        r: Result<(), PublishError>,
-        mut resp: Packet,
-        envelope: &Arc<Envelope>,
-    ) -> Packet {
+    fn published(&self, r: Result<(), PublishError>, mut resp: Packet) -> Packet {
         match r {
-            Ok(()) => {
-                (self.local)(envelope);
-                self.notify(envelope, None);
-                resp
-            }
+            Ok(()) => resp,
             Err(e) => {
                 self.ctx.metrics().record_error();
                 warn!(adapter = %self.ctx.name(), error = %e, "Hub refused a publish.");
@@ -744,9 +731,14 @@ impl Server {
     }
 
     /// Subscribes the hub for `filter` (first observer of it) and forwards
-    /// what arrives to its observers.
+    /// what arrives to its observers, including what this adapter's own
+    /// clients publish (a publishing client that observes is notified too).
     fn watch_filter(self: &Arc<Self>, st: &mut State, filter: TopicFilter) {
-        let sub: Subscription = match self.ctx.subscribe([filter.clone()]) {
+        let options = SubscribeOptions {
+            depth: None,
+            include_own: true,
+        };
+        let sub: Subscription = match self.ctx.subscribe_with([filter.clone()], options) {
             Ok(s) => s,
             Err(e) => {
                 self.ctx.metrics().record_error();
@@ -763,7 +755,7 @@ impl Server {
                 tokio::select! {
                     _ = token.cancelled() => break,
                     e = sub.recv() => match e {
-                        Some(e) => me.notify(&e, Some(&filter)),
+                        Some(e) => me.notify(&e, &filter),
                         None => break,
                     },
                 }
@@ -780,25 +772,21 @@ impl Server {
         }
     }
 
-    /// Sends a notification for `envelope` to its observers: those of
-    /// `filter` when it came through that filter's subscription, every
-    /// matching one when a client of this adapter published it.
-    pub fn notify(self: &Arc<Self>, envelope: &Arc<Envelope>, filter: Option<&TopicFilter>) {
+    /// Sends a notification for `envelope`, which came through the hub
+    /// subscription of `filter`, to the observers of `filter`.
+    pub fn notify(self: &Arc<Self>, envelope: &Arc<Envelope>, filter: &TopicFilter) {
         let now = Instant::now();
         let format = convert::envelope_content_format(envelope);
         let ours = Block::szx_for(self.settings.block_size);
         let mut out: Vec<(Packet, SocketAddr, ObserverKey, bool)> = Vec::new();
         {
             let mut st = self.state.lock();
-            let keys: Vec<ObserverKey> = match filter {
-                Some(f) => st
-                    .observers
-                    .matching(&envelope.topic)
-                    .into_iter()
-                    .filter(|k| &k.1 == f)
-                    .collect(),
-                None => st.observers.matching(&envelope.topic),
-            };
+            let keys: Vec<ObserverKey> = st
+                .observers
+                .matching(&envelope.topic)
+                .into_iter()
+                .filter(|k| &k.1 == filter)
+                .collect();
             for key in keys {
                 let Some(o) = st.observers.get_mut(&key) else {
                     continue;

@@ -136,7 +136,7 @@ fn rand_mid() -> u16 {
 }
 
 fn is_success(p: &Packet) -> bool {
-    matches!(p.header.code, MessageClass::Response(c) if (c as u8) >> 5 == 2)
+    matches!(p.header.code, MessageClass::Response(_)) && p.header.get_code().starts_with("2.")
 }
 
 struct CoapPublisher {

@@ -34,6 +34,13 @@ pub struct Received {
 pub trait Publisher: Send {
     /// Publishes one payload on the run's topic.
     fn publish(&mut self, payload: Vec<u8>) -> BoxFuture<'_, Result<(), CompareError>>;
+
+    /// Ends the devices' sessions cleanly, where the protocol has a goodbye
+    /// the server acts on (an XMPP server otherwise keeps a resumable
+    /// session, and its presence, for minutes). Dropping is enough elsewhere.
+    fn close(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// A connected publisher and subscriber.

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_xmpp::connect::DnsConfig;
 use tokio_xmpp::parsers::jid::{BareJid, Jid};
 use tokio_xmpp::parsers::message::{Lang, Message, MessageType};
@@ -63,10 +63,20 @@ async fn login(addr: SocketAddr, account: &Account) -> Result<Client, CompareErr
 }
 
 struct XmppPublisher {
-    sender: tokio_xmpp::ClientSender,
+    client: Option<Client>,
     hub: Jid,
     topic: String,
     acked: bool,
+    /// Tells the subscriber's task to end its session; it answers when done.
+    close_subscriber: Option<oneshot::Sender<oneshot::Sender<()>>>,
+}
+
+impl XmppPublisher {
+    /// Reads what the server sent the publisher (acks, presence) so the
+    /// client's event queue never fills and stalls its writes.
+    fn drain(client: &mut Client) {
+        while let Some(Some(_)) = client.next().now_or_never() {}
+    }
 }
 
 impl Publisher for XmppPublisher {
@@ -76,70 +86,129 @@ impl Publisher for XmppPublisher {
     ) -> futures::future::BoxFuture<'_, Result<(), CompareError>> {
         async move {
             let body = String::from_utf8(payload).map_err(|e| client_err(PROTOCOL, e))?;
+            let client = self
+                .client
+                .as_mut()
+                .ok_or_else(|| client_err(PROTOCOL, "publisher closed"))?;
+            Self::drain(client);
             let mut m = Message::new(Some(self.hub.clone()));
             m.subjects
                 .insert(Lang::default(), self.topic.clone().into());
             m.bodies.insert(Lang::default(), body);
-            let mut token = self
-                .sender
+            let mut token = client
                 .send_stanza(Stanza::Message(m))
                 .await
                 .map_err(|e| client_err(PROTOCOL, e))?;
             if self.acked {
-                token.wait_for(StanzaStage::Acked).await;
+                // The ack arrives through the client's event stream.
+                let acked = token.wait_for(StanzaStage::Acked);
+                tokio::pin!(acked);
+                loop {
+                    tokio::select! {
+                        _ = &mut acked => break,
+                        ev = client.next() => if ev.is_none() {
+                            return Err(client_err(PROTOCOL, "stream ended"));
+                        },
+                    }
+                }
             }
             Ok(())
+        }
+        .boxed()
+    }
+
+    fn close(&mut self) -> futures::future::BoxFuture<'_, ()> {
+        async move {
+            if let Some(client) = self.client.take() {
+                let _ = client.send_end().await;
+            }
+            if let Some(tx) = self.close_subscriber.take() {
+                let (done_tx, done_rx) = oneshot::channel();
+                if tx.send(done_tx).is_ok() {
+                    let _ = done_rx.await;
+                }
+            }
         }
         .boxed()
     }
 }
 
 /// Logs in the subscriber and the publisher through their relays.
+#[allow(clippy::too_many_arguments)]
 pub async fn connect(
     pub_addr: SocketAddr,
     sub_addr: SocketAddr,
     publisher: &Account,
     subscriber: &Account,
     hub_in: &str,
+    hub_out: &str,
     topic: &str,
     acked: bool,
 ) -> Result<Pair, CompareError> {
     let (tx, received) = mpsc::channel(RECEIVED_DEPTH);
-    let sub = login(sub_addr, subscriber).await?;
-    let (sub_tx, mut sub_rx) = sub.split();
-    sub_tx
-        .send_stanza(Presence::new(PresenceType::None).into())
-        .await
-        .map_err(|e| client_err(PROTOCOL, e))?;
+    let mut sub = login(sub_addr, subscriber).await?;
+    // Available to its contacts, and directly to the hub's outbound JID: the
+    // hub sends nothing to a subscriber it has seen go offline.
+    let hub_out = Jid::from_str(hub_out).map_err(|e| client_err(PROTOCOL, e))?;
+    for presence in [
+        Presence::new(PresenceType::None),
+        Presence::new(PresenceType::None).with_to(hub_out),
+    ] {
+        sub.send_stanza(presence.into())
+            .await
+            .map_err(|e| client_err(PROTOCOL, e))?;
+    }
+    let (close_tx, mut close_rx) = oneshot::channel::<oneshot::Sender<()>>();
     let sub_task = tokio::spawn(async move {
-        let _keep = sub_tx;
-        while let Some(event) = sub_rx.next().await {
-            let at = Instant::now();
-            if let Event::Stanza(Stanza::Message(m)) = event {
-                if m.type_ == MessageType::Error {
-                    continue;
+        loop {
+            let event = tokio::select! {
+                done = &mut close_rx => {
+                    let _ = sub.send_end().await;
+                    if let Ok(done) = done {
+                        let _ = done.send(());
+                    }
+                    return;
                 }
-                if let Some(body) = m.bodies.get("") {
-                    let payload = Bytes::copy_from_slice(body.as_bytes());
-                    if tx.send(Received { at, payload }).await.is_err() {
-                        return;
+                event = sub.next() => match event {
+                    Some(event) => event,
+                    None => return,
+                },
+            };
+            let at = Instant::now();
+            match event {
+                // The hub asks for the subscriber's presence: granted, as
+                // any XMPP client of a user who wants the hub's messages would.
+                Event::Stanza(Stanza::Presence(p)) if p.type_ == PresenceType::Subscribe => {
+                    if let Some(from) = p.from.clone() {
+                        let grant = Presence::new(PresenceType::Subscribed).with_to(from);
+                        let _ = sub.send_stanza(grant.into()).await;
                     }
                 }
+                Event::Stanza(Stanza::Message(m)) if m.type_ != MessageType::Error => {
+                    // The server stamps xml:lang on the stanza, so the body
+                    // is keyed by that language, not by "".
+                    if let Some((_, body)) = m.get_best_body(vec![]) {
+                        let payload = Bytes::copy_from_slice(body.as_bytes());
+                        if tx.send(Received { at, payload }).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                _ => {}
             }
         }
     });
     let client = login(pub_addr, publisher).await?;
-    let (sender, mut pub_rx) = client.split();
-    let drain = tokio::spawn(async move { while pub_rx.next().await.is_some() {} });
     let hub = Jid::from_str(hub_in).map_err(|e| client_err(PROTOCOL, e))?;
     Ok(Pair {
         publisher: Box::new(XmppPublisher {
-            sender,
+            client: Some(client),
             hub,
             topic: topic.to_owned(),
             acked,
+            close_subscriber: Some(close_tx),
         }),
         received,
-        tasks: vec![sub_task, drain],
+        tasks: vec![sub_task],
     })
 }
