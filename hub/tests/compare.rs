@@ -25,9 +25,17 @@ fn prosody_with_compare_accounts() -> Option<u16> {
     if !common::service_up(port) {
         return None;
     }
-    for user in ["polyhub-cmp-pub", "polyhub-cmp-sub", "polyhub-cmp-in", "polyhub-cmp-out"] {
+    for user in [
+        "polyhub-cmp-pub",
+        "polyhub-cmp-sub",
+        "polyhub-cmp-in",
+        "polyhub-cmp-out",
+    ] {
         if dir
-            .join(format!("data/localhost/accounts/{}.dat", user.replace('-', "%2d")))
+            .join(format!(
+                "data/localhost/accounts/{}.dat",
+                user.replace('-', "%2d")
+            ))
             .exists()
         {
             continue;
@@ -87,7 +95,12 @@ fn small_compare_run_measures_every_protocol_that_is_up() {
     }
     for p in &options.protocols {
         assert!(
-            report.rows.iter().filter(|r| r.protocol == p.as_str()).count() == 2,
+            report
+                .rows
+                .iter()
+                .filter(|r| r.protocol == p.as_str())
+                .count()
+                == 2,
             "{p} is missing rows; skipped: {:?}",
             report.skipped
         );
@@ -126,7 +139,12 @@ fn small_compare_run_measures_every_protocol_that_is_up() {
     }
 
     let bytes = |p: &str| row(&report, p, 16).map(|r| r.bytes_per_message);
-    for (smaller, larger) in [("mqtt", "http"), ("coap", "http"), ("mqtt", "xmpp"), ("mqtt", "amqp")] {
+    for (smaller, larger) in [
+        ("mqtt", "http"),
+        ("coap", "http"),
+        ("mqtt", "xmpp"),
+        ("mqtt", "amqp"),
+    ] {
         if let (Some(a), Some(b)) = (bytes(smaller), bytes(larger)) {
             assert!(a < b, "at 16 B expected {smaller} ({a}) < {larger} ({b})");
         }
@@ -137,8 +155,16 @@ fn small_compare_run_measures_every_protocol_that_is_up() {
         serde_json::from_str(&std::fs::read_to_string(dir.join("compare.json")).unwrap()).unwrap();
     let rows = json["rows"].as_array().unwrap();
     assert_eq!(rows.len(), report.rows.len());
-    for field in ["protocol", "payload_size", "bytes_per_message", "latency_p99_us"] {
-        assert!(rows.iter().all(|r| !r[field].is_null()), "compare.json lacks {field}");
+    for field in [
+        "protocol",
+        "payload_size",
+        "bytes_per_message",
+        "latency_p99_us",
+    ] {
+        assert!(
+            rows.iter().all(|r| !r[field].is_null()),
+            "compare.json lacks {field}"
+        );
     }
     let csv = std::fs::read_to_string(dir.join("compare.csv")).unwrap();
     assert_eq!(csv.lines().count(), report.rows.len() + 1);

@@ -63,6 +63,30 @@ fn mqtt_adapter(port: u16) -> String {
     format!("[[adapters]]\nname = \"mqtt\"\ntype = \"mqtt\"\n[adapters.config]\nlisten = \"127.0.0.1:{port}\"\n")
 }
 
+fn coap_adapter(port: u16) -> String {
+    format!("[[adapters]]\nname = \"coap\"\ntype = \"coap\"\n[adapters.config]\nbind = \"127.0.0.1:{port}\"\n")
+}
+
+/// libcoap's `coap-client` (Debian names it `coap-client-notls` in some
+/// builds) with `args`, bounded by `-B`; its stdout.
+async fn coap_client(args: &[&str]) -> String {
+    let name = ["coap-client", "coap-client-notls"]
+        .into_iter()
+        .find(|n| {
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!("command -v {n}"))
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        })
+        .expect("coap-client (libcoap3-bin, installed by scripts/test.sh)");
+    let mut cmd = Command::new(name);
+    cmd.args(["-B", "8"]).args(args);
+    let out = run_tool("coap-client", cmd).await;
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn http_adapter(port: u16) -> String {
     format!("[[adapters]]\nname = \"http\"\ntype = \"http\"\n[adapters.config]\nbind = \"127.0.0.1:{port}\"\n")
 }
@@ -424,14 +448,15 @@ async fn alice_firealarm_readings_reach_bob_and_an_mqtt_subscriber() {
 /// A chat with a subject reaches MQTT and HTTP; `subscribe`/`unsubscribe`
 /// are confirmed and manage what comes back from MQTT, binary included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn carol_publishes_to_mqtt_and_http_and_subscribes_to_mqtt() {
+async fn carol_publishes_to_mqtt_http_coap_and_subscribes_to_mqtt_and_coap() {
     let port = shared_prosody();
-    let (mqtt, http) = (free_tcp_port(), free_tcp_port());
+    let (mqtt, http, coap) = (free_tcp_port(), free_tcp_port(), free_udp_port());
     let hub = start_hub(&format!(
-        "{}{}{}",
+        "{}{}{}{}",
         xmpp_adapter("xmpp", "hub2", port, ""),
         mqtt_adapter(mqtt),
-        http_adapter(http)
+        http_adapter(http),
+        coap_adapter(coap)
     ))
     .await;
     let hub_jid = "hub2@localhost";
@@ -464,6 +489,9 @@ async fn carol_publishes_to_mqtt_and_http_and_subscribes_to_mqtt() {
     ]);
     let curl = run_tool("curl", curl).await;
     assert_eq!(String::from_utf8_lossy(&curl.stdout), "21.5");
+    // XMPP → CoAP: the last value over GET /ps/{topic}.
+    let got = coap_client(&["-m", "get", &format!("coap://127.0.0.1:{coap}/ps/lab/temp")]).await;
+    assert_eq!(got.trim_end(), "21.5");
 
     // subscribe: confirmed, then MQTT → carol.
     carol.send(hub_jid, None, "subscribe lab/cmd/#").await;
@@ -478,6 +506,17 @@ async fn carol_publishes_to_mqtt_and_http_and_subscribes_to_mqtt() {
     let m = carol.message().await;
     assert_eq!((m.get("subject"), m.get("body")), ("lab/cmd/fan", "on"));
     assert_eq!(m.get("type"), "chat");
+    // CoAP → XMPP: a coap-client PUT to /ps/{topic}.
+    coap_client(&[
+        "-m",
+        "put",
+        "-e",
+        "dim",
+        &format!("coap://127.0.0.1:{coap}/ps/lab/cmd/light"),
+    ])
+    .await;
+    let m = carol.message().await;
+    assert_eq!((m.get("subject"), m.get("body")), ("lab/cmd/light", "dim"));
 
     // Binary payloads come base64 with a header line.
     mosquitto_pub(mqtt, "lab/cmd/blob", &[0xff, 0x00, 0xfe]).await;

@@ -232,7 +232,7 @@ qos = {qos}
 name = \"xmpp_in\"
 type = \"xmpp\"
 [adapters.config]
-jid = \"{}\"
+jid = \"{}/polyhub\"
 password = \"{pw}\"
 server = \"{server}\"
 tls = \"none\"
@@ -241,7 +241,7 @@ tls = \"none\"
 name = \"xmpp_out\"
 type = \"xmpp\"
 [adapters.config]
-jid = \"{}\"
+jid = \"{}/polyhub\"
 password = \"{pw}\"
 server = \"{server}\"
 tls = \"none\"
