@@ -81,8 +81,10 @@ impl MessageId {
             .map(|d| d.as_millis())
             .unwrap_or(0) as u128;
         let seq = SEQUENCE.fetch_add(1, Ordering::Relaxed) as u128;
-        // Per-process salt keeps ids from two hub processes apart.
-        let salt = (std::process::id() as u128 & 0xFFFF) << 64;
+        // Per-process salt keeps ids from two hub processes apart (read
+        // once: std::process::id() is a system call every time).
+        static SALT: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
+        let salt = *SALT.get_or_init(|| (std::process::id() as u128 & 0xFFFF) << 64);
         MessageId((ms & 0xFFFF_FFFF_FFFF) << 80 | salt | seq)
     }
 }

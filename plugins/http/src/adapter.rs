@@ -17,6 +17,7 @@ use crate::config::{HttpConfig, Webhook};
 use crate::local_bus::LocalBus;
 use crate::tls::TlsListener;
 use crate::webhook;
+use crate::serve;
 
 /// A validated HTTP adapter, ready to run.
 pub struct HttpAdapter {
@@ -77,19 +78,17 @@ impl Adapter for HttpAdapter {
             keep_alive: Duration::from_secs(config.sse_keep_alive_secs),
             queue_depth: config.queue_depth,
         });
-        let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
+        let app = api::router(state.clone());
         let shutdown = ctx.shutdown().clone();
 
         ctx.set_state(AdapterState::Up, None);
         tracing::info!(adapter = %name, addr = %local_addr, tls = tls.is_some(), "Serving HTTP.");
-        let served = match tls {
+        match tls {
             None => {
                 let listener = tcp.tap_io(|s| {
                     let _ = s.set_nodelay(true);
                 });
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-                    .await
+                serve::serve(listener, app, state, shutdown).await;
             }
             Some(tls) => {
                 let listener = TlsListener::new(
@@ -98,25 +97,13 @@ impl Adapter for HttpAdapter {
                     Arc::from(name.as_str()),
                     ctx.metrics().clone(),
                     shutdown.clone(),
-                )?
-                .tap_io(|_| {});
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-                    .await
-            }
-        };
-        tasks.close();
-        tasks.wait().await;
-        match served {
-            Ok(()) => {
-                tracing::info!(adapter = %name, "HTTP server stopped.");
-                Ok(())
-            }
-            Err(e) => {
-                ctx.metrics().record_error();
-                tracing::warn!(adapter = %name, error = %e, "HTTP server failed.");
-                Err(AdapterError::Io(e))
+                )?;
+                serve::serve(listener, app, state, shutdown).await;
             }
         }
+        tasks.close();
+        tasks.wait().await;
+        tracing::info!(adapter = %name, "HTTP server stopped.");
+        Ok(())
     }
 }

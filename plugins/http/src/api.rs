@@ -2,14 +2,13 @@
 //! (Server-Sent Events), `/health` and `/metrics`, with JSON errors and
 //! optional bearer-token auth.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
-use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -43,7 +42,7 @@ pub struct ApiState {
     pub queue_depth: Option<usize>,
 }
 
-type Shared = Arc<ApiState>;
+pub(crate) type Shared = Arc<ApiState>;
 
 /// A JSON error response `{"error": "…"}`.
 #[derive(Debug)]
@@ -104,6 +103,29 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The origin's name for a client address, `ip:port`, formatted once per
+/// address and thread rather than once per request (a small per-thread
+/// cache, emptied when it grows past a bound).
+fn peer_name(addr: SocketAddr) -> Arc<str> {
+    const MAX: usize = 4096;
+    thread_local! {
+        static NAMES: std::cell::RefCell<HashMap<SocketAddr, Arc<str>>> =
+            std::cell::RefCell::new(HashMap::new());
+    }
+    NAMES.with(|names| {
+        let mut names = names.borrow_mut();
+        if let Some(name) = names.get(&addr) {
+            return name.clone();
+        }
+        if names.len() >= MAX {
+            names.clear();
+        }
+        let name: Arc<str> = Arc::from(addr.to_string());
+        names.insert(addr, name.clone());
+        name
+    })
+}
+
 /// The application: every route, the body limit and the fallbacks.
 pub fn router(state: Shared) -> Router {
     let limit = state.max_body_bytes;
@@ -115,8 +137,13 @@ pub fn router(state: Shared) -> Router {
             "/events",
             get(events)
                 .fallback(|m: Method| async move { ApiError::method_not_allowed(&m, "GET, HEAD") }),
-        )
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+        );
+    // No tokens configured: no middleware on the hot path at all.
+    let protected = if state.tokens.is_empty() {
+        protected
+    } else {
+        protected.route_layer(middleware::from_fn_with_state(state.clone(), require_token))
+    };
     Router::new()
         .merge(protected)
         .route(
@@ -225,6 +252,31 @@ async fn topics(State(state): State<Shared>, req: Request) -> Result<Response, A
     }
 }
 
+/// The hot path, taken by the connection loop without the router for
+/// `POST`/`PUT /topics/{topic}` when no tokens are configured: the same
+/// handling as through [`router`], minus routing and tower layers.
+/// `None` when the request is not one of those (the router serves it).
+pub(crate) fn fast_publish(
+    state: &Shared,
+    req: Request,
+) -> Result<futures::future::BoxFuture<'static, Response>, Request> {
+    if !state.tokens.is_empty() || !matches!(*req.method(), Method::POST | Method::PUT) {
+        return Err(req);
+    }
+    let Some(raw) = req.uri().path().strip_prefix("/topics/") else {
+        return Err(req);
+    };
+    let topic = convert::topic_from_path(raw);
+    let state = state.clone();
+    Ok(Box::pin(async move {
+        let r = match topic {
+            Ok(topic) => publish(&state, topic, req).await,
+            Err(e) => Err(e.into()),
+        };
+        r.into_response()
+    }))
+}
+
 fn last_value(state: &ApiState, topic: &Topic) -> Result<Response, ApiError> {
     let Some(env) = state.ctx.last_value(topic) else {
         return Err(ApiError::new(
@@ -259,27 +311,26 @@ async fn publish(state: &ApiState, topic: Topic, req: Request) -> Result<Respons
     let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0);
-    let body = match Bytes::from_request(req, &()).await {
+        .map(|c| peer_name(c.0));
+    let body = match axum::body::to_bytes(req.into_body(), state.max_body_bytes).await {
         Ok(b) => b,
-        Err(BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_))) => {
-            state.ctx.metrics().incr("oversized_bodies");
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("body larger than {} bytes", state.max_body_bytes),
-            ));
-        }
         Err(e) => {
+            let e = e.into_inner();
+            if e.is::<http_body_util::LengthLimitError>() {
+                state.ctx.metrics().incr("oversized_bodies");
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("body larger than {} bytes", state.max_body_bytes),
+                ));
+            }
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 format!("cannot read the body: {e}"),
-            ))
+            ));
         }
     };
     let mut origin = state.ctx.origin();
-    if let Some(p) = peer {
-        origin = origin.with_peer(p);
-    }
+    origin.peer = peer;
     let mut env = Envelope::new(topic, body)
         .with_qos(opts.qos)
         .with_retain(opts.retain)

@@ -27,6 +27,7 @@ pub mod config;
 pub mod convert;
 pub mod hub_status;
 pub mod local_bus;
+mod serve;
 mod tls;
 mod webhook;
 
