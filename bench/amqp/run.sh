@@ -56,9 +56,9 @@ RUN_AS=(sh -c)
   /usr/lib/rabbitmq/bin/rabbitmq-server -detached"
 wait_port "$AMQP_PORT" 90 && wait_port "$RMQ_MQTT_PORT" 30 || { log "RabbitMQ node did not start"; exit 1; }
 
-log "building polyhub (release, mqtt + amqp)"
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target/amqp}
-cargo build -q --release -p polyhub --no-default-features --features mqtt,amqp
+log "building polyhub (release)"
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+cargo build -q --release -p polyhub
 cat >"$WORK/polyhub.toml" <<EOF
 [hub]
 name = "bench"

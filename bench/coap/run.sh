@@ -13,14 +13,14 @@ cd "$(dirname "$0")/../.."
 SECS=${1:-5}
 SOCKETS=${2:-4}
 WINDOW=${3:-32}
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target/coap}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 
 log() { printf '\033[1m[bench/coap]\033[0m %s\n' "$*"; }
 server_bin=$(command -v coap-server || command -v coap-server-notls) \
   || { echo "coap-server not found: apt-get install libcoap3-bin" >&2; exit 1; }
 
 log "building (release)"
-cargo build -q --release -p polyhub --no-default-features --features coap
+cargo build -q --release -p polyhub
 cargo build -q --release -p polyhub-coap --example coap_load
 HUB=$CARGO_TARGET_DIR/release/polyhub
 LOAD=$CARGO_TARGET_DIR/release/examples/coap_load

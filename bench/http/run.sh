@@ -12,12 +12,12 @@ cd "$(dirname "$0")/../.."
 DURATION=${1:-10}
 CONNS=${2:-32}
 THREADS=${3:-1}
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target/http}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 
 command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 1; }
 
 echo "building (release)..."
-cargo build -q --release -p polyhub --no-default-features --features http
+cargo build -q --release -p polyhub
 cargo build -q --release -p polyhub-http --example bare_hyper
 BIN=$CARGO_TARGET_DIR/release
 

@@ -33,8 +33,8 @@ wait_port() {
   return 1
 }
 
-echo "building polyhub (release, mqtt only)…" >&2
-cargo build --release -q -p polyhub --no-default-features --features mqtt
+echo "building polyhub (release)…" >&2
+cargo build --release -q -p polyhub
 bin=${CARGO_TARGET_DIR:-target}/release/polyhub
 
 mport=$(free_port)

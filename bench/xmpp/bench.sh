@@ -14,9 +14,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 COUNT=${1:-3000}
 HERE=bench/xmpp
-BIN=${POLYHUB_BIN:-target/xmpp/release/polyhub}
+BIN=${POLYHUB_BIN:-${CARGO_TARGET_DIR:-target}/release/polyhub}
 if [[ ! -x $BIN ]]; then
-  CARGO_TARGET_DIR=target/xmpp cargo build --release -p polyhub --no-default-features --features xmpp,mqtt
+  cargo build -q --release -p polyhub
 fi
 PORT=$(scripts/prosody/instance.sh /tmp/polyhub-prosody)
 PW=polyhub-pw

@@ -15,9 +15,9 @@ use tracing::Instrument;
 use crate::api::{self, ApiState, DEFAULT_QUEUE_DEPTH};
 use crate::config::{HttpConfig, Webhook};
 use crate::local_bus::LocalBus;
+use crate::serve;
 use crate::tls::TlsListener;
 use crate::webhook;
-use crate::serve;
 
 /// A validated HTTP adapter, ready to run.
 pub struct HttpAdapter {
