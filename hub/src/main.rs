@@ -106,7 +106,7 @@ fn compare(args: CompareArgs) -> ExitCode {
         Ok(report) => {
             print!("{}", report.to_table());
             println!(
-                "wrote {0}/compare.json, {0}/compare.csv, {0}/compare-bytes.svg, {0}/compare-latency.svg",
+                "wrote {0}/compare.json, {0}/compare.csv, {0}/compare-bytes.svg, {0}/compare-overhead.svg, {0}/compare-latency.svg",
                 args.out.display()
             );
             if report.rows.is_empty() {
@@ -139,7 +139,15 @@ fn main() -> ExitCode {
     let quiet = matches!(cli.command, Command::Compare(_));
     #[cfg(not(feature = "compare"))]
     let quiet = false;
-    init_logging(if quiet { "warn,lapin=off" } else { "info" });
+    // The embedded broker's router (rumqttd) logs an ERROR each time a
+    // device disconnects ("no-connection id N is already gone"): an ordinary
+    // event, so that module is off unless RUST_LOG asks for it; rumqttd's
+    // INFO lines on each accepted connection stay.
+    init_logging(if quiet {
+        "warn,lapin=off,rumqttd=off"
+    } else {
+        "info,rumqttd::router::routing=off"
+    });
     let registry = Registry::builtin();
     match cli.command {
         #[cfg(feature = "compare")]

@@ -169,7 +169,11 @@ fn small_compare_run_measures_every_protocol_that_is_up() {
     let csv = std::fs::read_to_string(dir.join("compare.csv")).unwrap();
     assert_eq!(csv.lines().count(), report.rows.len() + 1);
     assert!(csv.starts_with("protocol,payload_size,delivery,"));
-    for svg in ["compare-bytes.svg", "compare-latency.svg"] {
+    for svg in [
+        "compare-bytes.svg",
+        "compare-overhead.svg",
+        "compare-latency.svg",
+    ] {
         let text = std::fs::read_to_string(dir.join(svg)).unwrap();
         assert!(text.contains("<svg") && text.contains("mqtt"), "{svg}");
     }

@@ -1,6 +1,6 @@
-//! SVG charts of a comparison (plotters): bytes per message against payload
-//! size, and latency percentiles against payload size, one line per
-//! protocol, both axes logarithmic.
+//! SVG charts of a comparison (plotters): bytes per message, overhead
+//! bytes beyond the payload, and latency percentiles, each against payload
+//! size, one line per protocol, both axes logarithmic.
 
 use std::path::Path;
 
@@ -37,7 +37,9 @@ fn series(report: &Report, value: impl Fn(&super::Row) -> f64) -> Vec<(String, V
     out
 }
 
-fn ranges(lines: &[(String, Vec<(f64, f64)>)]) -> ((f64, f64), (f64, f64)) {
+/// The axes' ranges around every point; `headroom` multiplies the top of
+/// the y axis (room for the legend above flat lines).
+fn ranges(lines: &[(String, Vec<(f64, f64)>)], headroom: f64) -> ((f64, f64), (f64, f64)) {
     let pts = lines.iter().flat_map(|(_, p)| p.iter());
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for (x, y) in pts {
@@ -49,20 +51,21 @@ fn ranges(lines: &[(String, Vec<(f64, f64)>)]) -> ((f64, f64), (f64, f64)) {
     if x0 > x1 {
         return ((1.0, 10.0), (1.0, 10.0));
     }
-    ((x0 * 0.8, x1 * 1.25), (y0 * 0.7, y1 * 1.5))
+    ((x0 * 0.8, x1 * 1.25), (y0 * 0.7, y1 * headroom))
 }
 
 fn draw(
     path: &Path,
     title: &str,
     y_desc: &str,
+    headroom: f64,
     lines: &[(String, Vec<(f64, f64)>, ShapeStyle)],
 ) -> Result<(), CompareError> {
     let plain: Vec<(String, Vec<(f64, f64)>)> = lines
         .iter()
         .map(|(n, p, _)| (n.clone(), p.clone()))
         .collect();
-    let ((x0, x1), (y0, y1)) = ranges(&plain);
+    let ((x0, x1), (y0, y1)) = ranges(&plain, headroom);
     let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| chart_err(path, e))?;
     let mut chart = ChartBuilder::on(&root)
@@ -123,6 +126,34 @@ pub fn bytes_chart(report: &Report, path: &Path) -> Result<(), CompareError> {
         path,
         "Bytes on the wire per message (both hops)",
         "bytes per message",
+        1.5,
+        &lines,
+    )
+}
+
+/// What each message costs beyond its payload (both hops, so twice the
+/// payload is taken off): measured (solid) and the spec minimum (thin).
+pub fn overhead_chart(report: &Report, path: &Path) -> Result<(), CompareError> {
+    let beyond = |total: f64, r: &super::Row| total - 2.0 * r.payload_size as f64;
+    let measured = series(report, |r| beyond(r.bytes_per_message, r));
+    let spec = series(report, |r| beyond(r.spec_min_bytes_per_message, r));
+    let mut lines = Vec::new();
+    for (i, (name, pts)) in measured.into_iter().enumerate() {
+        let c = COLORS[i % COLORS.len()];
+        lines.push((name.clone(), pts, c.stroke_width(3)));
+        if let Some((_, s)) = spec.iter().find(|(n, _)| *n == name) {
+            lines.push((
+                format!("{name} spec min"),
+                s.clone(),
+                c.mix(0.5).stroke_width(1),
+            ));
+        }
+    }
+    draw(
+        path,
+        "Overhead per message: bytes beyond the payload (both hops)",
+        "overhead bytes per message",
+        8.0,
         &lines,
     )
 }
@@ -143,6 +174,7 @@ pub fn latency_chart(report: &Report, path: &Path) -> Result<(), CompareError> {
         path,
         "One-way latency, publisher to subscriber",
         "latency (µs)",
+        1.5,
         &lines,
     )
 }

@@ -209,14 +209,16 @@ impl Report {
         out
     }
 
-    /// Writes `compare.json`, `compare.csv`, `compare-bytes.svg` and
-    /// `compare-latency.svg` into `dir` (created if missing).
+    /// Writes `compare.json`, `compare.csv`, `compare-bytes.svg`,
+    /// `compare-overhead.svg` and `compare-latency.svg` into `dir` (created
+    /// if missing).
     pub fn write_files(&self, dir: &Path) -> Result<(), CompareError> {
         std::fs::create_dir_all(dir)?;
         let json = serde_json::to_string_pretty(self).map_err(std::io::Error::other)?;
         std::fs::write(dir.join("compare.json"), json)?;
         std::fs::write(dir.join("compare.csv"), self.to_csv())?;
         super::chart::bytes_chart(self, &dir.join("compare-bytes.svg"))?;
+        super::chart::overhead_chart(self, &dir.join("compare-overhead.svg"))?;
         super::chart::latency_chart(self, &dir.join("compare-latency.svg"))?;
         Ok(())
     }
