@@ -59,6 +59,7 @@ wait_port "$AMQP_PORT" 90 && wait_port "$RMQ_MQTT_PORT" 30 || { log "RabbitMQ no
 log "building polyhub (release)"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 cargo build -q --release -p polyhub
+cargo build -q --release -p polyhub-amqp --example amqp_sink --example amqp_source
 cat >"$WORK/polyhub.toml" <<EOF
 [hub]
 name = "bench"
@@ -87,4 +88,5 @@ wait_port "$HUB_MQTT_PORT" 30 || { log "polyhub did not start"; exit 1; }
 python3 bench/amqp/mqtt_to_amqp.py \
   --amqp-url "amqp://guest:guest@127.0.0.1:$AMQP_PORT/%2f" \
   --rabbit-mqtt-port "$RMQ_MQTT_PORT" --hub-mqtt-port "$HUB_MQTT_PORT" \
-  --hub-exchange polyhub-bench "$@"
+  --hub-exchange polyhub-bench --sink "$CARGO_TARGET_DIR/release/examples/amqp_sink" \
+  --source "$CARGO_TARGET_DIR/release/examples/amqp_source" "$@"

@@ -4,9 +4,13 @@
 //! QoS 1 messages that were not confirmed are sent again after a reconnect.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
+use futures::stream::FuturesOrdered;
 use futures::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
@@ -43,10 +47,10 @@ impl AmqpAdapter {
     }
 }
 
-/// An envelope published to the broker and not yet confirmed.
+/// An envelope handed to lapin and not yet confirmed.
 struct InFlight {
     envelope: Arc<Envelope>,
-    /// `None` while `basic.publish` is being written.
+    /// `None` while its `basic.publish` is being written.
     confirm: Option<PublisherConfirm>,
 }
 
@@ -70,10 +74,15 @@ impl Outbox {
     }
 }
 
+/// A `basic.publish` being written by lapin; yields its confirm.
+type Write = Pin<Box<dyn Future<Output = lapin::Result<PublisherConfirm>> + Send>>;
+
 /// What stays the same for the whole life of the adapter.
 struct Shared {
     ctx: AdapterContext,
     settings: Settings,
+    /// The configured exchange, as lapin takes it.
+    exchange: ShortString,
     queue: String,
     /// Value of the origin header on what this adapter publishes.
     marker: String,
@@ -99,6 +108,7 @@ impl Adapter for AmqpAdapter {
             .map_err(|_| AdapterError::HubClosed)?;
         let shared = Shared {
             ctx: ctx.clone(),
+            exchange: ShortString::from(settings.config.exchange.as_str()),
             settings,
             queue,
             marker,
@@ -365,7 +375,10 @@ impl Shared {
     }
 
     /// Hub → broker: resends the retry queue, then publishes what the
-    /// subscription delivers, keeping at most `max_in_flight` unconfirmed.
+    /// subscription delivers, keeping at most `max_in_flight` envelopes
+    /// between "handed to lapin" and "confirmed". Publishes are pipelined:
+    /// each one's frames are queued at once (in order) and the loop goes on
+    /// while lapin writes them, instead of waiting for each write.
     async fn outbound(
         &self,
         ch: &Channel,
@@ -373,16 +386,23 @@ impl Shared {
         outbox: &mut Outbox,
     ) -> Result<(), SessionError> {
         let max = self.settings.config.max_in_flight;
+        let mut writes: FuturesOrdered<Write> = FuturesOrdered::new();
+        // In-flight envelopes at the front whose write is done (they wait
+        // for their confirm); the next write to finish is the one after.
+        let mut written = outbox
+            .in_flight
+            .iter()
+            .take_while(|f| f.confirm.is_some())
+            .count();
         loop {
-            if let Some(envelope) = outbox.retry.pop_front() {
-                outbox.in_flight.push_back(InFlight {
-                    envelope,
-                    confirm: None,
-                });
-                self.publish_last(ch, outbox).await?;
-                continue;
+            while outbox.in_flight.len() < max {
+                let Some(envelope) = outbox.retry.pop_front() else {
+                    break;
+                };
+                self.start_publish(ch, envelope, outbox, &mut writes).await;
             }
-            let full = outbox.in_flight.len() >= max;
+            let taking = outbox.in_flight.len() < max && outbox.retry.is_empty();
+            let writing = !writes.is_empty();
             let waiting = outbox
                 .in_flight
                 .front_mut()
@@ -396,29 +416,42 @@ impl Shared {
             };
             tokio::select! {
                 biased;
+                Some(w) = writes.next(), if writing => {
+                    let confirm = w.map_err(SessionError::amqp("publishing"))?;
+                    if self.confirmed() {
+                        if let Some(f) = outbox.in_flight.get_mut(written) {
+                            f.confirm = Some(confirm);
+                            written += 1;
+                        }
+                    } else {
+                        outbox.in_flight.pop_front();
+                    }
+                }
                 c = oldest, if has_waiting => {
                     let c = c.map_err(SessionError::amqp("waiting for a confirm"))?;
                     outbox.in_flight.pop_front();
+                    written = written.saturating_sub(1);
                     self.confirmation(c);
                 }
-                e = sub.recv(), if !full => match e {
-                    Some(envelope) => {
-                        outbox.in_flight.push_back(InFlight { envelope, confirm: None });
-                        self.publish_last(ch, outbox).await?;
-                    }
+                e = sub.recv(), if taking => match e {
+                    Some(envelope) => self.start_publish(ch, envelope, outbox, &mut writes).await,
                     None => return Err(SessionError::HubClosed),
                 },
             }
         }
     }
 
-    /// Publishes the last in-flight envelope. Without confirms it leaves the
-    /// outbox as soon as it is written.
-    async fn publish_last(&self, ch: &Channel, outbox: &mut Outbox) -> Result<(), SessionError> {
-        let Some(last) = outbox.in_flight.back_mut() else {
-            return Ok(());
-        };
-        let envelope = last.envelope.clone();
+    /// Hands one envelope to lapin: its frames are queued before this
+    /// returns (so the wire order is the call order), and the write's
+    /// completion joins `writes`. An envelope whose topic maps to no routing
+    /// key is dropped and counted.
+    async fn start_publish(
+        &self,
+        ch: &Channel,
+        envelope: Arc<Envelope>,
+        outbox: &mut Outbox,
+        writes: &mut FuturesOrdered<Write>,
+    ) {
         let persistent = self.confirmed() && envelope.qos.is_acknowledged();
         let msg = match envelope_to_amqp(&envelope, &self.marker, persistent) {
             Ok(m) => m,
@@ -426,29 +459,29 @@ impl Shared {
                 warn!(adapter = %self.ctx.name(), topic = %envelope.topic, error = %e, "Dropped an envelope that maps to no routing key.");
                 self.ctx.metrics().record_drop();
                 self.ctx.metrics().incr("invalid_topic");
-                outbox.in_flight.pop_back();
-                return Ok(());
+                return;
             }
         };
-        let confirm = ch
-            .basic_publish(
-                ShortString::from(self.settings.config.exchange.as_str()),
-                msg.routing_key,
-                BasicPublishOptions {
-                    mandatory: self.settings.config.mandatory,
-                    ..Default::default()
-                },
-                &envelope.payload,
-                msg.properties,
-            )
-            .await
-            .map_err(SessionError::amqp("publishing"))?;
-        if self.confirmed() {
-            last.confirm = Some(confirm);
-        } else {
-            outbox.in_flight.pop_back();
+        let ch = ch.clone();
+        let exchange = self.exchange.clone();
+        let options = BasicPublishOptions {
+            mandatory: self.settings.config.mandatory,
+            ..Default::default()
+        };
+        let payload = envelope.payload.clone();
+        let mut write: Write = Box::pin(async move {
+            ch.basic_publish(exchange, msg.routing_key, options, &payload, msg.properties)
+                .await
+        });
+        // The first poll runs basic_publish up to its frames being queued.
+        match futures::poll!(write.as_mut()) {
+            Poll::Ready(done) => writes.push_back(Box::pin(std::future::ready(done))),
+            Poll::Pending => writes.push_back(write),
         }
-        Ok(())
+        outbox.in_flight.push_back(InFlight {
+            envelope,
+            confirm: None,
+        });
     }
 
     /// Counts what the broker said about one published message.
