@@ -7,6 +7,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request};
@@ -14,12 +15,15 @@ use axum::response::Response;
 use axum::serve::Listener;
 use axum::Router;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::Service;
 
 use crate::api::{self, Shared};
+
+/// How long a connection may take to send a request's headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves `router` (with the publish fast path of `state`) on `listener`
 /// until `shutdown` is cancelled.
@@ -52,7 +56,12 @@ where
                     })
                 }
             });
+            // A client must send a request's headers within 30 s (idle
+            // keep-alive connections included), so slow or silent peers
+            // do not hold connections forever.
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(io), service);
             tokio::pin!(conn);
             tokio::select! {
