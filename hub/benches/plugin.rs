@@ -79,7 +79,7 @@ fn main() {
     registry.add(testbed::Factory);
     let builtin = "[[adapters]]\nname = \"bed\"\ntype = \"testbed\"\n";
     let plugin = format!(
-        "[[adapters]]\nname = \"bed\"\nplugin = \"{}\"\nplugin_threads = 1\n",
+        "[[adapters]]\nname = \"bed\"\nplugin = \"{}\"\n",
         lib.display()
     );
 
