@@ -2,9 +2,9 @@
 //! allows for one message, computed for the exact names `polyhub compare`
 //! uses (topic, exchange, JIDs, Host header), shown beside the measured
 //! figure. These are lower bounds: every optional field left out, the
-//! shortest legal encoding of every length. `/work/shared/OVERHEADS.md`
-//! (quoted in `METHOD.md`) gives the worked example for a 10-byte topic and
-//! a 16-byte payload; the unit tests below reproduce it.
+//! shortest legal encoding of every length. The project's OVERHEADS.md
+//! reference (quoted in `METHOD.md`) gives the worked example for a 10-byte
+//! topic and a 16-byte payload; the unit tests below reproduce it.
 //!
 //! End to end a message crosses two hops (publisher → hub, hub →
 //! subscriber), so the end-to-end minimum is the sum of both hops.
