@@ -6,15 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::serve::ListenerExt;
-use polyhub_sdk::{Adapter, AdapterContext, AdapterError, AdapterState};
+use polyhub_sdk::{Adapter, AdapterContext, AdapterError, AdapterState, SubscribeOptions};
 use tokio::net::TcpListener;
 use tokio_rustls::rustls;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::api::{self, ApiState, DEFAULT_QUEUE_DEPTH};
+use crate::api::{self, ApiState};
 use crate::config::{HttpConfig, Webhook};
-use crate::local_bus::LocalBus;
 use crate::serve;
 use crate::tls::TlsListener;
 use crate::webhook;
@@ -45,7 +44,6 @@ impl Adapter for HttpAdapter {
             })?;
         let local_addr = tcp.local_addr()?;
 
-        let bus = Arc::new(LocalBus::default());
         let tasks = TaskTracker::new();
         if !webhooks.is_empty() {
             let client = reqwest::Client::builder()
@@ -54,17 +52,19 @@ impl Adapter for HttpAdapter {
                 .build()
                 .map_err(|e| AdapterError::Other(Box::new(e)))?;
             for hook in webhooks {
-                let hub_sub = ctx
-                    .subscribe_with_depth([hook.filter.clone()], config.queue_depth)
+                // What this adapter's own clients POST goes to its
+                // webhooks too.
+                let options = SubscribeOptions {
+                    depth: config.queue_depth,
+                    include_own: true,
+                };
+                let sub = ctx
+                    .subscribe_with([hook.filter.clone()], options)
                     .map_err(|e| {
                         AdapterError::protocol(format!("cannot subscribe webhook: {e}"))
                     })?;
-                let local = bus.subscribe(
-                    vec![hook.filter.clone()],
-                    config.queue_depth.unwrap_or(DEFAULT_QUEUE_DEPTH),
-                );
                 tasks.spawn(
-                    webhook::run(hook, client.clone(), hub_sub, local, ctx.clone())
+                    webhook::run(hook, client.clone(), sub, ctx.clone())
                         .instrument(ctx.span().clone()),
                 );
             }
@@ -72,7 +72,6 @@ impl Adapter for HttpAdapter {
 
         let state = Arc::new(ApiState {
             ctx: ctx.clone(),
-            bus,
             tokens: config.tokens.clone(),
             max_body_bytes: config.max_body_bytes,
             keep_alive: Duration::from_secs(config.sse_keep_alive_secs),

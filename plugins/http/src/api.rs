@@ -16,22 +16,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::{Json, Router};
 use futures::StreamExt;
-use polyhub_sdk::{AdapterContext, Envelope, PublishError, Topic};
+use polyhub_sdk::{AdapterContext, Envelope, PublishError, SubscribeOptions, Topic};
 
 use crate::convert::{self, EventData, PublishOptions, RequestError};
 use crate::hub_status;
-use crate::local_bus::LocalBus;
-
-/// Queue depth of local deliveries when the config does not set one (the
-/// hub's default).
-pub const DEFAULT_QUEUE_DEPTH: usize = 1024;
 
 /// What every handler shares.
 pub struct ApiState {
     /// The adapter's link to the hub.
     pub ctx: AdapterContext,
-    /// Deliveries between this adapter's own clients.
-    pub bus: Arc<LocalBus>,
     /// Accepted bearer tokens; empty means no auth.
     pub tokens: Vec<String>,
     /// Largest body accepted.
@@ -338,17 +331,9 @@ async fn publish(state: &ApiState, topic: Topic, req: Request) -> Result<Respons
     env.content_type = content_type;
     env.headers = carried;
 
-    let local = (!state.bus.is_empty()).then(|| Arc::new(env.clone()));
-    let shutdown = state.ctx.shutdown();
     tokio::select! {
-        _ = shutdown.cancelled() => return Err(PublishError::Closed.into()),
+        _ = state.ctx.shutdown().cancelled() => return Err(PublishError::Closed.into()),
         r = state.ctx.publish(env) => r?,
-    }
-    if let Some(local) = local {
-        tokio::select! {
-            _ = shutdown.cancelled() => {}
-            _ = state.bus.deliver(local, state.ctx.metrics()) => {}
-        }
     }
     Ok(StatusCode::ACCEPTED.into_response())
 }
@@ -361,14 +346,15 @@ async fn events(State(state): State<Shared>, req: Request) -> Result<Response, A
         Some((k, v)) => convert::parse_bool(k, v)?,
         None => false,
     };
+    // What this adapter's own clients POST reaches its streams too.
+    let options = SubscribeOptions {
+        depth: state.queue_depth,
+        include_own: true,
+    };
     let hub_sub = state
         .ctx
-        .subscribe_with_depth(filters.clone(), state.queue_depth)
+        .subscribe_with(filters.clone(), options)
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-    let local = state.bus.subscribe(
-        filters.clone(),
-        state.queue_depth.unwrap_or(DEFAULT_QUEUE_DEPTH),
-    );
     let mut initial: Vec<Arc<Envelope>> = Vec::new();
     if retained {
         for f in &filters {
@@ -386,13 +372,8 @@ async fn events(State(state): State<Shared>, req: Request) -> Result<Response, A
             hub_sub,
             |mut s| async move { s.recv().await.map(|e| (e, s)) },
         );
-    let from_local =
-        futures::stream::unfold(
-            local,
-            |mut l| async move { l.rx.recv().await.map(|e| (e, l)) },
-        );
     let stream = futures::stream::iter(initial)
-        .chain(futures::stream::select(from_hub, from_local))
+        .chain(from_hub)
         .map(|e| Ok::<Event, Infallible>(to_event(&e)))
         .take_until(state.ctx.shutdown().clone().cancelled_owned());
     let mut resp = Sse::new(stream)

@@ -18,15 +18,16 @@
 //!
 //! Files: `config.rs` (settings), `adapter.rs` (run loop), `api.rs` (routes
 //! and handlers), `convert.rs` (HTTP ↔ envelope mapping), `hub_status.rs`
-//! (`/health` and `/metrics` rendering), `local_bus.rs` (delivery between
-//! this adapter's own clients), `webhook.rs`, `tls.rs`.
+//! (`/health` and `/metrics` rendering), `serve.rs` (the connection loop),
+//! `webhook.rs`, `tls.rs`. What one client `POST`s reaches this adapter's
+//! own SSE streams and webhooks through the router (`include_own`
+//! subscriptions), like any other adapter's.
 
 mod adapter;
 pub mod api;
 pub mod config;
 pub mod convert;
 pub mod hub_status;
-pub mod local_bus;
 mod serve;
 mod tls;
 mod webhook;

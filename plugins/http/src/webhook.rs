@@ -2,8 +2,8 @@
 //! envelope, in order, with the payload as body and the topic in
 //! `X-Polyhub-Topic`.
 //!
-//! The queue in front of each webhook is bounded (the hub's subscription
-//! queue, and the adapter's local bus): when full, QoS 0 envelopes are
+//! Each webhook's subscription takes this adapter's own clients' envelopes
+//! too (`include_own`). Its queue is bounded: when full, QoS 0 envelopes are
 //! dropped and counted, QoS 1 ones hold the publisher back. A QoS 1 envelope
 //! whose delivery fails (connection error, timeout, `5xx`, `408`, `429`) is
 //! retried with exponential backoff; after the last retry, or on any other
@@ -17,17 +17,15 @@ use reqwest::StatusCode;
 
 use crate::config::Webhook;
 use crate::convert::webhook_headers;
-use crate::local_bus::LocalSubscription;
 
 /// Longest wait between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-/// Delivers envelopes from `hub` and `local` to `hook` until shutdown.
+/// Delivers envelopes from `hub` to `hook` until shutdown.
 pub async fn run(
     hook: Webhook,
     client: reqwest::Client,
     mut hub: Subscription,
-    mut local: LocalSubscription,
     ctx: AdapterContext,
 ) {
     let shutdown = ctx.shutdown().clone();
@@ -38,7 +36,6 @@ pub async fn run(
                 Some(e) => e,
                 None => return,
             },
-            Some(e) = local.rx.recv() => e,
         };
         tokio::select! {
             _ = shutdown.cancelled() => return,
