@@ -10,6 +10,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -269,6 +270,14 @@ impl Server {
                 let ctx = self.ctx.clone();
                 let mut publish: PublishFuture =
                     Box::pin(async move { ctx.publish(*envelope).await });
+                // Usually the hub takes it at once: answer without arming a
+                // timer for the separate-response case.
+                let first = std::future::poll_fn(|cx| Poll::Ready(publish.as_mut().poll(cx))).await;
+                if let Poll::Ready(r) = first {
+                    let resp = self.published(r, resp);
+                    self.answer(&packet, resp, peer).await;
+                    return;
+                }
                 let wait = self.settings.retransmission.ack_timeout / 2;
                 tokio::select! {
                     r = &mut publish => {
