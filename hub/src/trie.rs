@@ -9,7 +9,7 @@ use polyhub_sdk::{Topic, TopicFilter};
 #[derive(Debug)]
 struct Node<T> {
     /// Children by literal level.
-    children: AHashMap<Box<str>, Node<T>>,
+    children: Children<T>,
     /// The `+` child.
     plus: Option<Box<Node<T>>>,
     /// Entries whose filter ends at this node.
@@ -21,7 +21,7 @@ struct Node<T> {
 impl<T> Default for Node<T> {
     fn default() -> Self {
         Node {
-            children: AHashMap::new(),
+            children: Children::default(),
             plus: None,
             exact: Vec::new(),
             hash: Vec::new(),
@@ -82,7 +82,7 @@ impl<T> TopicTrie<T> {
                     return;
                 }
                 "+" => node = node.plus.get_or_insert_with(Default::default),
-                l => node = node.children.entry(Box::from(l)).or_default(),
+                l => node = node.children.get_or_insert(l),
             }
         }
         node.exact.push(entry);
@@ -166,6 +166,76 @@ impl<T> TopicTrie<T> {
         }
         if let Some(child) = node.children.get(*level) {
             Self::walk(child, rest, false, system, f);
+        }
+    }
+}
+
+/// A node's literal children. Most nodes have a handful (a level like
+/// `site/{id}` is the exception), and comparing a few short strings beats
+/// hashing: a vector up to [`Children::SMALL`] entries, a hash map beyond.
+#[derive(Debug)]
+enum Children<T> {
+    Few(Vec<(Box<str>, Node<T>)>),
+    Many(AHashMap<Box<str>, Node<T>>),
+}
+
+impl<T> Default for Children<T> {
+    fn default() -> Self {
+        Children::Few(Vec::new())
+    }
+}
+
+impl<T> Children<T> {
+    const SMALL: usize = 8;
+
+    fn is_empty(&self) -> bool {
+        match self {
+            Children::Few(v) => v.is_empty(),
+            Children::Many(m) => m.is_empty(),
+        }
+    }
+
+    fn get(&self, level: &str) -> Option<&Node<T>> {
+        match self {
+            Children::Few(v) => v.iter().find(|(k, _)| &**k == level).map(|(_, n)| n),
+            Children::Many(m) => m.get(level),
+        }
+    }
+
+    fn get_mut(&mut self, level: &str) -> Option<&mut Node<T>> {
+        match self {
+            Children::Few(v) => v.iter_mut().find(|(k, _)| &**k == level).map(|(_, n)| n),
+            Children::Many(m) => m.get_mut(level),
+        }
+    }
+
+    fn get_or_insert(&mut self, level: &str) -> &mut Node<T> {
+        if let Children::Few(v) = self {
+            if v.len() >= Self::SMALL && !v.iter().any(|(k, _)| &**k == level) {
+                *self = Children::Many(std::mem::take(v).into_iter().collect());
+            }
+        }
+        match self {
+            Children::Few(v) => {
+                let i = match v.iter().position(|(k, _)| &**k == level) {
+                    Some(i) => i,
+                    None => {
+                        v.push((Box::from(level), Node::default()));
+                        v.len() - 1
+                    }
+                };
+                &mut v[i].1
+            }
+            Children::Many(m) => m.entry(Box::from(level)).or_default(),
+        }
+    }
+
+    fn remove(&mut self, level: &str) {
+        match self {
+            Children::Few(v) => v.retain(|(k, _)| &**k != level),
+            Children::Many(m) => {
+                m.remove(level);
+            }
         }
     }
 }
