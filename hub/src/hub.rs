@@ -146,7 +146,7 @@ impl HubLink for Link {
                 return Err(PublishError::Failed);
             }
             envelope.origin.adapter = self.slot.name.clone();
-            if &*envelope.origin.protocol != self.slot.kind {
+            if *envelope.origin.protocol != self.slot.kind {
                 envelope.origin.protocol = Arc::from(self.slot.kind.as_str());
             }
             self.shared

@@ -27,15 +27,15 @@ impl Registry {
         #[allow(unused_mut)]
         let mut r = Registry::new();
         #[cfg(feature = "mqtt")]
-        r.add(polyhub_mqtt::Factory::default());
+        r.add(polyhub_mqtt::Factory);
         #[cfg(feature = "coap")]
-        r.add(polyhub_coap::Factory::default());
+        r.add(polyhub_coap::Factory);
         #[cfg(feature = "http")]
-        r.add(polyhub_http::Factory::default());
+        r.add(polyhub_http::Factory);
         #[cfg(feature = "amqp")]
-        r.add(polyhub_amqp::Factory::default());
+        r.add(polyhub_amqp::Factory);
         #[cfg(feature = "xmpp")]
-        r.add(polyhub_xmpp::Factory::default());
+        r.add(polyhub_xmpp::Factory);
         r
     }
 

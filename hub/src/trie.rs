@@ -73,8 +73,7 @@ impl<T> TopicTrie<T> {
     /// Adds `entry` under `filter`.
     pub fn insert(&mut self, filter: &TopicFilter, entry: T) {
         let mut node = &mut self.root;
-        let mut levels = filter.levels().peekable();
-        while let Some(level) = levels.next() {
+        for level in filter.levels() {
             match level {
                 "#" => {
                     node.hash.push(entry);
@@ -164,7 +163,7 @@ impl<T> TopicTrie<T> {
                 Self::walk(plus, rest, false, system, f);
             }
         }
-        if let Some(child) = node.children.get(*level) {
+        if let Some(child) = node.children.get(level) {
             Self::walk(child, rest, false, system, f);
         }
     }

@@ -781,8 +781,7 @@ async fn bad_coap_config_is_refused_with_the_key() {
         "[[adapters]]\nname = \"coap\"\ntype = \"coap\"\n[adapters.config]\nbind = \"127.0.0.1:0\"\nblock_size = 1000\n",
     )
     .await
-    .err()
-    .expect("refused");
+    .expect_err("refused");
     let msg = format!("{err:#}");
     assert!(msg.contains("block_size"), "{msg}");
 }

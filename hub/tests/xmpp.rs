@@ -743,8 +743,7 @@ async fn starttls_trusts_ca_file_and_bad_credentials_fail_the_start() {
     );
     let err = within("start", polyhub::start_str(&bad))
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert!(format!("{err:#}").contains("refused the login"), "{err:#}");
 }
 

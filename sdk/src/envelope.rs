@@ -79,7 +79,7 @@ impl MessageId {
         let ms = t
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis())
-            .unwrap_or(0) as u128;
+            .unwrap_or(0);
         let seq = SEQUENCE.fetch_add(1, Ordering::Relaxed) as u128;
         // Per-process salt keeps ids from two hub processes apart (read
         // once: std::process::id() is a system call every time).

@@ -54,8 +54,7 @@ impl XmppAdapter {
 #[async_trait::async_trait]
 impl Adapter for XmppAdapter {
     async fn run(self: Box<Self>, ctx: AdapterContext) -> Result<(), AdapterError> {
-        let connector =
-            Connector::new(self.settings.clone()).map_err(|e| AdapterError::protocol(e))?;
+        let connector = Connector::new(self.settings.clone()).map_err(AdapterError::protocol)?;
         let (status_tx, status_rx) = mpsc::channel(16);
         let stream = StanzaStream::new(
             reconnector(

@@ -92,8 +92,7 @@ impl Publisher for XmppPublisher {
                 .ok_or_else(|| client_err(PROTOCOL, "publisher closed"))?;
             Self::drain(client);
             let mut m = Message::new(Some(self.hub.clone()));
-            m.subjects
-                .insert(Lang::default(), self.topic.clone().into());
+            m.subjects.insert(Lang::default(), self.topic.clone());
             m.bodies.insert(Lang::default(), body);
             let mut token = client
                 .send_stanza(Stanza::Message(m))

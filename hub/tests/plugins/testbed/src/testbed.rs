@@ -85,7 +85,7 @@ impl Adapter for Testbed {
         }
         let sub = ctx
             .subscribe_with_depth([self.filter.clone()], self.config.depth)
-            .map_err(|e| AdapterError::protocol(e))?;
+            .map_err(AdapterError::protocol)?;
         let mut sub = sub;
         ctx.set_state(AdapterState::Up, None);
         polyhub_sdk::reexports::tracing::info!(adapter = %ctx.name(), "Testbed up.");
