@@ -4,8 +4,10 @@
 //! in-process link and moves messages between it and the hub.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::task::Poll;
 use std::thread;
 
 use polyhub_sdk::{AdapterContext, AdapterError, AdapterState, Envelope, QoS, TopicFilter};
@@ -109,6 +111,7 @@ pub(crate) async fn run(
     // Listeners on their own thread and runtime: dropping that runtime at
     // shutdown closes the listeners and every device connection.
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let (bound_tx, bound_rx) = oneshot::channel::<()>();
     let (failed_tx, mut failed_rx) = mpsc::channel::<String>(2);
     let mut v4 = Server::new(server_settings("v4", s.listen, &s), router_tx.clone(), V4);
     let span = ctx.span().clone();
@@ -127,9 +130,18 @@ pub(crate) async fn run(
                 }
             };
             runtime.block_on(async move {
+                let mut start = std::pin::pin!(v4.start(LinkType::Remote));
+                // The first poll binds the listener (then waits to accept):
+                // past it, devices can connect, and the adapter may say Up.
+                let first = std::future::poll_fn(|cx| Poll::Ready(start.as_mut().poll(cx))).await;
+                if let Poll::Ready(r) = first {
+                    let _ = failed_tx.try_send(format!("MQTT 3.1.1 listener failed: {r:?}"));
+                    return;
+                }
+                let _ = bound_tx.send(());
                 tokio::select! {
                     _ = stop_rx => {}
-                    r = v4.start(LinkType::Remote) => {
+                    r = start => {
                         let _ = failed_tx.try_send(format!("MQTT 3.1.1 listener stopped: {r:?}"));
                     }
                 }
@@ -174,6 +186,15 @@ pub(crate) async fn run(
     };
 
     let mut echoes = EchoFilter::new(subscribe.clone(), ECHO_MEMORY);
+    if bound_rx.await.is_err() {
+        // The listener thread ended before binding; it said why.
+        let reason = failed_rx
+            .try_recv()
+            .unwrap_or_else(|_| "listener thread ended".to_owned());
+        ctx.metrics().record_error();
+        let _ = tokio::task::spawn_blocking(move || server_thread.join()).await;
+        return Err(MqttError::Broker(reason).into());
+    }
     info!(adapter = %ctx.name(), listen = %s.listen, "Embedded MQTT broker listening.");
     ctx.set_state(AdapterState::Up, None);
 
