@@ -50,35 +50,30 @@ measure() {
 }
 p99() { awk '$1=="99%" {print $2}' "$work/wrk.out"; }
 
-# The hub: HTTP adapter only.
-hub_port=$(free_port)
-cat >"$work/hub.toml" <<TOML
+# Starts a hub whose only adapter is HTTP on PORT, declared by the LINE
+# `type = "http"` (built in) or `plugin = "…"` (loaded); NAME names its files.
+start_hub() {
+  local name=$1 line=$2 port=$3
+  cat >"$work/$name.toml" <<TOML
 [hub]
 name = "bench"
 [[adapters]]
 name = "http"
-type = "http"
+$line
 [adapters.config]
-bind = "127.0.0.1:$hub_port"
+bind = "127.0.0.1:$port"
 TOML
-RUST_LOG=warn "$BIN/polyhub" run --config "$work/hub.toml" >"$work/hub.log" 2>&1 &
-pids+=($!)
-wait_port "$hub_port"
+  RUST_LOG=warn "$BIN/polyhub" run --config "$work/$name.toml" >"$work/$name.log" 2>&1 &
+  pids+=($!)
+  wait_port "$port"
+}
 
-# The same adapter, loaded from its plugin library.
+# The hub: HTTP adapter only, built in; and the same adapter loaded from its
+# plugin library.
+hub_port=$(free_port)
+start_hub hub 'type = "http"' "$hub_port"
 plugin_port=$(free_port)
-cat >"$work/plugin.toml" <<TOML
-[hub]
-name = "bench"
-[[adapters]]
-name = "http"
-plugin = "$BIN/libpolyhub_cdylib_http.so"
-[adapters.config]
-bind = "127.0.0.1:$plugin_port"
-TOML
-RUST_LOG=warn "$BIN/polyhub" run --config "$work/plugin.toml" >"$work/plugin.log" 2>&1 &
-pids+=($!)
-wait_port "$plugin_port"
+start_hub plugin "plugin = \"$BIN/libpolyhub_cdylib_http.so\"" "$plugin_port"
 
 # The reference: bare hyper answering 204.
 "$BIN/examples/bare_hyper" 127.0.0.1:0 >"$work/bare.out" &

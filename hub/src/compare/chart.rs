@@ -17,6 +17,11 @@ const COLORS: [RGBColor; 5] = [
     RGBColor(148, 103, 189),
 ];
 
+/// `(protocol, [(payload size, value)])` per protocol.
+type Series = Vec<(String, Vec<(f64, f64)>)>;
+/// A labelled line and its style.
+type Line = (String, Vec<(f64, f64)>, ShapeStyle);
+
 fn chart_err(path: &Path, e: impl std::fmt::Display) -> CompareError {
     CompareError::Chart {
         path: path.to_owned(),
@@ -25,8 +30,8 @@ fn chart_err(path: &Path, e: impl std::fmt::Display) -> CompareError {
 }
 
 /// `(protocol, [(payload size, value)])` for every protocol in the report.
-fn series(report: &Report, value: impl Fn(&super::Row) -> f64) -> Vec<(String, Vec<(f64, f64)>)> {
-    let mut out: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+fn series(report: &Report, value: impl Fn(&super::Row) -> f64) -> Series {
+    let mut out: Series = Vec::new();
     for r in &report.rows {
         let point = (r.payload_size as f64, value(r).max(1e-3));
         match out.iter_mut().find(|(p, _)| *p == r.protocol) {
@@ -39,7 +44,7 @@ fn series(report: &Report, value: impl Fn(&super::Row) -> f64) -> Vec<(String, V
 
 /// The axes' ranges around every point; `headroom` multiplies the top of
 /// the y axis (room for the legend above flat lines).
-fn ranges(lines: &[(String, Vec<(f64, f64)>)], headroom: f64) -> ((f64, f64), (f64, f64)) {
+fn ranges(lines: &Series, headroom: f64) -> ((f64, f64), (f64, f64)) {
     let pts = lines.iter().flat_map(|(_, p)| p.iter());
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for (x, y) in pts {
@@ -59,9 +64,9 @@ fn draw(
     title: &str,
     y_desc: &str,
     headroom: f64,
-    lines: &[(String, Vec<(f64, f64)>, ShapeStyle)],
+    lines: &[Line],
 ) -> Result<(), CompareError> {
-    let plain: Vec<(String, Vec<(f64, f64)>)> = lines
+    let plain: Series = lines
         .iter()
         .map(|(n, p, _)| (n.clone(), p.clone()))
         .collect();
@@ -105,29 +110,42 @@ fn draw(
     Ok(())
 }
 
-/// Measured bytes per message (solid) and the spec minimum (thin) per
-/// protocol, against payload size.
-pub fn bytes_chart(report: &Report, path: &Path) -> Result<(), CompareError> {
-    let measured = series(report, |r| r.bytes_per_message);
-    let spec = series(report, |r| r.spec_min_bytes_per_message);
+/// One thick line per protocol from `main`, each followed by a thin line of
+/// the same colour from `thin`, labelled with the protocol and a suffix.
+fn paired(main: Series, main_suffix: &str, thin: &Series, thin_suffix: &str) -> Vec<Line> {
+    let label = |name: &str, suffix: &str| {
+        if suffix.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{name} {suffix}")
+        }
+    };
     let mut lines = Vec::new();
-    for (i, (name, pts)) in measured.into_iter().enumerate() {
+    for (i, (name, pts)) in main.into_iter().enumerate() {
         let c = COLORS[i % COLORS.len()];
-        lines.push((name.clone(), pts, c.stroke_width(3)));
-        if let Some((_, s)) = spec.iter().find(|(n, _)| *n == name) {
+        lines.push((label(&name, main_suffix), pts, c.stroke_width(3)));
+        if let Some((_, s)) = thin.iter().find(|(n, _)| *n == name) {
             lines.push((
-                format!("{name} spec min"),
+                label(&name, thin_suffix),
                 s.clone(),
                 c.mix(0.5).stroke_width(1),
             ));
         }
     }
+    lines
+}
+
+/// Measured bytes per message (solid) and the spec minimum (thin) per
+/// protocol, against payload size.
+pub fn bytes_chart(report: &Report, path: &Path) -> Result<(), CompareError> {
+    let measured = series(report, |r| r.bytes_per_message);
+    let spec = series(report, |r| r.spec_min_bytes_per_message);
     draw(
         path,
         "Bytes on the wire per message (both hops)",
         "bytes per message",
         1.5,
-        &lines,
+        &paired(measured, "", &spec, "spec min"),
     )
 }
 
@@ -137,24 +155,12 @@ pub fn overhead_chart(report: &Report, path: &Path) -> Result<(), CompareError> 
     let beyond = |total: f64, r: &super::Row| total - 2.0 * r.payload_size as f64;
     let measured = series(report, |r| beyond(r.bytes_per_message, r));
     let spec = series(report, |r| beyond(r.spec_min_bytes_per_message, r));
-    let mut lines = Vec::new();
-    for (i, (name, pts)) in measured.into_iter().enumerate() {
-        let c = COLORS[i % COLORS.len()];
-        lines.push((name.clone(), pts, c.stroke_width(3)));
-        if let Some((_, s)) = spec.iter().find(|(n, _)| *n == name) {
-            lines.push((
-                format!("{name} spec min"),
-                s.clone(),
-                c.mix(0.5).stroke_width(1),
-            ));
-        }
-    }
     draw(
         path,
         "Overhead per message: bytes beyond the payload (both hops)",
         "overhead bytes per message",
         8.0,
-        &lines,
+        &paired(measured, "", &spec, "spec min"),
     )
 }
 
@@ -162,19 +168,11 @@ pub fn overhead_chart(report: &Report, path: &Path) -> Result<(), CompareError> 
 pub fn latency_chart(report: &Report, path: &Path) -> Result<(), CompareError> {
     let p50 = series(report, |r| r.latency_p50_us);
     let p99 = series(report, |r| r.latency_p99_us);
-    let mut lines = Vec::new();
-    for (i, (name, pts)) in p50.into_iter().enumerate() {
-        let c = COLORS[i % COLORS.len()];
-        lines.push((format!("{name} p50"), pts, c.stroke_width(3)));
-        if let Some((_, s)) = p99.iter().find(|(n, _)| *n == name) {
-            lines.push((format!("{name} p99"), s.clone(), c.mix(0.5).stroke_width(1)));
-        }
-    }
     draw(
         path,
         "One-way latency, publisher to subscriber",
         "latency (µs)",
         1.5,
-        &lines,
+        &paired(p50, "p50", &p99, "p99"),
     )
 }
