@@ -2,13 +2,11 @@
 //! (Server-Sent Events), `/health` and `/metrics`, with JSON errors and
 //! optional bearer-token auth.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -96,28 +94,10 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The origin's name for a client address, `ip:port`, formatted once per
-/// address and thread rather than once per request (a small per-thread
-/// cache, emptied when it grows past a bound).
-fn peer_name(addr: SocketAddr) -> Arc<str> {
-    const MAX: usize = 4096;
-    thread_local! {
-        static NAMES: std::cell::RefCell<HashMap<SocketAddr, Arc<str>>> =
-            std::cell::RefCell::new(HashMap::new());
-    }
-    NAMES.with(|names| {
-        let mut names = names.borrow_mut();
-        if let Some(name) = names.get(&addr) {
-            return name.clone();
-        }
-        if names.len() >= MAX {
-            names.clear();
-        }
-        let name: Arc<str> = Arc::from(addr.to_string());
-        names.insert(addr, name.clone());
-        name
-    })
-}
+/// The client's address as the origin's peer (`ip:port`), formatted once
+/// per connection by the connection loop and attached to each request.
+#[derive(Clone)]
+pub(crate) struct PeerName(pub Arc<str>);
 
 /// The application: every route, the body limit and the fallbacks.
 pub fn router(state: Shared) -> Router {
@@ -301,10 +281,7 @@ async fn publish(state: &ApiState, topic: Topic, req: Request) -> Result<Respons
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let carried = convert::carried_headers(req.headers());
-    let peer = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| peer_name(c.0));
+    let peer = req.extensions().get::<PeerName>().map(|p| p.0.clone());
     let body = match axum::body::to_bytes(req.into_body(), state.max_body_bytes).await {
         Ok(b) => b,
         Err(e) => {

@@ -7,10 +7,11 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request};
+use axum::extract::Request;
 use axum::response::Response;
 use axum::serve::Listener;
 use axum::Router;
@@ -20,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::Service;
 
-use crate::api::{self, Shared};
+use crate::api::{self, PeerName, Shared};
 
 /// How long a connection may take to send a request's headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -38,10 +39,11 @@ where
             accepted = listener.accept() => accepted,
         };
         let (router, state, shutdown) = (router.clone(), state.clone(), shutdown.clone());
+        let peer = PeerName(Arc::from(peer.to_string()));
         connections.spawn(async move {
             let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
                 let mut req: Request = req.map(Body::new);
-                req.extensions_mut().insert(ConnectInfo(peer));
+                req.extensions_mut().insert(peer.clone());
                 let routed = match api::fast_publish(&state, req) {
                     Ok(fast) => Ok(fast),
                     Err(req) => Err(router.clone().call(req)),
