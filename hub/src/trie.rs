@@ -381,4 +381,28 @@ mod tests {
         assert!(trie.is_empty());
         assert!(trie.root.is_empty(), "branches pruned");
     }
+
+    #[test]
+    fn nodes_with_many_children_match_and_prune_like_small_ones() {
+        let mut trie = TopicTrie::new();
+        // Past Children::SMALL the node turns into a hash map.
+        for i in 0..20 {
+            trie.insert(&f(&format!("dev/{i}/temp")), i);
+        }
+        trie.insert(&f("dev/+/temp"), 100);
+        for i in 0..20 {
+            let mut got = Vec::new();
+            trie.for_each_match(&t(&format!("dev/{i}/temp")), |e| got.push(*e));
+            got.sort();
+            assert_eq!(got, vec![i, 100], "dev/{i}/temp");
+        }
+        let mut none = 0;
+        trie.for_each_match(&t("dev/20/humidity"), |_| none += 1);
+        assert_eq!(none, 0);
+        for i in 0..20 {
+            assert_eq!(trie.remove(&f(&format!("dev/{i}/temp")), |_| true), 1);
+        }
+        assert_eq!(trie.remove(&f("dev/+/temp"), |_| true), 1);
+        assert!(trie.root.is_empty(), "branches pruned");
+    }
 }
