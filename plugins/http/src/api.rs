@@ -228,7 +228,7 @@ async fn topics(State(state): State<Shared>, req: Request) -> Result<Response, A
 /// The hot path, taken by the connection loop without the router for
 /// `POST`/`PUT /topics/{topic}` when no tokens are configured: the same
 /// handling as through [`router`], minus routing and tower layers.
-/// `None` when the request is not one of those (the router serves it).
+/// `Err(req)` hands back any other request, for the router to serve.
 pub(crate) fn fast_publish(
     state: &Shared,
     req: Request,
