@@ -18,7 +18,7 @@ use bytes::Bytes;
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
 use parking_lot::Mutex;
 use polyhub_sdk::{
-    AdapterContext, Envelope, PublishError, QoS, SubscribeOptions, Subscription, Topic, TopicFilter,
+    AdapterContext, Envelope, PublishError, SubscribeOptions, Subscription, Topic, TopicFilter,
 };
 use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
@@ -286,38 +286,18 @@ impl Server {
     }
 
     async fn on_datagram(self: &Arc<Self>, buf: &[u8], peer: SocketAddr) {
-        if buf.len() < 4 {
-            return self.malformed(peer, "shorter than the 4-byte header");
-        }
-        if buf[0] >> 6 != 1 {
-            // RFC 7252 §3: unknown versions are silently ignored.
-            return self.malformed(peer, "unknown CoAP version");
-        }
-        let kind = (buf[0] >> 4) & 0x3;
-        let mid = u16::from_be_bytes([buf[2], buf[3]]);
-        let packet = match Packet::from_bytes(buf) {
-            Ok(p) if p.header.code == MessageClass::Empty && buf.len() != 4 => {
-                Err("empty message with a token, options or payload")
-            }
-            Ok(p) if matches!(p.header.code, MessageClass::Reserved(_)) => {
-                Err("reserved message code")
-            }
-            Ok(p) => Ok(p),
-            Err(_) => Err("bad token length or options"),
-        };
-        let packet = match packet {
+        let packet = match convert::parse_datagram(buf) {
             Ok(p) => p,
-            Err(why) => {
-                self.malformed(peer, why);
-                // A CON or NON message with a format error is rejected with a
-                // RST (RFC 7252 §4.2, §4.3); ACK and RST are dropped.
-                if kind <= 1 {
+            Err(m) => {
+                self.malformed(peer, m.why);
+                if let Some(mid) = m.reset {
                     self.send(&convert::empty(MessageType::Reset, mid), peer)
                         .await;
                 }
                 return;
             }
         };
+        let mid = packet.header.message_id;
         match (packet.header.get_type(), packet.header.code) {
             (MessageType::Acknowledgement, _) => self.on_reply(peer, mid, Reply::Ack),
             (MessageType::Reset, _) => self.on_reply(peer, mid, Reply::Reset),
@@ -664,26 +644,7 @@ impl Server {
                     con_in_flight: false,
                     szx: block2.map(|b| b.szx),
                 };
-                let mut st = self.state.lock();
-                match st.observers.register(observer) {
-                    Registered::New(new_filter) => {
-                        registered = true;
-                        if new_filter {
-                            self.watch_filter(&mut st, filter.clone());
-                        }
-                    }
-                    Registered::Replaced => registered = true,
-                    Registered::Full | Registered::PeerFull => {
-                        self.reject("too_many_observers");
-                        warn!(adapter = %self.ctx.name(), peer = %peer, "Too many observers; registration refused.");
-                    }
-                }
-                if registered {
-                    // The registration's own sequence number is 0.
-                    if let Some(o) = st.observers.get_mut(&(peer, filter.clone())) {
-                        o.seq = 0;
-                    }
-                }
+                registered = self.register_observer(observer);
             }
             Some(1) => {
                 let mut st = self.state.lock();
@@ -923,23 +884,8 @@ impl Server {
                 }
             }
         };
-        let con = req.header.get_type() == MessageType::Confirmable;
-        let mut envelope = Envelope::new(topic, payload)
-            .with_origin(self.ctx.origin().with_peer(peer))
-            .with_qos(if con {
-                QoS::AtLeastOnce
-            } else {
-                QoS::AtMostOnce
-            });
-        convert::apply_content_format(&mut envelope, format);
-        for q in query {
-            match q.split_once('=').unwrap_or((q.as_str(), "true")) {
-                ("retain", v) => envelope.retain = matches!(v, "true" | "1" | ""),
-                ("qos", "0") => envelope.qos = QoS::AtMostOnce,
-                ("qos", "1") => envelope.qos = QoS::AtLeastOnce,
-                _ => {}
-            }
-        }
+        let origin = self.ctx.origin().with_peer(peer);
+        let envelope = convert::request_envelope(req, topic, query, payload, format, origin);
         Outcome::Publish(Box::new(envelope), resp)
     }
 
@@ -975,6 +921,31 @@ impl Server {
                 }
             }
         });
+    }
+
+    /// Registers an observer (the one place observations begin; see
+    /// `deregister_locked` for where they end); false when refused.
+    fn register_observer(self: &Arc<Self>, observer: Observer) -> bool {
+        let (peer, filter) = (observer.peer, observer.filter.clone());
+        let mut st = self.state.lock();
+        match st.observers.register(observer) {
+            Registered::New(new_filter) => {
+                if new_filter {
+                    self.watch_filter(&mut st, filter.clone());
+                }
+            }
+            Registered::Replaced => {}
+            Registered::Full | Registered::PeerFull => {
+                self.reject("too_many_observers");
+                warn!(adapter = %self.ctx.name(), peer = %peer, "Too many observers; registration refused.");
+                return false;
+            }
+        }
+        // The registration's own sequence number is 0.
+        if let Some(o) = st.observers.get_mut(&(peer, filter)) {
+            o.seq = 0;
+        }
+        true
     }
 
     fn deregister_locked(&self, st: &mut State, key: &ObserverKey) {
