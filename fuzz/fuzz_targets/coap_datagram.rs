@@ -58,7 +58,7 @@ fuzz_target!(|data: &[u8]| {
                 store
                     .iter()
                     .filter(|e| e.topic.as_str().starts_with(prefix))
-                    .filter(|e| after.is_none_or(|a| e.topic.as_str() > a))
+                    .filter(|e| after.map_or(true, |a| e.topic.as_str() > a))
                     .take(limit)
                     .cloned()
                     .collect::<Vec<_>>()

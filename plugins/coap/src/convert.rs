@@ -143,11 +143,15 @@ pub fn encode_uint(v: u32) -> Vec<u8> {
     bytes[skip..].to_vec()
 }
 
+/// An option value that does not decode (answered `4.02 Bad Option`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadOption;
+
 /// The packet's Content-Format, `Err` when the option is malformed.
-pub fn content_format(packet: &Packet) -> Result<Option<u16>, ()> {
+pub fn content_format(packet: &Packet) -> Result<Option<u16>, BadOption> {
     match packet.get_first_option(CoapOption::ContentFormat) {
         None => Ok(None),
-        Some(v) => decode_uint(v, 2).map(|n| Some(n as u16)).ok_or(()),
+        Some(v) => decode_uint(v, 2).map(|n| Some(n as u16)).ok_or(BadOption),
     }
 }
 
@@ -224,10 +228,10 @@ impl Block {
     }
 
     /// The packet's block option `option`; `Err` when present but malformed.
-    pub fn of(packet: &Packet, option: CoapOption) -> Result<Option<Block>, ()> {
+    pub fn of(packet: &Packet, option: CoapOption) -> Result<Option<Block>, BadOption> {
         match packet.get_first_option(option) {
             None => Ok(None),
-            Some(v) => Block::decode(v).map(Some).ok_or(()),
+            Some(v) => Block::decode(v).map(Some).ok_or(BadOption),
         }
     }
 }

@@ -407,7 +407,7 @@ mod tests {
         move |prefix, after, limit| {
             s.iter()
                 .filter(|e| e.topic.as_str().starts_with(prefix))
-                .filter(|e| after.is_none_or(|a| e.topic.as_str() > a))
+                .filter(|e| after.map_or(true, |a| e.topic.as_str() > a))
                 .take(limit)
                 .cloned()
                 .collect()
