@@ -13,8 +13,8 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::{Json, Router};
-use futures::StreamExt;
 use bytes::Bytes;
+use futures::StreamExt;
 use polyhub_sdk::{AdapterContext, Envelope, PublishError, QoS, SubscribeOptions, Topic};
 
 use crate::convert::{self, EventData, PublishOptions, RequestError};
@@ -97,10 +97,16 @@ impl From<RequestError> for ApiError {
 impl From<PublishError> for ApiError {
     fn from(e: PublishError) -> Self {
         match e {
-            PublishError::Quota => {
-                ApiError::rejected(StatusCode::INSUFFICIENT_STORAGE, "quota_exceeded", e.to_string())
-            }
-            e => ApiError::rejected(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
+            PublishError::Quota => ApiError::rejected(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "quota_exceeded",
+                e.to_string(),
+            ),
+            e => ApiError::rejected(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                e.to_string(),
+            ),
         }
     }
 }
@@ -220,8 +226,12 @@ async fn require_token(State(state): State<Shared>, req: Request, next: Next) ->
         }
         Some(_) => {
             state.ctx.metrics().incr("auth_failures");
-            ApiError::rejected(StatusCode::UNAUTHORIZED, "unauthorized", "invalid bearer token")
-                .into_response()
+            ApiError::rejected(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "invalid bearer token",
+            )
+            .into_response()
         }
         None => ApiError::rejected(
             StatusCode::UNAUTHORIZED,

@@ -289,8 +289,15 @@ mod tests {
         assert_eq!(e.key.as_deref(), Some("webhooks[0].filter"));
         let e = parse("max_body_bytes = 0").unwrap().validate().unwrap_err();
         assert_eq!(e.key.as_deref(), Some("max_body_bytes"));
-        for key in ["max_connections", "header_timeout_secs", "body_timeout_secs"] {
-            let e = parse(&format!("{key} = 0")).unwrap().validate().unwrap_err();
+        for key in [
+            "max_connections",
+            "header_timeout_secs",
+            "body_timeout_secs",
+        ] {
+            let e = parse(&format!("{key} = 0"))
+                .unwrap()
+                .validate()
+                .unwrap_err();
             assert_eq!(e.key.as_deref(), Some(key));
         }
         let e = parse("tokens = [\"a b\"]").unwrap().validate().unwrap_err();
