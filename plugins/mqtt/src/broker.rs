@@ -196,7 +196,13 @@ pub(crate) async fn run(
             .iter()
             .map(|f| Filter {
                 path: f.as_str().to_owned(),
-                qos: rumqttd::protocol::QoS::AtLeastOnce,
+                // At QoS 0 rumqttd forwards without waiting for the link's
+                // acks (a round trip through its router per batch, which held
+                // the link to a few thousand messages a second). That loses
+                // nothing a QoS 1 link would keep: rumqttd acks a device
+                // when it appends to its log, not when the link took it. The
+                // envelope gets the device's own QoS from the codec's mark.
+                qos: rumqttd::protocol::QoS::AtMostOnce,
                 nolocal: true,
                 preserve_retain: true,
                 retain_forward_rule: RetainForwardRule::OnEverySubscribe,

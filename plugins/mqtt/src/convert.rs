@@ -368,6 +368,42 @@ mod tests {
     }
 
     #[test]
+    fn a_device_publish_keeps_its_qos_whatever_the_broker_forwards_it_at() {
+        // QoS 0 publish "a/b" = "x" on the wire, then a QoS 1 one.
+        let mut wire = BytesMut::from(&b"\x30\x04\x00\x01ax\x32\x06\x00\x01a\x00\x07y"[..]);
+        let DPacket::Publish(p0, props0) = read_device_packet(&mut wire, 1024).unwrap() else {
+            panic!("expected a publish")
+        };
+        let DPacket::Publish(p1, props1) = read_device_packet(&mut wire, 1024).unwrap() else {
+            panic!("expected a publish")
+        };
+        // rumqttd forwards both at its subscription's QoS.
+        let forwarded = broker_publish(&env("a", b"x").with_qos(QoS::AtLeastOnce), 3);
+        assert_eq!(broker_header(&forwarded).0, QoS::AtLeastOnce);
+        let e0 = envelope_from_broker(&forwarded, props0.as_ref(), Origin::default()).unwrap();
+        assert_eq!(e0.qos, QoS::AtMostOnce);
+        assert!(e0.headers.is_empty(), "the mark is no header: {:?}", e0.headers);
+        let e1 = envelope_from_broker(&p1, props1.as_ref(), Origin::default()).unwrap();
+        assert_eq!((e1.qos, &e1.payload[..]), (QoS::AtLeastOnce, &b"y"[..]));
+        assert!(!is_own_echo(props0.as_ref()));
+        // Written back to a device: properties dropped, no panic.
+        let mut out = BytesMut::new();
+        write_device_packet(DPacket::Publish(p0, props0), &mut out).unwrap();
+        assert_eq!(&out[..], b"\x30\x04\x00\x01ax");
+        assert_eq!(read_device_packet(&mut BytesMut::from(&b"\x30"[..]), 1024).err().and_then(|e| device_error_reason(&e)), None);
+        let e = read_device_packet(&mut BytesMut::from(&b"\xf0\x00"[..]), 1024).unwrap_err();
+        assert_eq!(device_error_reason(&e), Some("malformed_packet"));
+    }
+
+    #[test]
+    fn the_adapters_own_publishes_are_known_by_their_mark_however_many() {
+        let marks = own_marks();
+        assert!(is_own_echo(Some(&marks)));
+        assert!(!is_own_echo(None));
+        assert!(!is_own_echo(Some(&device_marks(0x30))));
+    }
+
+    #[test]
     fn device_publish_from_broker_becomes_an_envelope() {
         let p = DPublish::new("dev/1/temp", "20", false);
         let e = envelope_from_broker(&p, None, Origin::default()).unwrap();
