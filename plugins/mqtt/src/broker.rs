@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 use std::task::Poll;
 use std::thread;
 
-use polyhub_sdk::{AdapterContext, AdapterError, AdapterState, Envelope, QoS, TopicFilter};
 use bytes::BytesMut;
+use polyhub_sdk::{AdapterContext, AdapterError, AdapterState, Envelope, QoS, TopicFilter};
 use polyhub_sdk::{AdapterMetrics, PublishError};
 use rumqttd::local::LinkBuilder;
 use rumqttd::protocol::{
@@ -48,7 +48,11 @@ struct MarkedV4 {
 }
 
 impl Protocol for MarkedV4 {
-    fn read_mut(&mut self, stream: &mut BytesMut, max_size: usize) -> Result<Packet, ProtocolError> {
+    fn read_mut(
+        &mut self,
+        stream: &mut BytesMut,
+        max_size: usize,
+    ) -> Result<Packet, ProtocolError> {
         let read = convert::read_device_packet(stream, max_size);
         if let Err(e) = &read {
             if let Some(reason) = convert::device_error_reason(e) {
@@ -144,7 +148,11 @@ pub(crate) async fn run(
     let codec = MarkedV4 {
         metrics: ctx.metrics().clone(),
     };
-    let mut v4 = Server::new(server_settings("v4", s.listen, &s), router_tx.clone(), codec);
+    let mut v4 = Server::new(
+        server_settings("v4", s.listen, &s),
+        router_tx.clone(),
+        codec,
+    );
     let span = ctx.span().clone();
     let server_thread = thread::Builder::new()
         .name(format!("mqtt-{}", ctx.name()))

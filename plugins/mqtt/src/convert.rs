@@ -382,7 +382,11 @@ mod tests {
         assert_eq!(broker_header(&forwarded).0, QoS::AtLeastOnce);
         let e0 = envelope_from_broker(&forwarded, props0.as_ref(), Origin::default()).unwrap();
         assert_eq!(e0.qos, QoS::AtMostOnce);
-        assert!(e0.headers.is_empty(), "the mark is no header: {:?}", e0.headers);
+        assert!(
+            e0.headers.is_empty(),
+            "the mark is no header: {:?}",
+            e0.headers
+        );
         let e1 = envelope_from_broker(&p1, props1.as_ref(), Origin::default()).unwrap();
         assert_eq!((e1.qos, &e1.payload[..]), (QoS::AtLeastOnce, &b"y"[..]));
         assert!(!is_own_echo(props0.as_ref()));
@@ -390,7 +394,12 @@ mod tests {
         let mut out = BytesMut::new();
         write_device_packet(DPacket::Publish(p0, props0), &mut out).unwrap();
         assert_eq!(&out[..], b"\x30\x04\x00\x01ax");
-        assert_eq!(read_device_packet(&mut BytesMut::from(&b"\x30"[..]), 1024).err().and_then(|e| device_error_reason(&e)), None);
+        assert_eq!(
+            read_device_packet(&mut BytesMut::from(&b"\x30"[..]), 1024)
+                .err()
+                .and_then(|e| device_error_reason(&e)),
+            None
+        );
         let e = read_device_packet(&mut BytesMut::from(&b"\xf0\x00"[..]), 1024).unwrap_err();
         assert_eq!(device_error_reason(&e), Some("malformed_packet"));
     }
