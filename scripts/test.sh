@@ -46,5 +46,20 @@ for setup in scripts/setup/*.sh; do
   source "$setup"
 done
 
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy (warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
 log "cargo test --workspace"
-cargo test --workspace --locked --no-fail-fast "$@"
+status=0
+cargo test --workspace --locked --no-fail-fast "$@" || status=$?
+
+# Hostile input: a short bounded run of every libFuzzer target (a longer
+# run is ./scripts/fuzz.sh 600). POLYHUB_FUZZ_SECS=0 skips it.
+fuzz_secs=${POLYHUB_FUZZ_SECS:-10}
+if ((fuzz_secs > 0)); then
+  log "fuzz: every target for ${fuzz_secs}s"
+  ./scripts/fuzz.sh "$fuzz_secs" || status=$?
+fi
+exit "$status"
