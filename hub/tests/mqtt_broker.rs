@@ -33,14 +33,16 @@ async fn paho(case: &str) {
 }
 
 async fn paho_on(case: &str, port: u16) {
-    let mut cmd = tokio::process::Command::new("python3");
-    cmd.arg(cases_script())
-        .arg(case)
-        .arg(port.to_string())
-        .kill_on_drop(true);
-    let out = within_for(Duration::from_secs(60), case, cmd.output())
-        .await
-        .expect("python3 with paho-mqtt (run scripts/test.sh)");
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg(cases_script()).arg(case).arg(port.to_string());
+    let out = within_for(
+        Duration::from_secs(60),
+        case,
+        tokio::task::spawn_blocking(move || cmd.output()),
+    )
+    .await
+    .unwrap()
+    .expect("python3 with paho-mqtt (run scripts/test.sh)");
     assert!(
         out.status.success(),
         "{case} failed:\n{}\n{}",
@@ -102,7 +104,12 @@ async fn mosquitto_clients_v5_and_v311_reach_each_other() {
         let a = sub.next().await;
         let b = sub.next().await;
         assert_eq!(
-            (a.topic.as_str(), a.payload.as_str(), b.topic.as_str(), b.payload.as_str()),
+            (
+                a.topic.as_str(),
+                a.payload.as_str(),
+                b.topic.as_str(),
+                b.payload.as_str()
+            ),
             ("mix/a", "from5", "mix/b", "from311")
         );
     }
@@ -110,7 +117,7 @@ async fn mosquitto_clients_v5_and_v311_reach_each_other() {
 }
 
 async fn http_get(port: u16, path: &str) -> (u16, String) {
-    let mut cmd = tokio::process::Command::new("curl");
+    let mut cmd = std::process::Command::new("curl");
     cmd.args([
         "-s",
         "-o",
@@ -119,8 +126,11 @@ async fn http_get(port: u16, path: &str) -> (u16, String) {
         "\n%{http_code}",
         &format!("http://127.0.0.1:{port}{path}"),
     ])
-    .kill_on_drop(true);
-    let out = within("curl", cmd.output()).await.expect("curl");
+    .args(["--max-time", "10"]);
+    let out = within("curl", tokio::task::spawn_blocking(move || cmd.output()))
+        .await
+        .unwrap()
+        .expect("curl");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
     (code.trim().parse().unwrap_or(0), body.to_owned())

@@ -59,7 +59,7 @@ pub(crate) struct Broker {
 impl Broker {
     /// Counts one refused packet or connection.
     pub(crate) fn rejected(&self, reason: &str) {
-        self.ctx.metrics().incr(&format!("rejected_{reason}"));
+        self.ctx.metrics().record_rejected(reason);
     }
 
     /// Whether a device publish on `topic` enters the hub.

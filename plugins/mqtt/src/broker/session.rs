@@ -43,6 +43,8 @@ const HIGH_WATER: usize = 64 * 1024;
 /// Header carrying an MQTT 5 message expiry interval (seconds, from the
 /// envelope's timestamp) through the hub; not sent as a user property.
 pub(crate) const EXPIRY_HEADER: &str = "mqtt-message-expiry-interval";
+/// Header carrying an MQTT 5 payload format indicator through the hub.
+pub(crate) const FORMAT_HEADER: &str = "mqtt-payload-format-indicator";
 
 /// What a session task is sent.
 pub(crate) enum Msg {
@@ -277,6 +279,9 @@ struct Link {
     receive_max: usize,
     max_packet: Option<usize>,
     aliases: HashMap<u16, Bytes>,
+    /// Topic aliases towards the device (MQTT 5), up to its maximum.
+    out_aliases: HashMap<Topic, u16>,
+    alias_max: u16,
     will: Option<LastWill>,
     peer: Peer,
     _guard: ConnGuard,
@@ -398,6 +403,7 @@ fn envelope(
     response_topic: Option<String>,
     correlation: Option<Bytes>,
     expiry: Option<u32>,
+    format: Option<u8>,
 ) -> Envelope {
     let mut env = Envelope::new(topic, payload)
         .with_qos(hub_qos(qos))
@@ -409,6 +415,9 @@ fn envelope(
     env.correlation = correlation;
     if let Some(e) = expiry {
         env.headers.push((EXPIRY_HEADER.to_owned(), e.to_string()));
+    }
+    if let Some(f) = format {
+        env.headers.push((FORMAT_HEADER.to_owned(), f.to_string()));
     }
     env
 }
@@ -530,6 +539,8 @@ impl Session {
                 .max_packet_size
                 .map(|m| usize::try_from(m).unwrap_or(usize::MAX)),
             aliases: HashMap::new(),
+            out_aliases: HashMap::new(),
+            alias_max: props.topic_alias_max.unwrap_or(0),
             will,
             peer,
             _guard: guard,
@@ -782,6 +793,7 @@ impl Session {
             props.response_topic,
             props.correlation_data,
             props.message_expiry_interval,
+            props.payload_format_indicator,
         );
         let result = if self.broker.enters_hub(&env.topic) {
             self.to_hub(env).await
@@ -1020,12 +1032,13 @@ impl Session {
             user_properties: env
                 .headers
                 .iter()
-                .filter(|(k, _)| k != EXPIRY_HEADER)
+                .filter(|(k, _)| k != EXPIRY_HEADER && k != FORMAT_HEADER)
                 .cloned()
                 .collect(),
             response_topic: env.reply_to.clone(),
             correlation_data: env.correlation.clone(),
             message_expiry_interval: expiry_left(env),
+            payload_format_indicator: env.header(FORMAT_HEADER).and_then(|f| f.parse().ok()),
             subscription_identifiers: out.ids.clone(),
             ..PublishProperties::default()
         });
@@ -1068,6 +1081,24 @@ impl Session {
                     self.broker.ctx.metrics().record_drop();
                     self.broker.ctx.metrics().incr("too_large_for_device");
                     continue;
+                }
+            }
+            let mut p = p;
+            if link.alias_max > 0 {
+                let next = u16::try_from(link.out_aliases.len() + 1).unwrap_or(u16::MAX);
+                let alias = match link.out_aliases.get(&out.env.topic) {
+                    Some(a) => {
+                        p.topic = Bytes::new();
+                        Some(*a)
+                    }
+                    None if next <= link.alias_max => {
+                        link.out_aliases.insert(out.env.topic.clone(), next);
+                        Some(next)
+                    }
+                    None => None,
+                };
+                if let (Some(a), Some(props)) = (alias, p.properties.as_mut()) {
+                    props.topic_alias = Some(a);
                 }
             }
             link.send(&Packet::Publish(p));
@@ -1130,6 +1161,7 @@ impl Session {
             props.response_topic,
             props.correlation_data,
             props.message_expiry_interval,
+            props.payload_format_indicator,
         );
         debug!(adapter = %self.broker.ctx.name(), client_id = %self.id, topic = %env.topic, "Will published.");
         if self.broker.enters_hub(&env.topic) {
