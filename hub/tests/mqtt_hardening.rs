@@ -342,10 +342,13 @@ async fn burst_without_echo(mqtt: &str, mqtt_port: u16) {
         twice.len(),
         &twice[..twice.len().min(5)]
     );
+    // SSE streams are at most once: what did not fit the stream's queue
+    // was dropped and counted, never delivered twice.
+    let dropped = counters(&hub, "http").dropped as usize;
     assert_eq!(
-        counts.len(),
+        counts.len() + dropped,
         BURST,
-        "every post reached the SSE reader once"
+        "every post reached the SSE reader once or was counted as dropped"
     );
     // Only the sentinel came in through MQTT: no echo.
     let text = metrics_text(http_port).await;
@@ -397,8 +400,9 @@ async fn malformed_packets_are_counted_by_reason_and_the_broker_keeps_serving() 
         let mut s = std::net::TcpStream::connect(("127.0.0.1", mqtt_port)).unwrap();
         s.write_all(bytes).unwrap();
     }
-    wait_until("malformed packets counted", TIMEOUT, || {
-        counters(&hub, "mqtt").rejected("malformed_packet") >= 2
+    wait_until("both refusals counted by reason", TIMEOUT, || {
+        let c = counters(&hub, "mqtt");
+        c.rejected("unsupported_protocol_version") >= 1 && c.rejected("malformed_packet") >= 1
     })
     .await;
     // The broker still serves devices.
@@ -418,7 +422,7 @@ async fn malformed_packets_are_counted_by_reason_and_the_broker_keeps_serving() 
             "polyhub_rejected_total",
             "mqtt",
             "reason=\"malformed_packet\""
-        ) >= 2,
+        ) >= 1,
         "{text}"
     );
     hub.shutdown().await.unwrap();

@@ -20,8 +20,8 @@ pub struct MqttConfig {
     /// Exactly one of `url` and `listen`.
     #[serde(default)]
     pub url: Option<String>,
-    /// Address the embedded broker listens on for MQTT 3.1.1 devices, such as
-    /// `0.0.0.0:1883`. Exactly one of `url` and `listen`.
+    /// Address the embedded broker listens on for MQTT 3.1.1 and 5.0 devices,
+    /// such as `0.0.0.0:1883`. Exactly one of `url` and `listen`.
     #[serde(default)]
     pub listen: Option<String>,
     /// Filters taken from MQTT into the hub. Default `["#"]`.
@@ -33,8 +33,10 @@ pub struct MqttConfig {
     /// Client id towards the external broker. Default `polyhub-{adapter name}`.
     #[serde(default)]
     pub client_id: Option<String>,
-    /// PEM file of the CA that signed the broker's certificate (`mqtts://`
-    /// only). Default: the system's trusted roots.
+    /// With `url = "mqtts://…"`: PEM file of the CA that signed the broker's
+    /// certificate (default: the system's trusted roots). With `tls_listen`:
+    /// the CA that signs device certificates, which devices must then
+    /// present (default: no client certificates).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
     /// MQTT keep-alive towards the external broker, in seconds. Default 30.
@@ -59,6 +61,36 @@ pub struct MqttConfig {
     /// Largest payload the embedded broker accepts, in bytes. Default 1 MiB.
     #[serde(default = "default_max_payload")]
     pub max_payload: usize,
+    /// Largest MQTT packet the embedded broker accepts, in bytes (told to
+    /// MQTT 5 devices in CONNACK). Default `max_payload` + 64 KiB.
+    #[serde(default)]
+    pub max_packet_size: Option<usize>,
+    /// Embedded broker: address of an MQTT-over-TLS listener, such as
+    /// `0.0.0.0:8883`; needs `cert` and `key`.
+    #[serde(default)]
+    pub tls_listen: Option<String>,
+    /// PEM certificate chain of `tls_listen`.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `tls_listen`.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// Embedded broker: devices connected at once; past it a connection is
+    /// closed at once and counted. Default 10000.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Embedded broker: messages queued per session (offline, or waiting
+    /// for the device's receive maximum); past it they are dropped and
+    /// counted. Default 1000.
+    #[serde(default = "default_max_queued")]
+    pub max_queued_messages: usize,
+}
+
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_max_queued() -> usize {
+    1000
 }
 
 fn default_filters() -> Vec<String> {
@@ -128,12 +160,31 @@ pub struct ClientSettings {
 /// Settings of the embedded broker.
 #[derive(Debug, Clone)]
 pub struct BrokerSettings {
-    /// MQTT 3.1.1 listener.
+    /// MQTT 3.1.1 and 5.0 TCP listener.
     pub listen: SocketAddr,
+    /// The TLS listener, if any.
+    pub tls: Option<TlsSettings>,
     /// Allowed users; empty means anonymous access.
     pub users: BTreeMap<String, String>,
-    /// Largest accepted payload.
-    pub max_payload: usize,
+    /// Largest accepted packet.
+    pub max_packet: usize,
+    /// Connections at once.
+    pub max_connections: usize,
+    /// Messages queued per session.
+    pub max_queued_messages: usize,
+}
+
+/// The embedded broker's TLS listener.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    /// Address.
+    pub listen: SocketAddr,
+    /// Certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Private key (PEM).
+    pub key: PathBuf,
+    /// CA of client certificates; `None`: none asked for.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Settings {
@@ -235,6 +286,19 @@ fn client_settings(name: &str, url: &str, raw: &MqttConfig) -> Result<ClientSett
             "`users` belongs to the embedded broker (`listen`); put the broker's user in `url`",
         ));
     }
+    for (key, set) in [
+        ("tls_listen", raw.tls_listen.is_some()),
+        ("cert", raw.cert.is_some()),
+        ("key", raw.key.is_some()),
+        ("max_packet_size", raw.max_packet_size.is_some()),
+    ] {
+        if set {
+            return Err(ConfigError::key(
+                key,
+                format!("`{key}` belongs to the embedded broker (`listen`), not to `url`"),
+            ));
+        }
+    }
     if raw.keep_alive_secs < 5 {
         return Err(ConfigError::key(
             "keep_alive_secs",
@@ -287,7 +351,7 @@ fn broker_settings(listen: &str, raw: &MqttConfig) -> Result<BrokerSettings, Con
     let listen = socket_addr("listen", listen)?;
     for (key, set) in [
         ("client_id", raw.client_id.is_some()),
-        ("ca_file", raw.ca_file.is_some()),
+        ("ca_file", raw.ca_file.is_some() && raw.tls_listen.is_none()),
     ] {
         if set {
             return Err(ConfigError::key(
@@ -301,10 +365,72 @@ fn broker_settings(listen: &str, raw: &MqttConfig) -> Result<BrokerSettings, Con
     if raw.max_payload == 0 {
         return Err(ConfigError::key("max_payload", "must be at least 1"));
     }
+    let max_packet = raw
+        .max_packet_size
+        .unwrap_or(raw.max_payload.saturating_add(64 << 10));
+    if !(16..=268_435_455).contains(&max_packet) {
+        return Err(ConfigError::key(
+            "max_packet_size",
+            "must be 16 to 268435455 bytes (MQTT's largest packet)",
+        ));
+    }
+    if raw.max_connections == 0 {
+        return Err(ConfigError::key("max_connections", "must be at least 1"));
+    }
+    if raw.max_queued_messages == 0 {
+        return Err(ConfigError::key(
+            "max_queued_messages",
+            "must be at least 1",
+        ));
+    }
+    let tls = match &raw.tls_listen {
+        None => {
+            for (key, set) in [("cert", raw.cert.is_some()), ("key", raw.key.is_some())] {
+                if set {
+                    return Err(ConfigError::key(
+                        key,
+                        format!("`{key}` needs `tls_listen = \"0.0.0.0:8883\"`"),
+                    ));
+                }
+            }
+            None
+        }
+        Some(addr) => {
+            let tls_listen = socket_addr("tls_listen", addr)?;
+            let file = |key: &str, p: &Option<PathBuf>| -> Result<PathBuf, ConfigError> {
+                match p {
+                    Some(p) if p.is_file() => Ok(p.clone()),
+                    Some(p) => Err(ConfigError::key(
+                        key,
+                        format!("`{}` is not a readable file", p.display()),
+                    )),
+                    None => Err(ConfigError::key(
+                        key,
+                        format!("`tls_listen` needs `{key}` (a PEM file)"),
+                    )),
+                }
+            };
+            let cert = file("cert", &raw.cert)?;
+            let key = file("key", &raw.key)?;
+            let ca_file = match &raw.ca_file {
+                Some(_) => Some(file("ca_file", &raw.ca_file)?),
+                None => None,
+            };
+            Some(TlsSettings {
+                listen: tls_listen,
+                cert,
+                key,
+                ca_file,
+            })
+        }
+    };
     Ok(BrokerSettings {
         listen,
+        tls,
         users: raw.users.clone(),
-        max_payload: raw.max_payload,
+        max_packet,
+        max_connections: raw.max_connections,
+        max_queued_messages: raw.max_queued_messages,
     })
 }
 
