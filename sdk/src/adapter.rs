@@ -225,7 +225,7 @@ pub trait HubLink: Send + Sync + 'static {
             .unwrap_or_default()
             .into_iter()
             .filter(|e| e.topic.as_str().starts_with(prefix))
-            .filter(|e| after.is_none_or(|a| e.topic.as_str() > a))
+            .filter(|e| after.map_or(true, |a| e.topic.as_str() > a))
             .collect();
         page.sort_by(|a, b| a.topic.cmp(&b.topic));
         page.truncate(limit);

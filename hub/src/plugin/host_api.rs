@@ -556,12 +556,11 @@ unsafe extern "C" fn host_add_metrics(ctx: HostCtx, delta: *const MetricsDelta) 
             // SAFETY: `named_len` counters lent for the call.
             for c in unsafe { std::slice::from_raw_parts(d.named, d.named_len) } {
                 // SAFETY: lent for the call.
-                match unsafe { c.name.str() } {
-                    Some(name) => match name.strip_prefix(polyhub_sdk::REJECTED_PREFIX) {
+                if let Some(name) = unsafe { c.name.str() } {
+                    match name.strip_prefix(polyhub_sdk::REJECTED_PREFIX) {
                         Some(reason) => m.add_rejected(reason, c.value.min(MAX_DELTA)),
                         None => m.add(name, c.value),
-                    },
-                    None => {}
+                    }
                 }
             }
         }

@@ -87,6 +87,8 @@ impl StrView {
     }
 
     /// Borrows `s`.
+    // Not `FromStr`: the view borrows `s`, it does not parse it.
+    #[allow(clippy::should_implement_trait)]
     pub fn from_str(s: &str) -> Self {
         Self::new(s.as_bytes())
     }

@@ -106,6 +106,9 @@ impl Drop for HostHandle {
     }
 }
 
+/// Where a delivered envelope goes, and the envelope.
+type Delivery = (mpsc::Sender<Arc<Envelope>>, Envelope);
+
 struct SubSlot {
     host_id: u64,
     tx: mpsc::Sender<Arc<Envelope>>,
@@ -141,7 +144,7 @@ impl PluginLink {
         &self,
         token: u64,
         view: *const EnvelopeView,
-    ) -> Option<Result<(mpsc::Sender<Arc<Envelope>>, Envelope), ViewError>> {
+    ) -> Option<Result<Delivery, ViewError>> {
         let mut subs = self.subs.lock();
         let slot = subs.get_mut(&token)?;
         // SAFETY: forwarded.

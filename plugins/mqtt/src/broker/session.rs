@@ -796,7 +796,7 @@ impl Session {
             props.payload_format_indicator,
         );
         let result = if self.broker.enters_hub(&env.topic) {
-            self.to_hub(env).await
+            self.publish_to_hub(env).await
         } else {
             self.broker.local_fanout(Arc::new(env));
             Ok(())
@@ -834,7 +834,7 @@ impl Session {
 
     /// Publishes into the hub, still draining this session's subscription
     /// meanwhile (the hub may be waiting for exactly that queue).
-    async fn to_hub(&mut self, env: Envelope) -> Result<(), PublishError> {
+    async fn publish_to_hub(&mut self, env: Envelope) -> Result<(), PublishError> {
         let ctx = self.broker.ctx.clone();
         let fut = ctx.publish(env);
         tokio::pin!(fut);
@@ -1165,7 +1165,7 @@ impl Session {
         );
         debug!(adapter = %self.broker.ctx.name(), client_id = %self.id, topic = %env.topic, "Will published.");
         if self.broker.enters_hub(&env.topic) {
-            let _ = self.to_hub(env).await;
+            let _ = self.publish_to_hub(env).await;
         } else {
             self.broker.local_fanout(Arc::new(env));
         }
@@ -1234,6 +1234,6 @@ trait PropsDefault {
 
 impl PropsDefault for Option<rumqttc::v5::mqttbytes::v5::ConnectProperties> {
     fn unwrap_or_default_props(self) -> rumqttc::v5::mqttbytes::v5::ConnectProperties {
-        self.unwrap_or_else(rumqttc::v5::mqttbytes::v5::ConnectProperties::new)
+        self.unwrap_or_default()
     }
 }
