@@ -432,7 +432,7 @@ async fn run_protocol(
         bar.set_message(format!("{protocol} {size} B"));
         warm_up(&mut pair, &mut seq, base, size).await?;
 
-        let cpu0 = stats::hub_cpu_time();
+        let cpu0 = stats::hub_cpu_sample();
         let before_pub = pub_relay.meter.snapshot();
         let before_sub = sub_relay.meter.snapshot();
         let (delivered, mut latencies) =
@@ -442,7 +442,7 @@ async fn run_protocol(
         let sub_leg = sub_relay.meter.snapshot().since(&before_sub);
         let (burst_delivered, throughput) =
             burst(&mut pair, &mut seq, base, size, options.messages).await?;
-        let cpu = stats::hub_cpu_time().saturating_sub(cpu0);
+        let cpu = stats::hub_cpu_sample().since(&cpu0);
         if delivered == 0 {
             return Err(CompareError::Timeout(format!(
                 "no message of {size} B arrived"

@@ -41,11 +41,33 @@ pub fn percentiles(samples: &mut [Duration]) -> Percentiles {
 /// CPU time used so far by every thread of this process that is not a
 /// compare client thread (and not the main thread, which only drives them).
 pub fn hub_cpu_time() -> Duration {
+    hub_cpu_sample().0.values().sum()
+}
+
+/// CPU time so far of each hub thread (see [`hub_cpu_time`]), by thread id.
+#[derive(Debug, Clone, Default)]
+pub struct CpuSample(std::collections::HashMap<i32, Duration>);
+
+impl CpuSample {
+    /// CPU time the hub's threads used between `earlier` and this sample,
+    /// thread by thread: a thread that ended in between (a blocking-pool
+    /// worker, a connection thread) cannot make the difference negative,
+    /// as a difference of two process-wide sums would.
+    pub fn since(&self, earlier: &CpuSample) -> Duration {
+        self.0
+            .iter()
+            .map(|(tid, now)| now.saturating_sub(earlier.0.get(tid).copied().unwrap_or_default()))
+            .sum()
+    }
+}
+
+/// Reads [`CpuSample`] now.
+pub fn hub_cpu_sample() -> CpuSample {
     let pid = std::process::id();
+    let mut sample = CpuSample::default();
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return Duration::ZERO;
+        return sample;
     };
-    let mut total = Duration::ZERO;
     for task in tasks.flatten() {
         let Some(tid) = task
             .file_name()
@@ -61,9 +83,9 @@ pub fn hub_cpu_time() -> Duration {
         if comm.starts_with(CLIENT_THREAD_PREFIX) {
             continue;
         }
-        total += thread_cpu_time(tid);
+        sample.0.insert(tid, thread_cpu_time(tid));
     }
-    total
+    sample
 }
 
 /// CPU time of thread `tid` of this process (Linux per-thread CPU clock:
