@@ -55,7 +55,7 @@ impl XmppAdapter {
 #[async_trait::async_trait]
 impl Adapter for XmppAdapter {
     async fn run(self: Box<Self>, ctx: AdapterContext) -> Result<(), AdapterError> {
-        let connector = Connector::new(self.settings.clone(), Some(ctx.metrics().clone()))
+        let connector = Connector::new(self.settings.clone(), Some(ctx.clone()))
             .map_err(AdapterError::protocol)?;
         let (status_tx, status_rx) = mpsc::channel(16);
         let stream = StanzaStream::new(
@@ -227,7 +227,11 @@ impl Session {
 
     async fn refuse(&mut self, to: Jid, id: Option<xmpp_parsers::message::Id>) {
         self.ctx.metrics().incr("rejected_senders");
-        self.ctx.metrics().record_rejected("not_allowed");
+        self.ctx.reject(
+            "not_allowed",
+            Some(&to.to_string()),
+            &"sender not in `allow`",
+        );
         let mut m = Message::new_with_type(MessageType::Error, Some(to));
         m.id = id;
         m.payloads.push(
@@ -414,7 +418,11 @@ impl Session {
                     self.send(Presence::subscribe().with_to(bare)).await;
                 } else {
                     self.ctx.metrics().incr("rejected_senders");
-                    self.ctx.metrics().record_rejected("not_allowed");
+                    self.ctx.reject(
+                        "not_allowed",
+                        Some(&bare.to_string()),
+                        &"presence subscription from a sender not in `allow`",
+                    );
                     self.send(Presence::new(PresenceType::Unsubscribed).with_to(bare))
                         .await;
                 }
@@ -465,7 +473,11 @@ impl Session {
                         }
                         _ => {
                             self.ctx.metrics().incr("rejected_senders");
-                            self.ctx.metrics().record_rejected("not_allowed");
+                            self.ctx.reject(
+                                "not_allowed",
+                                from.as_ref().map(|f| f.to_string()).as_deref(),
+                                &"control IQ from a sender not in `allow`",
+                            );
                             error(from, id, ErrorType::Auth, DefinedCondition::Forbidden)
                         }
                     }

@@ -24,8 +24,8 @@ use xmpp_parsers::{ns, starttls};
 
 use crate::config::{Settings, TlsMode};
 use crate::error::XmppError;
-use crate::stanza_guard::GuardedIo;
-use polyhub_sdk::AdapterMetrics;
+use crate::stanza_guard::{GuardedIo, OnRefusal};
+use polyhub_sdk::AdapterContext;
 
 /// Longest a TCP connect may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -36,7 +36,7 @@ pub struct Connector {
     settings: Arc<Settings>,
     tls: Option<Arc<ClientConfig>>,
     timeouts: Timeouts,
-    metrics: Option<Arc<AdapterMetrics>>,
+    on_refusal: OnRefusal,
 }
 
 impl std::fmt::Debug for Connector {
@@ -51,11 +51,8 @@ impl std::fmt::Debug for Connector {
 
 impl Connector {
     /// Prepares the TLS configuration (reads `ca_file` and the system roots).
-    /// Stanzas the guard refuses are counted on `metrics`.
-    pub fn new(
-        settings: Arc<Settings>,
-        metrics: Option<Arc<AdapterMetrics>>,
-    ) -> Result<Self, XmppError> {
+    /// Stanzas the guard refuses are counted and logged on `ctx`.
+    pub fn new(settings: Arc<Settings>, ctx: Option<AdapterContext>) -> Result<Self, XmppError> {
         let tls = match settings.tls {
             TlsMode::None => None,
             TlsMode::Starttls => Some(Arc::new(tls_config(&settings)?)),
@@ -68,7 +65,11 @@ impl Connector {
                 read_timeout: Duration::from_secs(60),
                 response_timeout: Duration::from_secs(30),
             },
-            metrics,
+            on_refusal: Arc::new(move |why| {
+                if let Some(ctx) = &ctx {
+                    ctx.reject(why.reason(), None, &"XMPP stanza refused before parsing");
+                }
+            }),
         })
     }
 
@@ -151,7 +152,7 @@ impl Connector {
 
     /// The stream every stanza is read from: see [`crate::stanza_guard`].
     fn guarded<Io>(&self, io: Io) -> GuardedIo<Io> {
-        GuardedIo::new(io, self.settings.limits, self.metrics.clone())
+        GuardedIo::new(io, self.settings.limits, self.on_refusal.clone())
     }
 
     /// SASL, stream restart, features: the stream is then ready for binding.

@@ -39,7 +39,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use polyhub_sdk::AdapterMetrics;
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
 
 /// rxml's default `max_token_length`: a name or attribute value this long or
@@ -649,18 +648,22 @@ pub struct GuardedIo<Io> {
     guard: StanzaGuard,
     out: Vec<u8>,
     pos: usize,
-    metrics: Option<Arc<AdapterMetrics>>,
+    on_refusal: OnRefusal,
 }
 
+/// What a [`GuardedIo`] calls for each refused stanza (the adapter counts
+/// and logs it with `AdapterContext::reject`).
+pub type OnRefusal = Arc<dyn Fn(Refusal) + Send + Sync>;
+
 impl<Io> GuardedIo<Io> {
-    /// Wraps `inner`; `metrics` gets one `record_rejected` per refusal.
-    pub fn new(inner: Io, limits: Limits, metrics: Option<Arc<AdapterMetrics>>) -> Self {
+    /// Wraps `inner`; `on_refusal` is called once per refused stanza.
+    pub fn new(inner: Io, limits: Limits, on_refusal: OnRefusal) -> Self {
         GuardedIo {
             inner,
             guard: StanzaGuard::new(limits),
             out: Vec::new(),
             pos: 0,
-            metrics,
+            on_refusal,
         }
     }
 }
@@ -676,16 +679,8 @@ impl<Io: AsyncBufRead + Unpin> AsyncBufRead for GuardedIo<Io> {
                 break;
             }
             let n = data.len();
-            let metrics = &this.metrics;
-            let mut count = |why: Refusal| {
-                tracing::warn!(
-                    reason = why.reason(),
-                    "Refused an XMPP stanza before parsing."
-                );
-                if let Some(m) = metrics {
-                    m.record_rejected(why.reason());
-                }
-            };
+            let on_refusal = &this.on_refusal;
+            let mut count = |why: Refusal| on_refusal(why);
             let result = this.guard.feed(data, &mut this.out, &mut count);
             Pin::new(&mut this.inner).consume(n);
             result.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
