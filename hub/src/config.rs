@@ -57,6 +57,23 @@ impl Default for HubSection {
     }
 }
 
+/// `[admin]`: the admin API and dashboard listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    /// Address of the admin listener (HTTP). Loopback by default: the admin
+    /// API has no authentication yet, so anyone who reaches it can publish.
+    #[serde(default = "default_admin_bind")]
+    pub bind: String,
+}
+
+fn default_admin_bind() -> String {
+    "127.0.0.1:9090".to_owned()
+}
+
+/// Name of the internal client the admin publishes as.
+pub const ADMIN_ADAPTER: &str = "admin";
+
 /// One `[[adapters]]` entry as written.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -107,6 +124,9 @@ pub struct RawConfig {
     /// `[[routes]]`.
     #[serde(default)]
     pub routes: Vec<RouteEntry>,
+    /// `[admin]`, optional.
+    #[serde(default)]
+    pub admin: Option<AdminSection>,
 }
 
 /// An adapter ready to start.
@@ -139,6 +159,8 @@ pub struct Config {
     pub adapters: Vec<PreparedAdapter>,
     /// Routes, in file order.
     pub routes: Vec<Route>,
+    /// The admin listener's address, when `[admin]` is present.
+    pub admin: Option<std::net::SocketAddr>,
 }
 
 /// One problem found in a config file.
@@ -234,6 +256,24 @@ impl Config {
             });
         }
 
+        let admin = match &raw.admin {
+            None => None,
+            Some(a) => match a.bind.parse::<std::net::SocketAddr>() {
+                Ok(addr) => Some(addr),
+                Err(e) => {
+                    problems.push(Problem {
+                        adapter: None,
+                        key: Some("admin.bind".into()),
+                        message: format!(
+                            "`{}` is not an address: {e}; expected ip:port such as \"127.0.0.1:9090\"",
+                            a.bind
+                        ),
+                    });
+                    None
+                }
+            },
+        };
+
         let mut names = HashSet::new();
         let mut adapters = Vec::new();
         for (i, entry) in raw.adapters.into_iter().enumerate() {
@@ -258,6 +298,13 @@ impl Config {
                         "`{}` is reserved for [[routes]]",
                         crate::hub::ROUTES_ADAPTER
                     ),
+                ));
+                continue;
+            }
+            if raw.admin.is_some() && entry.name == ADMIN_ADAPTER {
+                problems.push(problem(
+                    Some("name"),
+                    format!("`{ADMIN_ADAPTER}` is reserved for the [admin] listener's publishes"),
                 ));
                 continue;
             }
@@ -355,6 +402,7 @@ impl Config {
                 hub,
                 adapters,
                 routes,
+                admin,
             })
         } else {
             Err(ConfigFileError::Invalid {

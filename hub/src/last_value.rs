@@ -97,6 +97,14 @@ impl LastValueStore {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Calls `f` with every topic's last value, in no order, under the
+    /// store's read lock (keep `f` short).
+    pub fn for_each_last(&self, mut f: impl FnMut(&Arc<Envelope>)) {
+        for s in self.slots.read().values() {
+            f(&s.last);
+        }
+    }
 }
 
 #[cfg(test)]

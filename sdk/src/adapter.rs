@@ -18,6 +18,7 @@ use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::clients::{ClientHandle, ClientInfo, ClientRegistry};
 use crate::config::{AdapterConfig, ConfigError};
 use crate::envelope::{Envelope, Origin};
 use crate::metrics::{AdapterMetrics, HubSnapshot};
@@ -205,6 +206,25 @@ pub trait HubLink: Send + Sync + 'static {
     fn set_state(&self, state: AdapterState, reason: Option<String>);
     /// State and counters of the whole hub.
     fn snapshot(&self) -> HubSnapshot;
+    /// The hub's registry of connected devices; `None` where the link has
+    /// none (handles are then detached: they count, nobody lists them).
+    fn clients(&self) -> Option<Arc<ClientRegistry>> {
+        None
+    }
+    /// Up to `limit` last values whose topic starts with `prefix` and sorts
+    /// after `after`, in topic order. The default filters
+    /// [`HubLink::last_values`] of `#`; the hub answers from its store.
+    fn topics_page(&self, prefix: &str, after: Option<&str>, limit: usize) -> Vec<Arc<Envelope>> {
+        let Ok(all) = TopicFilter::new("#") else {
+            return Vec::new();
+        };
+        self.last_values(&all)
+            .into_iter()
+            .filter(|e| e.topic.as_str().starts_with(prefix))
+            .filter(|e| after.map_or(true, |a| e.topic.as_str() > a))
+            .take(limit)
+            .collect()
+    }
 }
 
 /// What a running adapter gets from the hub.
@@ -355,6 +375,26 @@ impl AdapterContext {
     /// State and counters of the whole hub.
     pub fn snapshot(&self) -> HubSnapshot {
         self.link.snapshot()
+    }
+
+    /// Reports a connected device (listed on the admin's `/api/clients`)
+    /// until the returned handle is dropped; count its messages on the handle.
+    pub fn client_connected(&self, info: ClientInfo) -> ClientHandle {
+        match self.link.clients() {
+            Some(registry) => registry.register(self.name.clone(), info),
+            None => ClientHandle::detached(self.name.clone(), info),
+        }
+    }
+
+    /// Up to `limit` last values whose topic starts with `prefix` and sorts
+    /// after `after`, in topic order (a paged topic listing).
+    pub fn topics_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Vec<Arc<Envelope>> {
+        self.link.topics_page(prefix, after, limit)
     }
 
     /// Cancelled when the hub shuts down.
