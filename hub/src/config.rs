@@ -274,6 +274,7 @@ impl Config {
             },
         };
 
+        let raw_adapter_count = raw.adapters.len();
         let mut names = HashSet::new();
         let mut adapters = Vec::new();
         for (i, entry) in raw.adapters.into_iter().enumerate() {
@@ -384,6 +385,18 @@ impl Config {
             }
         }
 
+        if raw_adapter_count == 0 {
+            problems.push(Problem {
+                adapter: None,
+                key: Some("adapters".into()),
+                message: "no [[adapters]] configured, so the hub would do nothing; add one, e.g. \
+                          [[adapters]] name = \"http\" type = \"http\" with \
+                          [adapters.config] bind = \"127.0.0.1:8080\" (see polyhub.toml)"
+                    .into(),
+            });
+        }
+        problems.extend(port_conflicts(&adapters, admin));
+
         let mut routes = Vec::new();
         for (i, r) in raw.routes.iter().enumerate() {
             match Route::new(&r.from, &r.to) {
@@ -411,6 +424,80 @@ impl Config {
             })
         }
     }
+}
+
+/// One listening socket a config asks for.
+struct Listener {
+    owner: Option<String>,
+    key: String,
+    addr: std::net::SocketAddr,
+    udp: bool,
+}
+
+/// The listening addresses of an adapter's table: keys `bind`, `listen` and
+/// `*_bind`, `*_listen` whose value is an `ip:port` (port 0 left out).
+fn listeners(entry: &AdapterEntry, kind: &str) -> Vec<Listener> {
+    entry
+        .config
+        .iter()
+        .filter(|(k, _)| {
+            *k == "bind" || *k == "listen" || k.ends_with("_bind") || k.ends_with("_listen")
+        })
+        .filter_map(|(k, v)| {
+            let addr: std::net::SocketAddr = v.as_str()?.parse().ok()?;
+            (addr.port() != 0).then(|| Listener {
+                owner: Some(entry.name.clone()),
+                key: format!("config.{k}"),
+                addr,
+                udp: kind == "coap" || k.starts_with("dtls"),
+            })
+        })
+        .collect()
+}
+
+/// Two listeners of this config on one port (same transport, and the same
+/// address or either on all addresses): one problem naming both.
+fn port_conflicts(
+    adapters: &[PreparedAdapter],
+    admin: Option<std::net::SocketAddr>,
+) -> Vec<Problem> {
+    let mut all: Vec<Listener> = admin
+        .filter(|a| a.port() != 0)
+        .map(|addr| Listener {
+            owner: None,
+            key: "admin.bind".into(),
+            addr,
+            udp: false,
+        })
+        .into_iter()
+        .collect();
+    all.extend(adapters.iter().flat_map(|a| listeners(&a.entry, &a.kind)));
+    let mut problems = Vec::new();
+    for (i, b) in all.iter().enumerate() {
+        let Some(a) = all[..i].iter().find(|a| {
+            a.udp == b.udp
+                && a.addr.port() == b.addr.port()
+                && (a.addr.ip() == b.addr.ip()
+                    || a.addr.ip().is_unspecified()
+                    || b.addr.ip().is_unspecified())
+        }) else {
+            continue;
+        };
+        let first = match &a.owner {
+            Some(name) => format!("adapter \"{name}\" (`{}` = \"{}\")", a.key, a.addr),
+            None => format!("[admin] (`{}` = \"{}\")", a.key, a.addr),
+        };
+        problems.push(Problem {
+            adapter: b.owner.clone(),
+            key: Some(b.key.clone()),
+            message: format!(
+                "port {}/{} is also taken by {first}; two listeners cannot share a port: give one of them another port",
+                b.addr.port(),
+                if b.udp { "udp" } else { "tcp" },
+            ),
+        });
+    }
+    problems
 }
 
 #[cfg(test)]
@@ -548,6 +635,51 @@ mod tests {
         ] {
             assert!(parse(text).is_err(), "{text:?} should fail");
         }
+    }
+
+    #[test]
+    fn a_config_without_adapters_is_refused() {
+        let e = err("[hub]\nname = \"h\"\n");
+        assert!(e.contains("no [[adapters]] configured"), "{e}");
+        assert!(err("").contains("no [[adapters]] configured"));
+    }
+
+    #[test]
+    fn two_listeners_on_one_port_are_refused_naming_both() {
+        let e = err(
+            "[[adapters]]\nname = \"a\"\ntype = \"demo\"\nconfig = { listen = \"0.0.0.0:8080\" }\n\
+             [[adapters]]\nname = \"b\"\ntype = \"demo\"\nconfig = { listen = \"127.0.0.1:8080\" }\n",
+        );
+        assert!(e.contains("adapter \"b\": key `config.listen`"), "{e}");
+        assert!(
+            e.contains("port 8080/tcp is also taken by adapter \"a\""),
+            "{e}"
+        );
+        let e = err(
+            "[admin]\nbind = \"127.0.0.1:9090\"\n\
+             [[adapters]]\nname = \"a\"\ntype = \"demo\"\nconfig = { listen = \"127.0.0.1:9090\" }\n",
+        );
+        assert!(e.contains("also taken by [admin]"), "{e}");
+        // Other ports, or other addresses, are fine.
+        parse(
+            "[[adapters]]\nname = \"a\"\ntype = \"demo\"\nconfig = { listen = \"127.0.0.1:8080\" }\n\
+             [[adapters]]\nname = \"b\"\ntype = \"demo\"\nconfig = { listen = \"127.0.0.2:8080\" }\n\
+             [[adapters]]\nname = \"c\"\ntype = \"demo\"\nconfig = { listen = \"127.0.0.1:0\" }\n\
+             [[adapters]]\nname = \"d\"\ntype = \"demo\"\nconfig = { listen = \"127.0.0.1:0\" }\n",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn admin_section_is_checked() {
+        let e = err("[admin]\nbind = \"nowhere\"\n[[adapters]]\nname = \"admin\"\ntype = \"demo\"\nconfig = { listen = \"x\" }\n");
+        assert!(e.contains("key `admin.bind`"), "{e}");
+        assert!(e.contains("reserved for the [admin] listener"), "{e}");
+        let c = parse(
+            "[admin]\n[[adapters]]\nname = \"d\"\ntype = \"demo\"\nconfig = { listen = \"x\" }\n",
+        )
+        .unwrap();
+        assert_eq!(c.admin, Some("127.0.0.1:9090".parse().unwrap()));
     }
 
     #[test]
