@@ -7,5 +7,5 @@ command -v npm >/dev/null 2>&1 || apt_install npm
 apt_install chromium
 if [[ ! -e hub/tests/browser/node_modules/playwright-core/package.json ]]; then
   log "installing playwright-core into hub/tests/browser/node_modules"
-  (cd hub/tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm install --no-audit --no-fund --silent)
+  (cd hub/tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --silent)
 fi
