@@ -84,7 +84,8 @@ impl ClientRegistry {
 
     /// Registers a device of `adapter`; the handle deregisters it on drop.
     pub fn register(self: &Arc<Self>, adapter: Arc<str>, info: ClientInfo) -> ClientHandle {
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        // Ids start at 1: 0 is "before the first" for paging.
+        let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         let entry = Arc::new(Entry {
             adapter,
             info,
