@@ -31,6 +31,15 @@ pub struct HubSection {
     /// How long start-up waits for every adapter to be up or down, in milliseconds.
     #[serde(default = "default_startup_timeout_ms")]
     pub startup_timeout_ms: u64,
+    /// Most topics the last-value store keeps. Past it the least recently
+    /// updated topic without a retained value is evicted; when only retained
+    /// values are left, a retained publish on a new topic is refused.
+    #[serde(default = "default_max_topics")]
+    pub max_topics: usize,
+}
+
+fn default_max_topics() -> usize {
+    crate::last_value::DEFAULT_MAX_TOPICS
 }
 
 fn default_name() -> String {
@@ -53,6 +62,7 @@ impl Default for HubSection {
             queue_depth: default_queue_depth(),
             drain_timeout_ms: default_drain_timeout_ms(),
             startup_timeout_ms: default_startup_timeout_ms(),
+            max_topics: default_max_topics(),
         }
     }
 }
@@ -241,6 +251,13 @@ impl Config {
         })?;
         let mut problems = Vec::new();
         let hub = raw.hub;
+        if hub.max_topics == 0 {
+            problems.push(Problem {
+                adapter: None,
+                key: Some("hub.max_topics".into()),
+                message: "must be at least 1".into(),
+            });
+        }
         if hub.queue_depth == 0 {
             problems.push(Problem {
                 adapter: None,

@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::config::Config;
+use crate::last_value::LastValueStore;
 use crate::router::Router;
 
 /// Name of the internal subscriber that runs `[[routes]]`.
@@ -127,6 +128,8 @@ impl Shared {
             routing_latency: self.router.latency(),
             topics: self.router.store().len(),
             subscriptions: self.router.subscription_count(),
+            last_value_evictions: self.router.store().evictions(),
+            retained_quota_refusals: self.router.store().refusals(),
         }
     }
 
@@ -218,6 +221,10 @@ impl HubLink for Link {
         self.shared.router.store().matching(filter)
     }
 
+    fn topics_page(&self, prefix: &str, after: Option<&str>, limit: usize) -> Vec<Arc<Envelope>> {
+        self.shared.router.store().page(prefix, after, limit)
+    }
+
     fn retained(&self, filter: &TopicFilter) -> Vec<Arc<Envelope>> {
         self.shared.router.store().retained(filter)
     }
@@ -232,10 +239,6 @@ impl HubLink for Link {
 
     fn clients(&self) -> Option<Arc<ClientRegistry>> {
         Some(self.shared.clients.clone())
-    }
-
-    fn topics_page(&self, prefix: &str, after: Option<&str>, limit: usize) -> Vec<Arc<Envelope>> {
-        crate::admin::topics::page(&self.shared.router, prefix, after, limit)
     }
 }
 
@@ -254,7 +257,10 @@ impl Hub {
     /// timeout) until each adapter is up or down. An adapter that fails
     /// before it was ever up stops the whole start with its error.
     pub async fn start(config: Config) -> Result<Hub, HubError> {
-        let router = Arc::new(Router::new(config.hub.queue_depth));
+        let router = Arc::new(Router::with_store(
+            config.hub.queue_depth,
+            LastValueStore::new(config.hub.max_topics),
+        ));
         let shared = Arc::new(Shared {
             name: config.hub.name.clone(),
             router,

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use ahash::AHashMap;
 use parking_lot::{Mutex, RwLock};
 use polyhub_sdk::{
-    AdapterMetrics, Envelope, HistogramSnapshot, MessageId, PublishError, SubscribeError,
+    AdapterMetrics, Envelope, HistogramSnapshot, MessageId, PublishError, QoS, SubscribeError,
     SubscribeOptions, SubscriptionId, Topic, TopicFilter,
 };
 use tokio::sync::mpsc;
@@ -30,6 +30,9 @@ pub(crate) struct SubEntry {
     /// Whether it also receives envelopes its own adapter published
     /// (otherwise they are never handed back: no echo).
     include_own: bool,
+    /// Whether a full queue drops whatever the envelope's QoS
+    /// (`SubscribeOptions::max_qos` at QoS 0).
+    lossy: bool,
     tx: mpsc::Sender<Arc<Envelope>>,
     metrics: Arc<AdapterMetrics>,
     /// Set while the subscription has more than one filter, so that an
@@ -126,13 +129,18 @@ pub struct Router {
 
 impl Router {
     /// A router whose subscriptions queue `default_depth` envelopes unless
-    /// told otherwise.
+    /// told otherwise, with a last-value store of the default size.
     pub fn new(default_depth: usize) -> Self {
+        Router::with_store(default_depth, LastValueStore::default())
+    }
+
+    /// A router with the given last-value store.
+    pub fn with_store(default_depth: usize, store: LastValueStore) -> Self {
         Router {
             trie: RwLock::new(TopicTrie::new()),
             subs: Mutex::new(AHashMap::new()),
             next_id: AtomicU64::new(1),
-            store: LastValueStore::default(),
+            store,
             latency: LatencyHistogram::new(),
             default_depth: default_depth.max(1),
             closed: AtomicBool::new(false),
@@ -167,8 +175,10 @@ impl Router {
         envelope.id = MessageId::generate();
         envelope.timestamp = SystemTime::now();
         let envelope = Arc::new(envelope);
+        if self.store.update(&envelope).is_err() {
+            return Err(PublishError::Quota);
+        }
         publisher.record_in();
-        self.store.update(&envelope);
 
         let mut waiting: Vec<Arc<SubEntry>> = Vec::new();
         {
@@ -190,7 +200,7 @@ impl Router {
                 match entry.tx.try_send(envelope.clone()) {
                     Ok(()) => entry.metrics.record_out(),
                     Err(mpsc::error::TrySendError::Full(_)) => {
-                        if envelope.qos.is_acknowledged() {
+                        if envelope.qos.is_acknowledged() && !entry.lossy {
                             waiting.push(entry.clone());
                         } else {
                             entry.metrics.record_drop();
@@ -225,7 +235,7 @@ impl Router {
     ) -> Result<(SubscriptionId, mpsc::Receiver<Arc<Envelope>>), SubscribeError> {
         let options = SubscribeOptions {
             depth,
-            include_own: false,
+            ..SubscribeOptions::default()
         };
         self.subscribe_with(adapter, metrics, filters, options)
     }
@@ -254,6 +264,7 @@ impl Router {
             id,
             adapter,
             include_own: options.include_own,
+            lossy: options.max_qos == Some(QoS::AtMostOnce),
             tx,
             metrics,
             multi: AtomicBool::new(unique.len() > 1),
@@ -418,8 +429,8 @@ mod tests {
         let pm = AdapterMetrics::default();
         let m = Arc::new(AdapterMetrics::default());
         let options = SubscribeOptions {
-            depth: None,
             include_own: true,
+            ..SubscribeOptions::default()
         };
         let (_id, mut rx) = r
             .subscribe_with(Arc::from("a"), m, &[f("t/#")], options)
@@ -517,5 +528,53 @@ mod tests {
             r.publish(env("x", "z", QoS::AtMostOnce), &pm).await,
             Err(PublishError::Closed)
         );
+    }
+
+    #[tokio::test]
+    async fn a_full_qos0_subscription_drops_qos1_envelopes_instead_of_stalling_the_publisher() {
+        let r = Router::new(8);
+        let pm = AdapterMetrics::default();
+        let lossy_metrics = Arc::new(AdapterMetrics::default());
+        let options = SubscribeOptions {
+            depth: Some(1),
+            max_qos: Some(QoS::AtMostOnce),
+            ..SubscribeOptions::default()
+        };
+        let (_slow, _slow_rx) = r
+            .subscribe_with(
+                Arc::from("slow"),
+                lossy_metrics.clone(),
+                &[f("t/#")],
+                options,
+            )
+            .unwrap();
+        let (_fast, mut fast_rx, _) = sub(&r, "fast", &["t/#"], 16);
+        for i in 0..5 {
+            let publish = r.publish(env(&format!("t/{i}"), "x", QoS::AtLeastOnce), &pm);
+            tokio::time::timeout(Duration::from_secs(5), publish)
+                .await
+                .expect("a QoS 0 subscriber never makes a QoS 1 publisher wait")
+                .unwrap();
+        }
+        assert_eq!(lossy_metrics.snapshot().dropped, 4);
+        for _ in 0..5 {
+            assert!(fast_rx.try_recv().is_ok());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_retained_publish_past_the_quota_is_refused_and_not_routed() {
+        let r = Router::with_store(8, LastValueStore::new(1));
+        let pm = AdapterMetrics::default();
+        let (_b, mut rx, _) = sub(&r, "b", &["#"], 8);
+        let retained = |t: &str| env(t, "x", QoS::AtMostOnce).with_retain(true);
+        r.publish(retained("a"), &pm).await.unwrap();
+        assert_eq!(
+            r.publish(retained("b"), &pm).await,
+            Err(PublishError::Quota)
+        );
+        assert_eq!(rx.try_recv().unwrap().topic.as_str(), "a");
+        assert!(rx.try_recv().is_err());
+        assert_eq!(pm.snapshot().messages_in, 1);
     }
 }

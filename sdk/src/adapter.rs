@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clients::{ClientHandle, ClientInfo, ClientRegistry};
 use crate::config::{AdapterConfig, ConfigError};
-use crate::envelope::{Envelope, Origin};
+use crate::envelope::{Envelope, Origin, QoS};
 use crate::metrics::{AdapterMetrics, HubSnapshot};
 use crate::topic::{Topic, TopicFilter};
 
@@ -124,6 +124,12 @@ pub enum PublishError {
     /// The adapter was marked failed and may not publish.
     #[error("adapter is failed")]
     Failed,
+    /// A retained publish on a new topic while the hub's last-value store
+    /// holds `max_topics` retained values: nothing is left to evict.
+    /// Adapters answer with their protocol's quota error (MQTT v5 0x97,
+    /// HTTP 507, CoAP 5.03).
+    #[error("quota exceeded: the hub keeps [hub] max_topics retained values already")]
+    Quota,
 }
 
 /// Why a subscription could not be made.
@@ -155,6 +161,14 @@ pub struct SubscribeOptions {
     /// publishing to a topic another observes) sets this so that those devices
     /// reach each other through the router too.
     pub include_own: bool,
+    /// The highest QoS this subscription is delivered at (MQTT's granted
+    /// QoS; `None`: as published). Under [`QoS::AtMostOnce`], a full queue
+    /// drops the envelope and counts it instead of making its publisher
+    /// wait, whatever QoS it was published with: what a subscriber that
+    /// cannot acknowledge (an SSE stream, a QoS 0 MQTT subscription) wants,
+    /// so that it never stalls anyone. Not carried across the plugin
+    /// boundary (ABI 1.1): a loaded adapter's subscriptions keep `None`.
+    pub max_qos: Option<QoS>,
 }
 
 /// Identifies one subscription within the hub.
@@ -202,6 +216,22 @@ pub trait HubLink: Send + Sync + 'static {
     fn last_values(&self, filter: &TopicFilter) -> Vec<Arc<Envelope>>;
     /// The retained values of every topic matching `filter`.
     fn retained(&self, filter: &TopicFilter) -> Vec<Arc<Envelope>>;
+    /// One page of the last values, in topic order: up to `limit` topics
+    /// that start with `prefix` (as a string) and sort after `after`. The
+    /// hub answers from an ordered index at the cost of the page; this
+    /// default (for links without one) filters every last value.
+    fn topics_page(&self, prefix: &str, after: Option<&str>, limit: usize) -> Vec<Arc<Envelope>> {
+        let all = TopicFilter::new("#").map(|f| self.last_values(&f));
+        let mut page: Vec<_> = all
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| e.topic.as_str().starts_with(prefix))
+            .filter(|e| after.is_none_or(|a| e.topic.as_str() > a))
+            .collect();
+        page.sort_by(|a, b| a.topic.cmp(&b.topic));
+        page.truncate(limit);
+        page
+    }
     /// Reports the adapter's state.
     fn set_state(&self, state: AdapterState, reason: Option<String>);
     /// State and counters of the whole hub.
@@ -210,20 +240,6 @@ pub trait HubLink: Send + Sync + 'static {
     /// none (handles are then detached: they count, nobody lists them).
     fn clients(&self) -> Option<Arc<ClientRegistry>> {
         None
-    }
-    /// Up to `limit` last values whose topic starts with `prefix` and sorts
-    /// after `after`, in topic order. The default filters
-    /// [`HubLink::last_values`] of `#`; the hub answers from its store.
-    fn topics_page(&self, prefix: &str, after: Option<&str>, limit: usize) -> Vec<Arc<Envelope>> {
-        let Ok(all) = TopicFilter::new("#") else {
-            return Vec::new();
-        };
-        self.last_values(&all)
-            .into_iter()
-            .filter(|e| e.topic.as_str().starts_with(prefix))
-            .filter(|e| after.map_or(true, |a| e.topic.as_str() > a))
-            .take(limit)
-            .collect()
     }
 }
 
@@ -366,6 +382,17 @@ impl AdapterContext {
         self.link.retained(filter)
     }
 
+    /// One page of the last values in topic order (see
+    /// [`HubLink::topics_page`]): for listings such as CoAP discovery.
+    pub fn topics_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Vec<Arc<Envelope>> {
+        self.link.topics_page(prefix, after, limit)
+    }
+
     /// Reports this adapter's state (shown on `/health`), with a reason
     /// when it is not up. Logged at INFO on every change.
     pub fn set_state(&self, state: AdapterState, reason: Option<String>) {
@@ -384,17 +411,6 @@ impl AdapterContext {
             Some(registry) => registry.register(self.name.clone(), info),
             None => ClientHandle::detached(self.name.clone(), info),
         }
-    }
-
-    /// Up to `limit` last values whose topic starts with `prefix` and sorts
-    /// after `after`, in topic order (a paged topic listing).
-    pub fn topics_page(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Vec<Arc<Envelope>> {
-        self.link.topics_page(prefix, after, limit)
     }
 
     /// Cancelled when the hub shuts down.

@@ -27,6 +27,7 @@ pub use config::{AdapterConfig, ConfigError};
 pub use envelope::{Envelope, MessageId, Origin, QoS};
 pub use metrics::{
     AdapterMetrics, AdapterSnapshot, HistogramSnapshot, HubSnapshot, MetricsSnapshot,
+    REJECTED_PREFIX,
 };
 pub use topic::{Topic, TopicError, TopicFilter};
 

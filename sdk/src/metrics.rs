@@ -22,7 +22,12 @@ pub struct AdapterMetrics {
     errors: AtomicU64,
     reconnects: AtomicU64,
     named: Mutex<BTreeMap<String, u64>>,
+    rejected: Mutex<BTreeMap<String, u64>>,
 }
+
+/// Prefix under which a plugin's rejections cross the C boundary as named
+/// counters (the ABI's counter list has no reason field of its own).
+pub const REJECTED_PREFIX: &str = "rejected:";
 
 impl AdapterMetrics {
     /// One envelope published into the hub by this adapter (the hub calls this).
@@ -48,6 +53,25 @@ impl AdapterMetrics {
     /// One reconnect to a server.
     pub fn record_reconnect(&self) {
         self.reconnects.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One request, packet, datagram or stanza refused from a peer, by reason
+    /// (`malformed_datagram`, `body_too_large`, `xml_too_deep`, ...): shown as
+    /// `polyhub_rejected_total{adapter,reason}`. Use a short snake_case
+    /// reason from a fixed set, never text a peer controls.
+    pub fn record_rejected(&self, reason: &str) {
+        self.add_rejected(reason, 1);
+    }
+
+    /// Adds `n` refusals for `reason` (see [`AdapterMetrics::record_rejected`]).
+    pub fn add_rejected(&self, reason: &str, n: u64) {
+        let mut rejected = self.rejected.lock();
+        match rejected.get_mut(reason) {
+            Some(v) => *v += n,
+            None => {
+                rejected.insert(reason.to_owned(), n);
+            }
+        }
     }
 
     /// Bumps an adapter-specific counter (`malformed_datagrams`, `webhook_retries`).
@@ -81,6 +105,12 @@ impl AdapterMetrics {
                 .iter()
                 .map(|(k, v)| (k.clone(), *v))
                 .collect(),
+            rejected: self
+                .rejected
+                .lock()
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
         }
     }
 }
@@ -100,6 +130,23 @@ pub struct MetricsSnapshot {
     pub reconnects: u64,
     /// Adapter-specific counters, by name.
     pub named: Vec<(String, u64)>,
+    /// Refused peer input, by reason.
+    pub rejected: Vec<(String, u64)>,
+}
+
+impl MetricsSnapshot {
+    /// Refusals for `reason` (0 if none).
+    pub fn rejected(&self, reason: &str) -> u64 {
+        self.rejected
+            .iter()
+            .find(|(r, _)| r == reason)
+            .map_or(0, |(_, n)| *n)
+    }
+
+    /// Refusals of every reason.
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.iter().map(|(_, n)| n).sum()
+    }
 }
 
 /// State and counters of one adapter instance.
@@ -144,6 +191,11 @@ pub struct HubSnapshot {
     pub topics: usize,
     /// Number of live subscriptions.
     pub subscriptions: usize,
+    /// Last values evicted because the store held `max_topics` topics.
+    pub last_value_evictions: u64,
+    /// Retained publishes refused because only retained values were left
+    /// in a full store.
+    pub retained_quota_refusals: u64,
 }
 
 impl HubSnapshot {

@@ -99,6 +99,23 @@ pub fn prometheus(snapshot: &HubSnapshot) -> String {
 
     header(
         &mut out,
+        "polyhub_rejected_total",
+        "Requests, packets, datagrams or stanzas refused from a peer, by reason.",
+        "counter",
+    );
+    for a in &snapshot.adapters {
+        for (reason, n) in &a.metrics.rejected {
+            let _ = writeln!(
+                out,
+                "polyhub_rejected_total{{hub=\"{hub}\",adapter=\"{}\",reason=\"{}\"}} {n}",
+                escape(&a.name),
+                escape(reason)
+            );
+        }
+    }
+
+    header(
+        &mut out,
         "polyhub_adapter_up",
         "1 when the adapter is up, else 0.",
         "gauge",
@@ -120,6 +137,28 @@ pub fn prometheus(snapshot: &HubSnapshot) -> String {
         "gauge",
     );
     let _ = writeln!(out, "polyhub_topics{{hub=\"{hub}\"}} {}", snapshot.topics);
+    header(
+        &mut out,
+        "polyhub_last_value_evictions_total",
+        "Last values evicted because the store held [hub] max_topics topics.",
+        "counter",
+    );
+    let _ = writeln!(
+        out,
+        "polyhub_last_value_evictions_total{{hub=\"{hub}\"}} {}",
+        snapshot.last_value_evictions
+    );
+    header(
+        &mut out,
+        "polyhub_retained_quota_refusals_total",
+        "Retained publishes refused: the store was full of retained values.",
+        "counter",
+    );
+    let _ = writeln!(
+        out,
+        "polyhub_retained_quota_refusals_total{{hub=\"{hub}\"}} {}",
+        snapshot.retained_quota_refusals
+    );
     header(
         &mut out,
         "polyhub_subscriptions",
@@ -193,6 +232,7 @@ mod tests {
                         errors: 4,
                         reconnects: 0,
                         named: vec![("webhook_retries".into(), 7)],
+                        rejected: vec![("body_too_large".into(), 2)],
                     },
                 },
                 AdapterSnapshot {
@@ -211,6 +251,8 @@ mod tests {
             },
             topics: 5,
             subscriptions: 6,
+            last_value_evictions: 8,
+            retained_quota_refusals: 9,
         }
     }
 
@@ -247,6 +289,9 @@ mod tests {
             "polyhub_routing_latency_seconds_sum{hub=\"hub-1\"} 0.5",
             "polyhub_routing_latency_seconds_count{hub=\"hub-1\"} 4",
             "polyhub_topics{hub=\"hub-1\"} 5",
+            "polyhub_rejected_total{hub=\"hub-1\",adapter=\"web\",reason=\"body_too_large\"} 2",
+            "polyhub_last_value_evictions_total{hub=\"hub-1\"} 8",
+            "polyhub_retained_quota_refusals_total{hub=\"hub-1\"} 9",
         ] {
             assert!(text.lines().any(|l| l == line), "missing `{line}` in\n{text}");
         }

@@ -109,6 +109,14 @@ impl std::str::FromStr for Topic {
     }
 }
 
+/// Topics hash and compare as their text, so maps keyed by [`Topic`] can be
+/// searched with a `&str`.
+impl std::borrow::Borrow<str> for Topic {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl AsRef<str> for Topic {
     fn as_ref(&self) -> &str {
         &self.0

@@ -93,6 +93,7 @@ impl Adapter for TcpLineAdapter {
         let options = SubscribeOptions {
             depth: None,
             include_own: true,
+            ..SubscribeOptions::default()
         };
         let mut sub = ctx
             .subscribe_with(config.subscribe.iter().cloned(), options)

@@ -133,9 +133,19 @@ pub(crate) fn adapters_json(snap: &HubSnapshot, clients: &BTreeMap<String, usize
                 "errors": m.errors,
                 "reconnects": m.reconnects,
                 "events": events,
+                "rejected": m.rejected.iter().map(|(k, v)| (k.clone(), Value::from(*v))).collect::<serde_json::Map<String, Value>>(),
             })
         })
         .collect()
+}
+
+/// The last-value store's figures.
+pub(crate) fn store_json(snap: &HubSnapshot) -> Value {
+    json!({
+        "topics": snap.topics,
+        "evictions": snap.last_value_evictions,
+        "retained_quota_refusals": snap.retained_quota_refusals,
+    })
 }
 
 /// One envelope as the API shows it: the payload as UTF-8 text, or base64
@@ -177,7 +187,12 @@ pub(crate) fn envelope_json(e: &Envelope) -> Value {
 async fn adapters(State(s): St) -> Response {
     let snap = s.hub.snapshot();
     let clients = s.hub.clients.count_by_adapter();
-    Json(json!({ "hub": snap.hub, "adapters": adapters_json(&snap, &clients) })).into_response()
+    Json(json!({
+        "hub": snap.hub,
+        "adapters": adapters_json(&snap, &clients),
+        "store": store_json(&snap),
+    }))
+    .into_response()
 }
 
 async fn clients(State(s): St, Query(q): Query<HashMap<String, String>>) -> Response {
@@ -240,14 +255,8 @@ async fn topics(State(s): St, Query(q): Query<HashMap<String, String>>) -> Respo
     };
     let prefix = q.get("prefix").map(String::as_str).unwrap_or("");
     let after = q.get("after").map(String::as_str).filter(|a| !a.is_empty());
-    let router = s.hub.router.clone();
-    let (prefix, after_owned) = (prefix.to_owned(), after.map(str::to_owned));
-    // One pass over up to `max_topics` values: off the async workers.
-    let page = tokio::task::spawn_blocking(move || {
-        super::topics::page(&router, &prefix, after_owned.as_deref(), limit + 1)
-    })
-    .await
-    .unwrap_or_default();
+    // The store's ordered index: costs the page, not the store.
+    let page = s.hub.router.store().page(prefix, after, limit + 1);
     let next = (page.len() > limit).then(|| page[limit - 1].topic.to_string());
     let items: Vec<Value> = page.iter().take(limit).map(|e| envelope_json(e)).collect();
     Json(json!({ "topics": items, "next": next, "total": s.hub.router.store().len() }))

@@ -12,7 +12,6 @@
 
 mod api;
 mod sampler;
-pub mod topics;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

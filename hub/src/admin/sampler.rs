@@ -31,7 +31,7 @@ pub(crate) struct Sample {
     pub out: u64,
     /// Drops in that second.
     pub dropped: u64,
-    /// Errors and refusals in that second.
+    /// Errors and refusals (`rejected`) in that second.
     pub errors: u64,
 }
 
@@ -55,7 +55,7 @@ fn totals(s: &HubSnapshot) -> Totals {
         t.r#in += a.metrics.messages_in;
         t.out += a.metrics.messages_out;
         t.dropped += a.metrics.dropped;
-        t.errors += a.metrics.errors;
+        t.errors += a.metrics.errors + a.metrics.rejected.iter().map(|(_, n)| n).sum::<u64>();
     }
     t
 }
@@ -82,9 +82,11 @@ impl Sampler {
             ticks,
         });
         // The live feed: what arrives last, whichever adapter brought it.
+        // QoS 0: a busy dashboard feed drops (counted), it never stalls a publisher.
         let options = SubscribeOptions {
             depth: Some(256),
             include_own: true,
+            max_qos: Some(polyhub_sdk::QoS::AtMostOnce),
         };
         let all = polyhub_sdk::TopicFilter::new("#").map_err(|e| e.to_string());
         match all.and_then(|f| ctx.subscribe_with([f], options).map_err(|e| e.to_string())) {
@@ -168,6 +170,7 @@ impl Sampler {
             "sample": sample.to_json(),
             "adapters": super::api::adapters_json(snap, &clients),
             "topics": snap.topics,
+            "store": super::api::store_json(snap),
             "subscriptions": snap.subscriptions,
             "clients": hub.clients.len(),
             "recent": self.recent().iter().map(|e| super::api::envelope_json(e)).collect::<Vec<_>>(),

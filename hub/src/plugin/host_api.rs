@@ -410,6 +410,7 @@ unsafe extern "C" fn host_subscribe_with_options(
         let options = SubscribeOptions {
             depth: (depth > 0).then_some(depth),
             include_own: include_own != 0,
+            ..SubscribeOptions::default()
         };
         match state.subscribe(parsed, options, token) {
             Ok(id) => {
@@ -555,8 +556,12 @@ unsafe extern "C" fn host_add_metrics(ctx: HostCtx, delta: *const MetricsDelta) 
             // SAFETY: `named_len` counters lent for the call.
             for c in unsafe { std::slice::from_raw_parts(d.named, d.named_len) } {
                 // SAFETY: lent for the call.
-                if let Some(name) = unsafe { c.name.str() } {
-                    m.add(name, c.value);
+                match unsafe { c.name.str() } {
+                    Some(name) => match name.strip_prefix(polyhub_sdk::REJECTED_PREFIX) {
+                        Some(reason) => m.add_rejected(reason, c.value.min(MAX_DELTA)),
+                        None => m.add(name, c.value),
+                    },
+                    None => {}
                 }
             }
         }

@@ -61,6 +61,7 @@ async fn run(settings: Arc<Settings>, ctx: AdapterContext) -> Result<(), Adapter
         let options = SubscribeOptions {
             depth: None,
             include_own: true,
+            ..SubscribeOptions::default()
         };
         let mut sub = ctx
             .subscribe_with(filters, options)

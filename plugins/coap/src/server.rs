@@ -753,6 +753,7 @@ impl Server {
         let options = SubscribeOptions {
             depth: None,
             include_own: true,
+            ..SubscribeOptions::default()
         };
         let sub: Subscription = match self.ctx.subscribe_with([filter.clone()], options) {
             Ok(s) => s,

@@ -57,6 +57,7 @@ impl Adapter for HttpAdapter {
                 let options = SubscribeOptions {
                     depth: config.queue_depth,
                     include_own: true,
+                    ..SubscribeOptions::default()
                 };
                 let sub = ctx
                     .subscribe_with([hook.filter.clone()], options)

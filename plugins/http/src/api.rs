@@ -360,6 +360,7 @@ async fn events(State(state): State<Shared>, req: Request) -> Result<Response, A
     let options = SubscribeOptions {
         depth: state.queue_depth,
         include_own: true,
+        ..SubscribeOptions::default()
     };
     let hub_sub = state
         .ctx

@@ -29,7 +29,7 @@ use crate::adapter::{
     AdapterState, HubLink, PublishError, SubscribeError, SubscribeOptions, SubscriptionId,
 };
 use crate::envelope::Envelope;
-use crate::metrics::{AdapterMetrics, HubSnapshot, MetricsSnapshot};
+use crate::metrics::{AdapterMetrics, HubSnapshot, MetricsSnapshot, REJECTED_PREFIX};
 use crate::topic::{Topic, TopicFilter};
 
 /// Envelopes queued on the plugin side of each subscription, in front of
@@ -165,6 +165,14 @@ impl PluginLink {
                         .map_or(0, |(_, lv)| *lv);
                     (*v > before).then(|| (k.clone(), v - before))
                 })
+                .chain(now.rejected.iter().filter_map(|(k, v)| {
+                    let before = last
+                        .rejected
+                        .iter()
+                        .find(|(lk, _)| lk == k)
+                        .map_or(0, |(_, lv)| *lv);
+                    (*v > before).then(|| (format!("{REJECTED_PREFIX}{k}"), v - before))
+                }))
                 .collect();
             let delta = MetricsSnapshot {
                 dropped: now.dropped.saturating_sub(last.dropped),
@@ -270,7 +278,7 @@ impl HubLink for PluginLink {
             filters,
             SubscribeOptions {
                 depth,
-                include_own: false,
+                ..SubscribeOptions::default()
             },
         )
     }
@@ -500,6 +508,7 @@ mod tests {
         SubscribeOptions {
             depth: None,
             include_own: true,
+            ..SubscribeOptions::default()
         }
     }
 

@@ -13,7 +13,9 @@ use super::abi::{
 };
 use crate::adapter::AdapterState;
 use crate::envelope::{Envelope, MessageId, Origin, QoS};
-use crate::metrics::{AdapterSnapshot, HistogramSnapshot, HubSnapshot, MetricsSnapshot};
+use crate::metrics::{
+    AdapterSnapshot, HistogramSnapshot, HubSnapshot, MetricsSnapshot, REJECTED_PREFIX,
+};
 use crate::topic::Topic;
 
 /// Why a view could not be copied into an [`Envelope`].
@@ -212,20 +214,41 @@ pub fn state_from_u32(state: u32) -> AdapterState {
 
 /// Lends a [`HubSnapshot`] as a [`SnapshotView`] to `f`.
 pub fn with_snapshot_view<R>(snapshot: &HubSnapshot, f: impl FnOnce(&SnapshotView) -> R) -> R {
-    let counters: Vec<Vec<CounterView>> = snapshot
+    // Refusals cross as named counters under REJECTED_PREFIX: the view has
+    // no field of its own for them.
+    let rejected_names: Vec<Vec<String>> = snapshot
         .adapters
         .iter()
         .map(|a| {
             a.metrics
-                .named
+                .rejected
                 .iter()
-                .map(|(k, v)| CounterView {
-                    name: StrView::from_str(k),
-                    value: *v,
-                })
+                .map(|(k, _)| format!("{REJECTED_PREFIX}{k}"))
                 .collect()
         })
         .collect();
+    let counters: Vec<Vec<CounterView>> =
+        snapshot
+            .adapters
+            .iter()
+            .zip(&rejected_names)
+            .map(|(a, rejected)| {
+                a.metrics
+                    .named
+                    .iter()
+                    .map(|(k, v)| CounterView {
+                        name: StrView::from_str(k),
+                        value: *v,
+                    })
+                    .chain(rejected.iter().zip(&a.metrics.rejected).map(|(k, (_, v))| {
+                        CounterView {
+                            name: StrView::from_str(k),
+                            value: *v,
+                        }
+                    }))
+                    .collect()
+            })
+            .collect();
     let adapters: Vec<AdapterSnapshotView> = snapshot
         .adapters
         .iter()
@@ -296,16 +319,23 @@ pub unsafe fn copy_snapshot(view: *const SnapshotView) -> HubSnapshot {
                 kind: lossy(a.kind),
                 state: state_from_u32(a.state),
                 reason: a.reason.bytes().map(|_| lossy(a.reason)),
-                metrics: MetricsSnapshot {
-                    messages_in: a.messages_in,
-                    messages_out: a.messages_out,
-                    dropped: a.dropped,
-                    errors: a.errors,
-                    reconnects: a.reconnects,
-                    named: slice(a.named, a.named_len)
+                metrics: {
+                    let (rejected, named) = slice(a.named, a.named_len)
                         .iter()
                         .map(|c| (lossy(c.name), c.value))
-                        .collect(),
+                        .partition::<Vec<_>, _>(|(k, _)| k.starts_with(REJECTED_PREFIX));
+                    MetricsSnapshot {
+                        messages_in: a.messages_in,
+                        messages_out: a.messages_out,
+                        dropped: a.dropped,
+                        errors: a.errors,
+                        reconnects: a.reconnects,
+                        named,
+                        rejected: rejected
+                            .into_iter()
+                            .map(|(k, v)| (k[REJECTED_PREFIX.len()..].to_owned(), v))
+                            .collect(),
+                    }
                 },
             })
             .collect();
@@ -320,6 +350,7 @@ pub unsafe fn copy_snapshot(view: *const SnapshotView) -> HubSnapshot {
             },
             topics: v.topics as usize,
             subscriptions: v.subscriptions as usize,
+            ..HubSnapshot::default()
         }
     }
 }
@@ -456,6 +487,7 @@ mod tests {
                     errors: 4,
                     reconnects: 5,
                     named: vec![("x".into(), 6)],
+                    rejected: vec![("too_big".into(), 9)],
                 },
             }],
             routing_latency: HistogramSnapshot {
@@ -466,6 +498,7 @@ mod tests {
             },
             topics: 7,
             subscriptions: 8,
+            ..HubSnapshot::default()
         };
         let copy = with_snapshot_view(&snap, |v| unsafe { copy_snapshot(v) });
         assert_eq!(copy.hub, "h");
