@@ -228,6 +228,37 @@ async fn unroutable_messages_are_counted() {
 }
 
 #[tokio::test]
+async fn a_routing_key_that_maps_to_no_topic_is_refused_counted_and_the_rest_flows() {
+    let (hub_name, ex) = (unique("hub"), unique("ex"));
+    let hub = start_hub(&config(&hub_name, &ex, "bindings = [\"#\"]\nforward = []")).await;
+    let app = hub.attach("app", "test");
+    let mut sub = app.subscribe([filter("#")]).unwrap();
+    // `+` and `#` are wildcards in a topic, so these keys name no topic.
+    amqp_publish(&ex, "sensors.+", b"bad", &[]).await;
+    amqp_publish(&ex, "sensors.#.x", b"bad", &[]).await;
+    amqp_publish(&ex, "sensors.ok", b"good", &[]).await;
+    let got = within("the good message after the bad ones", sub.recv())
+        .await
+        .unwrap();
+    assert_eq!(got.topic.as_str(), "sensors/ok");
+    let amqp = || {
+        hub.snapshot()
+            .adapters
+            .into_iter()
+            .find(|a| a.name == "amqp")
+            .unwrap()
+    };
+    wait_until("both refusals counted", TIMEOUT, || {
+        amqp().metrics.rejected("invalid_routing_key") == 2
+    })
+    .await;
+    assert_eq!(amqp().metrics.dropped, 0, "refusals are not queue drops");
+    assert_eq!(amqp().state, polyhub_sdk::AdapterState::Up);
+    hub.shutdown().await.unwrap();
+    cleanup(&ex, &[&format!("{hub_name}.amqp")]).await;
+}
+
+#[tokio::test]
 async fn bad_amqp_config_and_refused_credentials_fail_the_start() {
     let e = polyhub::start_str(&config("h", "ex", "qos = 5"))
         .await

@@ -814,3 +814,200 @@ async fn hub_reconnects_after_prosody_restart_and_keeps_subscriptions() {
     within("shutdown", hub.shutdown()).await.unwrap();
     stop();
 }
+
+/// A private Prosody (its own accounts, so a hostile stanza left on a
+/// server by a failing run cannot reach another test) in a temporary
+/// folder: the folder, its path and port.
+fn private_prosody(accounts: &str) -> (tempfile::TempDir, String, u16) {
+    let dir = tempfile::tempdir().unwrap();
+    let dir_s = dir.path().to_str().unwrap().to_owned();
+    let out = std::process::Command::new(repo().join("scripts/prosody/instance.sh"))
+        .arg(&dir_s)
+        .env("PROSODY_ACCOUNTS", accounts)
+        .output()
+        .expect("run scripts/prosody/instance.sh");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let port = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    (dir, dir_s, port)
+}
+
+/// Stops the private Prosody of `dir` (on drop of the test's guard).
+struct StopProsody(String);
+
+impl Drop for StopProsody {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(repo().join("scripts/prosody/instance.sh"))
+            .args(["--stop", &self.0])
+            .status();
+    }
+}
+
+fn rejected(hub: &polyhub::Hub, adapter: &str, reason: &str) -> u64 {
+    let snap = hub.snapshot();
+    let a = snap.adapters.iter().find(|a| a.name == adapter).unwrap();
+    a.metrics.rejected(reason)
+}
+
+/// `GET /metrics` of the hub's HTTP adapter, by curl.
+async fn metrics_text(http: u16) -> String {
+    let mut curl = Command::new("curl");
+    curl.args([
+        "-s",
+        "-m",
+        "10",
+        &format!("http://127.0.0.1:{http}/metrics"),
+    ]);
+    String::from_utf8_lossy(&run_tool("curl", curl).await.stdout).into_owned()
+}
+
+/// `GET /topics/{topic}` of the hub's HTTP adapter, by curl: the last value.
+async fn last_value(http: u16, topic: &str) -> String {
+    let mut curl = Command::new("curl");
+    curl.args([
+        "-s",
+        "-m",
+        "10",
+        &format!("http://127.0.0.1:{http}/topics/{topic}"),
+    ]);
+    String::from_utf8_lossy(&run_tool("curl", curl).await.stdout).into_owned()
+}
+
+/// The hostile-stanza setup: a private Prosody, a hub (XMPP allowing only
+/// dave, HTTP for /metrics and last values), mallory (hostile) and dave
+/// online.
+struct Hostile {
+    hub: polyhub::Hub,
+    http: u16,
+    mallory: Device,
+    dave: Device,
+    port: u16,
+    _stop: StopProsody,
+    _dir: tempfile::TempDir,
+}
+
+const HOSTILE_HUB_EXTRA: &str = "allow = [\"dave@localhost\"]";
+
+async fn hostile_setup() -> Hostile {
+    let (dir, dir_s, port) = private_prosody("hub mallory dave");
+    let stop = StopProsody(dir_s.clone());
+    let http = free_tcp_port();
+    let hub = start_hub(&format!(
+        "{}{}",
+        xmpp_adapter("xmpp", "hub", port, HOSTILE_HUB_EXTRA),
+        http_adapter(http)
+    ))
+    .await;
+    assert_eq!(adapter_state(&hub, "xmpp"), AdapterState::Up);
+    let mallory = Device::online("mallory", port, &dir_s).await;
+    let dave = Device::online("dave", port, &dir_s).await;
+    Hostile {
+        hub,
+        http,
+        mallory,
+        dave,
+        port,
+        _stop: stop,
+        _dir: dir,
+    }
+}
+
+/// Issue 14, defect 1: a `<message>` nested 6 000 levels deep (~40 KB)
+/// overflowed a worker's stack and aborted the whole hub (the tree builder
+/// recurses per level). Now it is refused before parsing and counted, and
+/// the session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deeply_nested_stanza_is_refused_and_counted_and_the_hub_serves_on() {
+    let mut h = hostile_setup().await;
+    let n = 6000;
+    let deep = format!(
+        "<message to='hub@localhost'><subject>lab/deep</subject>{}{}</message>",
+        "<a>".repeat(n),
+        "</a>".repeat(n)
+    );
+    h.mallory.cmd(obj(&[("op", "raw"), ("xml", &deep)])).await;
+    wait_until("xml_too_deep counted", Duration::from_secs(10), || {
+        rejected(&h.hub, "xmpp", "xml_too_deep") >= 1
+    })
+    .await;
+    assert!(
+        metrics_text(h.http).await.contains(
+            "polyhub_rejected_total{hub=\"polyhub\",adapter=\"xmpp\",reason=\"xml_too_deep\"} 1"
+        ),
+        "{}",
+        metrics_text(h.http).await
+    );
+
+    // The hub (this process) is alive, the session never dropped, and an
+    // ordinary message after the hostile one gets through to HTTP.
+    let probe = h.hub.attach("probe", "test");
+    let mut sub = probe.subscribe([filter("lab/#")]).unwrap();
+    h.dave.send("hub@localhost", Some("lab/after"), "ok2").await;
+    let env = next_env(&mut sub, "dave's message after the hostile one").await;
+    assert_eq!(&env.payload[..], b"ok2");
+    assert_eq!(last_value(h.http, "lab/after").await, "ok2");
+    assert_eq!(adapter_state(&h.hub, "xmpp"), AdapterState::Up);
+    assert_eq!(counter(&h.hub, "xmpp", "reconnects"), 0);
+    assert_eq!(rejected(&h.hub, "xmpp", "xml_too_deep"), 1);
+
+    h.mallory.quit().await;
+    h.dave.quit().await;
+    within("shutdown", h.hub.shutdown()).await.unwrap();
+}
+
+/// Issue 14, defect 2: an attribute value over the XML tokenizer's 8 192
+/// bytes tore the stream down, and the server's stream management
+/// redelivered the stanza on every login (about 9 reconnects a second,
+/// surviving hub restarts). Now it is refused and acknowledged: the stream
+/// stays up, and a hub started again on the account is not sent it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_attribute_is_refused_without_a_reconnect_loop() {
+    let mut h = hostile_setup().await;
+    let big = format!(
+        "<message to='hub@localhost'><subject>lab/big</subject><body>b</body>\
+         <x xmlns='urn:example:big' v='{}'/></message>",
+        "A".repeat(9000)
+    );
+    h.mallory.cmd(obj(&[("op", "raw"), ("xml", &big)])).await;
+    wait_until("xml_too_large counted", Duration::from_secs(10), || {
+        rejected(&h.hub, "xmpp", "xml_too_large") >= 1
+    })
+    .await;
+    let probe = h.hub.attach("probe", "test");
+    let mut sub = probe.subscribe([filter("lab/#")]).unwrap();
+    h.dave.send("hub@localhost", Some("lab/after"), "ok").await;
+    let env = next_env(&mut sub, "dave's message after the hostile one").await;
+    assert_eq!(&env.payload[..], b"ok");
+    assert_eq!(last_value(h.http, "lab/after").await, "ok");
+    assert!(metrics_text(h.http).await.contains(
+        "polyhub_rejected_total{hub=\"polyhub\",adapter=\"xmpp\",reason=\"xml_too_large\"} 1"
+    ));
+    assert_eq!(adapter_state(&h.hub, "xmpp"), AdapterState::Up);
+    assert!(counter(&h.hub, "xmpp", "reconnects") <= 2);
+
+    // A new hub on the same account: the server does not redeliver the
+    // refused stanza (it was acknowledged), so no refusal and no reconnect.
+    within("shutdown", h.hub.shutdown()).await.unwrap();
+    let http = free_tcp_port();
+    let hub = start_hub(&format!(
+        "{}{}",
+        xmpp_adapter("xmpp", "hub", h.port, HOSTILE_HUB_EXTRA),
+        http_adapter(http)
+    ))
+    .await;
+    assert_eq!(adapter_state(&hub, "xmpp"), AdapterState::Up);
+    let probe = hub.attach("probe", "test");
+    let mut sub = probe.subscribe([filter("lab/#")]).unwrap();
+    h.dave.send("hub@localhost", Some("lab/again"), "ok").await;
+    let env = next_env(&mut sub, "dave's message to the new hub").await;
+    assert_eq!(env.topic.as_str(), "lab/again");
+    assert_eq!(rejected(&hub, "xmpp", "xml_too_large"), 0);
+    assert!(counter(&hub, "xmpp", "reconnects") <= 2);
+
+    h.mallory.quit().await;
+    h.dave.quit().await;
+    within("shutdown", hub.shutdown()).await.unwrap();
+}

@@ -418,6 +418,24 @@ impl AdapterContext {
         &self.shutdown
     }
 
+    /// Refuses something a peer sent: counts it under `reason` on
+    /// `polyhub_rejected_total` and logs it at WARN, at most one line a
+    /// second per adapter (the line says how many refusals it stands for).
+    /// `peer` and `detail` say who and what; never put payloads in `detail`.
+    pub fn reject(&self, reason: &'static str, peer: Option<&str>, detail: &dyn fmt::Display) {
+        self.metrics.record_rejected(reason);
+        if let Some(unlogged) = self.metrics.should_log_rejection() {
+            tracing::warn!(
+                adapter = %self.name,
+                reason,
+                peer = peer.unwrap_or("-"),
+                detail = %detail,
+                also_refused_since_last_line = unlogged,
+                "Refused input from a peer."
+            );
+        }
+    }
+
     /// This adapter's counters.
     pub fn metrics(&self) -> &Arc<AdapterMetrics> {
         &self.metrics

@@ -23,7 +23,16 @@ pub struct AdapterMetrics {
     reconnects: AtomicU64,
     named: Mutex<BTreeMap<String, u64>>,
     rejected: Mutex<BTreeMap<String, u64>>,
+    /// Refusals not logged yet, and when the last refusal log line was
+    /// written (milliseconds since the Unix epoch), for
+    /// [`AdapterMetrics::should_log_rejection`].
+    unlogged_rejections: AtomicU64,
+    last_rejection_log_ms: AtomicU64,
 }
+
+/// Refusal log lines an adapter writes at most, one per this many
+/// milliseconds: a flood of garbage must not become a flood of log lines.
+pub const REJECTION_LOG_INTERVAL_MS: u64 = 1_000;
 
 /// Prefix under which a plugin's rejections cross the C boundary as named
 /// counters (the ABI's counter list has no reason field of its own).
@@ -61,6 +70,26 @@ impl AdapterMetrics {
     /// reason from a fixed set, never text a peer controls.
     pub fn record_rejected(&self, reason: &str) {
         self.add_rejected(reason, 1);
+    }
+
+    /// Whether a refusal just recorded should be logged: true at most once
+    /// per [`REJECTION_LOG_INTERVAL_MS`], with the number of refusals since
+    /// the last line that was written (those were counted, not logged).
+    pub fn should_log_rejection(&self) -> Option<u64> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let last = self.last_rejection_log_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < REJECTION_LOG_INTERVAL_MS
+            || self
+                .last_rejection_log_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            self.unlogged_rejections.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(self.unlogged_rejections.swap(0, Ordering::Relaxed))
     }
 
     /// Adds `n` refusals for `reason` (see [`AdapterMetrics::record_rejected`]).

@@ -23,7 +23,8 @@ use lapin::{
     PublisherConfirm,
 };
 use polyhub_sdk::{
-    Adapter, AdapterContext, AdapterError, AdapterState, Envelope, Origin, QoS, Subscription,
+    Adapter, AdapterContext, AdapterError, AdapterState, Envelope, Origin, PublishError, QoS,
+    Subscription,
 };
 use tracing::{debug, info, warn};
 
@@ -355,10 +356,27 @@ impl Shared {
                 origin,
             ) {
                 Ok(envelope) => {
-                    self.ctx
-                        .publish(envelope)
-                        .await
-                        .map_err(|_| SessionError::HubClosed)?;
+                    match self.ctx.publish(envelope).await {
+                        Ok(()) => {}
+                        Err(PublishError::Quota) => {
+                            // Nothing to evict for a new retained topic: the
+                            // message is refused, as a broker refuses past a
+                            // quota, not requeued to come straight back.
+                            self.ctx.reject(
+                                "quota_exceeded",
+                                None,
+                                &format_args!("routing key {}", d.routing_key),
+                            );
+                            if ack {
+                                d.acker
+                                    .reject(BasicRejectOptions { requeue: false })
+                                    .await
+                                    .map_err(SessionError::amqp("rejecting"))?;
+                            }
+                            continue;
+                        }
+                        Err(_) => return Err(SessionError::HubClosed),
+                    }
                     if ack {
                         d.acker
                             .ack(BasicAckOptions::default())
@@ -367,9 +385,7 @@ impl Shared {
                     }
                 }
                 Err(e) => {
-                    warn!(adapter = %self.ctx.name(), error = %e, "Dropped a message that maps to no topic.");
-                    self.ctx.metrics().record_drop();
-                    self.ctx.metrics().incr("invalid_routing_key");
+                    self.ctx.reject("invalid_routing_key", None, &e);
                     if ack {
                         d.acker
                             .reject(BasicRejectOptions { requeue: false })

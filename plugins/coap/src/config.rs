@@ -81,6 +81,57 @@ pub struct CoapConfig {
     /// `queue_depth`.) Default 1024.
     #[serde(default = "default_push_queue_depth")]
     pub push_queue_depth: usize,
+    /// Most observers one peer (address and port) may hold; registrations
+    /// beyond are answered without the Observe option and counted
+    /// (`too_many_observers`). Default 64.
+    #[serde(default = "default_max_observers_per_peer")]
+    pub max_observers_per_peer: usize,
+    /// Most bytes the duplicate cache keeps of the responses it remembers;
+    /// the oldest exchanges are forgotten first beyond it. Default 8388608
+    /// (8 MiB).
+    #[serde(default = "default_dedup_max_bytes")]
+    pub dedup_max_bytes: usize,
+    /// Most request bodies being assembled from Block1 transfers at once,
+    /// in all. Default 256.
+    #[serde(default = "default_max_assemblies")]
+    pub max_assemblies: usize,
+    /// Most Block1 transfers one peer may have under way. Default 4.
+    #[serde(default = "default_max_assemblies_per_peer")]
+    pub max_assemblies_per_peer: usize,
+    /// Most bytes held by Block1 transfers under way, in all; a block that
+    /// would go beyond is answered `5.03` and counted. Default 16777216
+    /// (16 MiB).
+    #[serde(default = "default_max_assembly_bytes")]
+    pub max_assembly_bytes: usize,
+    /// Most response bodies kept for Block2 follow-up requests (large
+    /// values and notifications), in all. Default 1024.
+    #[serde(default = "default_block2_cache_entries")]
+    pub block2_cache_entries: usize,
+    /// Most bodies of those one peer may hold; its oldest goes first.
+    /// Default 8.
+    #[serde(default = "default_block2_cache_per_peer")]
+    pub block2_cache_per_peer: usize,
+    /// Most bytes of those bodies, in all (a body is shared with the hub's
+    /// store while it is the topic's last value). Default 33554432 (32 MiB).
+    #[serde(default = "default_block2_cache_bytes")]
+    pub block2_cache_bytes: usize,
+    /// How long (seconds) a partial Block1 body, a Block2 body or a
+    /// `/.well-known/core` cursor is kept. Default 60.
+    #[serde(default = "default_block_lifetime")]
+    pub block_lifetime_secs: u64,
+    /// Most `/.well-known/core` cursors kept (one per listing and block
+    /// offset, shared by every peer): where the next block of a listing
+    /// starts in the topic index. Default 4096.
+    #[serde(default = "default_discovery_cache_entries")]
+    pub discovery_cache_entries: usize,
+    /// Most bytes of those cursors. Default 4194304 (4 MiB).
+    #[serde(default = "default_discovery_cache_bytes")]
+    pub discovery_cache_bytes: usize,
+    /// Most requests waiting for the hub to take their publish (answered
+    /// separately once it does); beyond, a request is answered `5.03` at
+    /// once and counted (`too_many_pending`). Default 1024.
+    #[serde(default = "default_max_pending_responses")]
+    pub max_pending_responses: usize,
 }
 
 /// One `push` entry.
@@ -126,6 +177,42 @@ fn default_push_queue_depth() -> usize {
 }
 fn default_max_observers() -> usize {
     10_000
+}
+fn default_max_observers_per_peer() -> usize {
+    64
+}
+fn default_dedup_max_bytes() -> usize {
+    8 << 20
+}
+fn default_max_assemblies() -> usize {
+    256
+}
+fn default_max_assemblies_per_peer() -> usize {
+    4
+}
+fn default_max_assembly_bytes() -> usize {
+    16 << 20
+}
+fn default_block2_cache_entries() -> usize {
+    1024
+}
+fn default_block2_cache_per_peer() -> usize {
+    8
+}
+fn default_block2_cache_bytes() -> usize {
+    32 << 20
+}
+fn default_block_lifetime() -> u64 {
+    60
+}
+fn default_discovery_cache_entries() -> usize {
+    4096
+}
+fn default_discovery_cache_bytes() -> usize {
+    4 << 20
+}
+fn default_max_pending_responses() -> usize {
+    1024
 }
 
 /// A push target with its URL taken apart.
@@ -179,6 +266,37 @@ pub struct Settings {
     pub max_observers: usize,
     /// Queue depth of each push target.
     pub push_queue_depth: usize,
+    /// Bounds of the adapter's caches and per-peer state.
+    pub limits: Limits,
+}
+
+/// Bounds of the adapter's caches and per-peer state (see [`CoapConfig`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most observers per peer.
+    pub observers_per_peer: usize,
+    /// Most bytes of remembered responses.
+    pub dedup_bytes: usize,
+    /// Most Block1 transfers in all.
+    pub assemblies: usize,
+    /// Most Block1 transfers per peer.
+    pub assemblies_per_peer: usize,
+    /// Most bytes of Block1 transfers in all.
+    pub assembly_bytes: usize,
+    /// Most Block2 bodies in all.
+    pub block2_entries: usize,
+    /// Most Block2 bodies per peer.
+    pub block2_per_peer: usize,
+    /// Most bytes of Block2 bodies.
+    pub block2_bytes: usize,
+    /// Lifetime of block-wise state and discovery cursors.
+    pub block_lifetime: Duration,
+    /// Most discovery cursors.
+    pub discovery_entries: usize,
+    /// Most bytes of discovery cursors.
+    pub discovery_bytes: usize,
+    /// Most requests waiting for the hub.
+    pub pending_responses: usize,
 }
 
 impl Settings {
@@ -236,6 +354,28 @@ impl Settings {
         if c.push_queue_depth == 0 {
             return Err(ConfigError::key("push_queue_depth", "must be at least 1"));
         }
+        for (key, v) in [
+            ("max_observers_per_peer", c.max_observers_per_peer),
+            ("dedup_max_bytes", c.dedup_max_bytes),
+            ("max_assemblies", c.max_assemblies),
+            ("max_assemblies_per_peer", c.max_assemblies_per_peer),
+            ("max_assembly_bytes", c.max_assembly_bytes),
+            ("block2_cache_entries", c.block2_cache_entries),
+            ("block2_cache_per_peer", c.block2_cache_per_peer),
+            ("block2_cache_bytes", c.block2_cache_bytes),
+            ("discovery_cache_entries", c.discovery_cache_entries),
+            ("discovery_cache_bytes", c.discovery_cache_bytes),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::key(key, "must be at least 1"));
+            }
+        }
+        if c.block_lifetime_secs == 0 {
+            return Err(ConfigError::key(
+                "block_lifetime_secs",
+                "must be at least 1 second",
+            ));
+        }
         let push = c
             .push
             .iter()
@@ -268,6 +408,20 @@ impl Settings {
             observe_con_interval: Duration::from_secs(c.observe_con_interval_secs),
             max_observers: c.max_observers,
             push_queue_depth: c.push_queue_depth,
+            limits: Limits {
+                observers_per_peer: c.max_observers_per_peer,
+                dedup_bytes: c.dedup_max_bytes,
+                assemblies: c.max_assemblies,
+                assemblies_per_peer: c.max_assemblies_per_peer,
+                assembly_bytes: c.max_assembly_bytes,
+                block2_entries: c.block2_cache_entries,
+                block2_per_peer: c.block2_cache_per_peer,
+                block2_bytes: c.block2_cache_bytes,
+                block_lifetime: Duration::from_secs(c.block_lifetime_secs),
+                discovery_entries: c.discovery_cache_entries,
+                discovery_bytes: c.discovery_cache_bytes,
+                pending_responses: c.max_pending_responses,
+            },
         })
     }
 }
@@ -356,6 +510,8 @@ mod tests {
         assert_eq!(e.key.as_deref(), Some("bnd"));
         let e = settings("bind = \"localhost\"").unwrap_err();
         assert_eq!(e.key.as_deref(), Some("bind"));
+        let e = settings("max_assemblies_per_peer = 0").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("max_assemblies_per_peer"));
         let e = settings("block_size = 1000").unwrap_err();
         assert_eq!(e.key.as_deref(), Some("block_size"));
         let e = settings("push = [{ filter = \"a\", url = \"http://x/y\" }]").unwrap_err();

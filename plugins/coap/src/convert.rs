@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, ResponseType};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-use polyhub_sdk::{Envelope, TopicFilter};
+use polyhub_sdk::{Envelope, Origin, QoS, Topic, TopicFilter};
 
 /// Header holding a Content-Format number that has no MIME type mapping, so
 /// that it survives a trip through the hub.
@@ -143,11 +143,15 @@ pub fn encode_uint(v: u32) -> Vec<u8> {
     bytes[skip..].to_vec()
 }
 
+/// An option value that does not decode (answered `4.02 Bad Option`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadOption;
+
 /// The packet's Content-Format, `Err` when the option is malformed.
-pub fn content_format(packet: &Packet) -> Result<Option<u16>, ()> {
+pub fn content_format(packet: &Packet) -> Result<Option<u16>, BadOption> {
     match packet.get_first_option(CoapOption::ContentFormat) {
         None => Ok(None),
-        Some(v) => decode_uint(v, 2).map(|n| Some(n as u16)).ok_or(()),
+        Some(v) => decode_uint(v, 2).map(|n| Some(n as u16)).ok_or(BadOption),
     }
 }
 
@@ -224,10 +228,10 @@ impl Block {
     }
 
     /// The packet's block option `option`; `Err` when present but malformed.
-    pub fn of(packet: &Packet, option: CoapOption) -> Result<Option<Block>, ()> {
+    pub fn of(packet: &Packet, option: CoapOption) -> Result<Option<Block>, BadOption> {
         match packet.get_first_option(option) {
             None => Ok(None),
-            Some(v) => Block::decode(v).map(Some).ok_or(()),
+            Some(v) => Block::decode(v).map(Some).ok_or(BadOption),
         }
     }
 }
@@ -323,6 +327,74 @@ pub fn link_format<'a>(
         .collect();
     links.sort();
     links.join(",")
+}
+
+/// Why a datagram is not a CoAP message this server accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Malformed {
+    /// What is wrong, for logs.
+    pub why: &'static str,
+    /// The message id to answer with a RST (RFC 7252 §4.2, §4.3: a CON or
+    /// NON message with a format error); `None`: drop silently.
+    pub reset: Option<u16>,
+}
+
+/// Parses a datagram into a CoAP message (RFC 7252 §3), refusing what
+/// coap-lite would accept but the RFC does not: unknown versions, empty
+/// messages with anything after the header, reserved codes.
+pub fn parse_datagram(buf: &[u8]) -> Result<Packet, Malformed> {
+    let refuse = |why, reset| Err(Malformed { why, reset });
+    if buf.len() < 4 {
+        return refuse("shorter than the 4-byte header", None);
+    }
+    if buf[0] >> 6 != 1 {
+        // RFC 7252 §3: unknown versions are silently ignored.
+        return refuse("unknown CoAP version", None);
+    }
+    let kind = (buf[0] >> 4) & 0x3;
+    let mid = u16::from_be_bytes([buf[2], buf[3]]);
+    let reset = (kind <= 1).then_some(mid);
+    match Packet::from_bytes(buf) {
+        Ok(p) if p.header.code == MessageClass::Empty && buf.len() != 4 => {
+            refuse("empty message with a token, options or payload", reset)
+        }
+        Ok(p) if matches!(p.header.code, MessageClass::Reserved(_)) => {
+            refuse("reserved message code", reset)
+        }
+        Ok(p) => Ok(p),
+        Err(_) => refuse("bad token length or options", reset),
+    }
+}
+
+/// The envelope a `POST`/`PUT` request publishes: the assembled `payload`
+/// on `topic`, QoS 1 for a CON request and 0 for a NON one, the request's
+/// Content-Format, and the `retain` and `qos=0|1` query items.
+pub fn request_envelope(
+    req: &Packet,
+    topic: Topic,
+    query: &[String],
+    payload: Vec<u8>,
+    format: Option<u16>,
+    origin: Origin,
+) -> Envelope {
+    let con = req.header.get_type() == MessageType::Confirmable;
+    let mut envelope = Envelope::new(topic, payload)
+        .with_origin(origin)
+        .with_qos(if con {
+            QoS::AtLeastOnce
+        } else {
+            QoS::AtMostOnce
+        });
+    apply_content_format(&mut envelope, format);
+    for q in query {
+        match q.split_once('=').unwrap_or((q.as_str(), "true")) {
+            ("retain", v) => envelope.retain = matches!(v, "true" | "1" | ""),
+            ("qos", "0") => envelope.qos = QoS::AtMostOnce,
+            ("qos", "1") => envelope.qos = QoS::AtLeastOnce,
+            _ => {}
+        }
+    }
+    envelope
 }
 
 /// The response to `request` with `code`: a piggybacked ACK for a CON

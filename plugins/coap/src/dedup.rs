@@ -19,22 +19,28 @@ pub enum Exchange {
 
 type Key = (SocketAddr, u16);
 
-/// Bounded cache of recent exchanges, oldest forgotten first.
+/// Bounded cache of recent exchanges (in number and in bytes of the
+/// responses kept), oldest forgotten first.
 #[derive(Debug)]
 pub struct ExchangeCache {
     lifetime: Duration,
     capacity: usize,
+    max_bytes: usize,
+    bytes: usize,
     entries: HashMap<Key, (Exchange, u64)>,
     order: VecDeque<(Key, Instant, u64)>,
     generation: u64,
 }
 
 impl ExchangeCache {
-    /// A cache remembering exchanges for `lifetime`, at most `capacity` of them.
-    pub fn new(lifetime: Duration, capacity: usize) -> Self {
+    /// A cache remembering exchanges for `lifetime`, at most `capacity` of
+    /// them and about `max_bytes` of their responses.
+    pub fn new(lifetime: Duration, capacity: usize, max_bytes: usize) -> Self {
         ExchangeCache {
             lifetime,
             capacity: capacity.max(1),
+            max_bytes,
+            bytes: 0,
             entries: HashMap::new(),
             order: VecDeque::new(),
             generation: 0,
@@ -63,8 +69,18 @@ impl ExchangeCache {
     /// Records the answer to an exchange (if it is still remembered).
     pub fn answer(&mut self, peer: SocketAddr, mid: u16, response: Option<Vec<u8>>) {
         if let Some((e, _)) = self.entries.get_mut(&(peer, mid)) {
+            self.bytes -= cost(e);
             *e = Exchange::Answered(response);
+            self.bytes += cost(e);
         }
+        while self.bytes > self.max_bytes && !self.order.is_empty() {
+            self.pop_oldest();
+        }
+    }
+
+    /// Bytes of responses kept.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Number of remembered exchanges.
@@ -89,9 +105,19 @@ impl ExchangeCache {
     fn pop_oldest(&mut self) {
         if let Some((key, _, generation)) = self.order.pop_front() {
             if self.entries.get(&key).map(|(_, g)| *g) == Some(generation) {
-                self.entries.remove(&key);
+                if let Some((e, _)) = self.entries.remove(&key) {
+                    self.bytes -= cost(&e);
+                }
             }
         }
+    }
+}
+
+/// Bytes a remembered exchange holds.
+fn cost(e: &Exchange) -> usize {
+    match e {
+        Exchange::Answered(Some(b)) => b.len(),
+        _ => 0,
     }
 }
 
@@ -105,7 +131,7 @@ mod tests {
 
     #[test]
     fn a_repeated_message_id_from_the_same_peer_is_a_duplicate() {
-        let mut c = ExchangeCache::new(Duration::from_secs(247), 100);
+        let mut c = ExchangeCache::new(Duration::from_secs(247), 100, 1 << 20);
         let t = Instant::now();
         assert_eq!(c.check(peer(1), 7, t), None);
         assert_eq!(c.check(peer(1), 7, t), Some(Exchange::InProgress));
@@ -124,7 +150,7 @@ mod tests {
 
     #[test]
     fn exchanges_are_forgotten_after_their_lifetime() {
-        let mut c = ExchangeCache::new(Duration::from_secs(10), 100);
+        let mut c = ExchangeCache::new(Duration::from_secs(10), 100, 1 << 20);
         let t = Instant::now();
         assert_eq!(c.check(peer(1), 7, t), None);
         assert!(c.check(peer(1), 7, t + Duration::from_secs(9)).is_some());
@@ -134,13 +160,25 @@ mod tests {
 
     #[test]
     fn the_oldest_exchanges_go_first_when_full() {
-        let mut c = ExchangeCache::new(Duration::from_secs(10), 2);
+        let mut c = ExchangeCache::new(Duration::from_secs(10), 2, 1 << 20);
         let t = Instant::now();
         for mid in 0..3 {
             assert_eq!(c.check(peer(1), mid, t), None);
         }
         assert_eq!(c.len(), 2);
         assert!(c.check(peer(1), 2, t).is_some());
+        assert_eq!(c.check(peer(1), 0, t), None, "forgotten");
+    }
+
+    #[test]
+    fn the_oldest_exchanges_go_first_past_the_byte_bound() {
+        let mut c = ExchangeCache::new(Duration::from_secs(10), 100, 10);
+        let t = Instant::now();
+        for mid in 0..3 {
+            assert_eq!(c.check(peer(1), mid, t), None);
+            c.answer(peer(1), mid, Some(vec![0; 4]));
+        }
+        assert_eq!((c.len(), c.bytes()), (2, 8));
         assert_eq!(c.check(peer(1), 0, t), None, "forgotten");
     }
 }

@@ -14,14 +14,22 @@
 //!   `observe_con_interval_secs`; `Observe: 1`, a RST or an unacknowledged
 //!   confirmable notification ends the observation.
 //! - `DELETE /ps/{topic}` forgets the last value (`2.02 Deleted`).
-//! - `GET /.well-known/core` lists topics in link-format (RFC 6690).
+//! - `GET /.well-known/core` lists topics in link-format (RFC 6690),
+//!   filtered by `?href=` (`href=/ps/sensors*`) and `?rt=`, block by block
+//!   from the hub's ordered topic index (see [`discovery`]): no request
+//!   builds the whole list.
 //! - Block-wise transfer (RFC 7959) both ways above `block_size` bytes.
 //! - Duplicate requests (same peer and message id within
 //!   EXCHANGE_LIFETIME) are answered from a cache and processed once.
 //! - `push = [{ filter, url }]` sends matching envelopes as CON `PUT` to
 //!   devices' CoAP servers, retransmitted with the RFC 7252 back-off.
-//! - Malformed datagrams are counted (`malformed_datagrams`) and dropped,
-//!   or answered with RST when they are confirmable.
+//! - Malformed datagrams are dropped, or answered with RST when they are
+//!   confirmable; every refused datagram or request is counted by reason on
+//!   `polyhub_rejected_total` (`malformed_datagram`, `bad_option`,
+//!   `bad_path`, `invalid_topic`, `too_large`, `too_many_observers`,
+//!   `quota_exceeded`, ...). `dropped_total` counts queue drops only.
+//! - Every cache and every piece of per-peer state is bounded in entries
+//!   and bytes by a config key (see [`CoapConfig`]).
 //!
 //! ```toml
 //! [[adapters]]
@@ -36,6 +44,7 @@ pub mod adapter;
 pub mod config;
 pub mod convert;
 pub mod dedup;
+pub mod discovery;
 pub mod error;
 pub mod observe;
 pub mod push;
@@ -47,7 +56,7 @@ use polyhub_sdk::{Adapter, AdapterConfig, AdapterFactory, ConfigError};
 pub use adapter::CoapAdapter;
 /// The CoAP message codec this crate is built on, for tests and tools.
 pub use coap_lite;
-pub use config::{CoapConfig, PushTarget, Settings};
+pub use config::{CoapConfig, Limits, PushTarget, Settings};
 pub use error::CoapError;
 
 /// Builds `type = "coap"` adapters.

@@ -108,7 +108,9 @@ pub struct Observers {
     trie: Node,
     sent: HashMap<(SocketAddr, u16), ObserverKey>,
     sent_order: VecDeque<(SocketAddr, u16)>,
+    per_peer: HashMap<SocketAddr, usize>,
     max: usize,
+    max_per_peer: usize,
 }
 
 /// How many notification message ids are remembered for RST matching.
@@ -123,18 +125,23 @@ pub enum Registered {
     Replaced,
     /// Refused: too many observers.
     Full,
+    /// Refused: this peer holds too many observers.
+    PeerFull,
 }
 
 impl Observers {
-    /// An empty registry holding at most `max` observers.
-    pub fn new(max: usize) -> Self {
+    /// An empty registry holding at most `max` observers, `max_per_peer`
+    /// of them from one peer.
+    pub fn new(max: usize, max_per_peer: usize) -> Self {
         Observers {
             observers: HashMap::new(),
             by_filter: HashMap::new(),
             trie: Node::default(),
             sent: HashMap::new(),
             sent_order: VecDeque::new(),
+            per_peer: HashMap::new(),
             max,
+            max_per_peer,
         }
     }
 
@@ -149,6 +156,11 @@ impl Observers {
         if self.observers.len() >= self.max {
             return Registered::Full;
         }
+        let held = self.per_peer.entry(observer.peer).or_default();
+        if *held >= self.max_per_peer {
+            return Registered::PeerFull;
+        }
+        *held += 1;
         let set = self.by_filter.entry(observer.filter.clone()).or_default();
         let new_filter = set.is_empty();
         set.insert(key.clone());
@@ -162,6 +174,12 @@ impl Observers {
     /// Removes an observer; returns its filter when no observer is left on it.
     pub fn deregister(&mut self, key: &ObserverKey) -> Option<TopicFilter> {
         self.observers.remove(key)?;
+        if let Some(n) = self.per_peer.get_mut(&key.0) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_peer.remove(&key.0);
+            }
+        }
         let set = self.by_filter.get_mut(&key.1)?;
         set.remove(key);
         if set.is_empty() {
@@ -261,7 +279,7 @@ mod tests {
 
     #[test]
     fn envelopes_find_observers_of_topics_and_filters() {
-        let mut o = Observers::new(100);
+        let mut o = Observers::new(100, 100);
         assert_eq!(o.register(obs(1, "a/b")), Registered::New(true));
         assert_eq!(o.register(obs(2, "a/b")), Registered::New(false));
         assert_eq!(o.register(obs(3, "a/+")), Registered::New(true));
@@ -279,7 +297,7 @@ mod tests {
 
     #[test]
     fn deregistering_the_last_observer_frees_the_filter() {
-        let mut o = Observers::new(100);
+        let mut o = Observers::new(100, 100);
         o.register(obs(1, "a/+"));
         o.register(obs(2, "a/+"));
         let k1 = (obs(1, "a/+").peer, TopicFilter::new("a/+").unwrap());
@@ -295,13 +313,20 @@ mod tests {
 
     #[test]
     fn re_registration_replaces_and_the_limit_holds() {
-        let mut o = Observers::new(1);
+        let mut o = Observers::new(1, 1);
         assert_eq!(o.register(obs(1, "a")), Registered::New(true));
         let mut again = obs(1, "a");
         again.token = vec![9];
         assert_eq!(o.register(again), Registered::Replaced);
         assert_eq!(o.len(), 1);
         assert_eq!(o.register(obs(2, "a")), Registered::Full);
+        let mut o = Observers::new(10, 2);
+        assert_eq!(o.register(obs(1, "a")), Registered::New(true));
+        assert_eq!(o.register(obs(1, "b")), Registered::New(true));
+        assert_eq!(o.register(obs(1, "c")), Registered::PeerFull);
+        assert_eq!(o.register(obs(2, "c")), Registered::New(true));
+        o.deregister(&(obs(1, "a").peer, TopicFilter::new("a").unwrap()));
+        assert_eq!(o.register(obs(1, "c")), Registered::New(false));
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -17,7 +18,7 @@ use bytes::Bytes;
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
 use parking_lot::Mutex;
 use polyhub_sdk::{
-    AdapterContext, Envelope, PublishError, QoS, SubscribeOptions, Subscription, Topic, TopicFilter,
+    AdapterContext, Envelope, PublishError, SubscribeOptions, Subscription, Topic, TopicFilter,
 };
 use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
@@ -27,6 +28,7 @@ use tracing::{debug, warn};
 use crate::config::Settings;
 use crate::convert::{self, Block, PathError, Resource};
 use crate::dedup::{Exchange, ExchangeCache};
+use crate::discovery::{BlockError, CursorCache, Scope};
 use crate::observe::{Observer, ObserverKey, Observers, Registered};
 use crate::transmission::{self, MessageIds};
 
@@ -38,13 +40,6 @@ pub const MAX_DATAGRAM: usize = 65_535;
 const KNOWN_OPTIONS: &[u16] = &[
     1, 3, 4, 5, 6, 7, 8, 9, 11, 12, 14, 15, 17, 20, 23, 27, 28, 35, 39, 60, 258,
 ];
-
-/// Most request bodies being assembled from Block1 transfers at once.
-const MAX_ASSEMBLIES: usize = 1024;
-/// Most response bodies kept for Block2 follow-up requests.
-const MAX_BLOCK2_BODIES: usize = 1024;
-/// How long a partial Block1 body or a Block2 body is kept.
-const BLOCK_STATE_LIFETIME: Duration = Duration::from_secs(60);
 
 /// What the peer answered to a confirmable message.
 #[derive(Debug)]
@@ -70,14 +65,95 @@ struct Block2Body {
 }
 
 /// State behind one lock: short critical sections, never held across await.
+/// Every map is bounded by `Settings::limits`.
 #[derive(Debug)]
 struct State {
     dedup: ExchangeCache,
     observers: Observers,
     assemblies: HashMap<(SocketAddr, Topic), Assembly>,
+    /// Bytes held by `assemblies`.
+    assembly_bytes: usize,
     block2: HashMap<(SocketAddr, TopicFilter), Block2Body>,
+    /// Bytes held by `block2`.
+    block2_bytes: usize,
     /// One hub subscription and its forwarding task per observed filter.
     filters: HashMap<TopicFilter, CancellationToken>,
+}
+
+impl State {
+    fn remove_assembly(&mut self, key: &(SocketAddr, Topic)) -> Option<Assembly> {
+        let a = self.assemblies.remove(key)?;
+        self.assembly_bytes -= a.body.len();
+        Some(a)
+    }
+
+    fn expire_assemblies(&mut self, now: Instant, lifetime: Duration) {
+        let old: Vec<(SocketAddr, Topic)> = self
+            .assemblies
+            .iter()
+            .filter(|(_, a)| now.duration_since(a.updated) >= lifetime)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in old {
+            self.remove_assembly(&k);
+        }
+    }
+
+    fn remove_block2(&mut self, key: &(SocketAddr, TopicFilter)) {
+        if let Some(b) = self.block2.remove(key) {
+            self.block2_bytes -= b.body.len();
+        }
+    }
+
+    /// Keeps a Block2 body within the limits: expired ones go, then the
+    /// peer's oldest beyond its share, then the oldest of all.
+    fn insert_block2(
+        &mut self,
+        key: (SocketAddr, TopicFilter),
+        body: Block2Body,
+        limits: &crate::config::Limits,
+    ) {
+        let now = body.stored;
+        self.remove_block2(&key);
+        if body.body.len() > limits.block2_bytes {
+            return;
+        }
+        let old: Vec<(SocketAddr, TopicFilter)> = self
+            .block2
+            .iter()
+            .filter(|(_, b)| now.duration_since(b.stored) >= limits.block_lifetime)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in old {
+            self.remove_block2(&k);
+        }
+        let peer = key.0;
+        loop {
+            let mine = self.block2.iter().filter(|(k, _)| k.0 == peer);
+            if mine.clone().count() < limits.block2_per_peer {
+                break;
+            }
+            let Some(k) = mine.min_by_key(|(_, b)| b.stored).map(|(k, _)| k.clone()) else {
+                break;
+            };
+            self.remove_block2(&k);
+        }
+        while self.block2.len() >= limits.block2_entries
+            || self.block2_bytes + body.body.len() > limits.block2_bytes
+        {
+            let Some(k) = self
+                .block2
+                .iter()
+                .min_by_key(|(_, b)| b.stored)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            self.remove_block2(&k);
+        }
+        self.block2_bytes += body.body.len();
+        self.block2.insert(key, body);
+    }
 }
 
 /// The server, shared by the receive loop and the tasks it spawns.
@@ -87,8 +163,21 @@ pub struct Server {
     socket: Arc<UdpSocket>,
     ids: MessageIds,
     state: Mutex<State>,
+    /// The shared cursors of `/.well-known/core` listings.
+    discovery: Mutex<CursorCache>,
     pending: Mutex<HashMap<(SocketAddr, u16), oneshot::Sender<Reply>>>,
+    /// Requests whose publish waits for the hub off the receive loop.
+    waiting: AtomicUsize,
     tasks: tokio_util::task::TaskTracker,
+}
+
+/// Releases a place among the waiting requests when dropped.
+struct WaitSlot(Arc<Server>);
+
+impl Drop for WaitSlot {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// What handling a request produced.
@@ -109,14 +198,27 @@ impl Server {
         socket: Arc<UdpSocket>,
         tasks: tokio_util::task::TaskTracker,
     ) -> Arc<Self> {
+        let limits = settings.limits;
         Arc::new(Server {
             state: Mutex::new(State {
-                dedup: ExchangeCache::new(settings.exchange_lifetime, settings.dedup_capacity),
-                observers: Observers::new(settings.max_observers),
+                dedup: ExchangeCache::new(
+                    settings.exchange_lifetime,
+                    settings.dedup_capacity,
+                    limits.dedup_bytes,
+                ),
+                observers: Observers::new(settings.max_observers, limits.observers_per_peer),
                 assemblies: HashMap::new(),
+                assembly_bytes: 0,
                 block2: HashMap::new(),
+                block2_bytes: 0,
                 filters: HashMap::new(),
             }),
+            discovery: Mutex::new(CursorCache::new(
+                limits.discovery_entries,
+                limits.discovery_bytes,
+                limits.block_lifetime,
+            )),
+            waiting: AtomicUsize::new(0),
             ctx,
             settings,
             socket,
@@ -154,9 +256,13 @@ impl Server {
     }
 
     fn malformed(&self, peer: SocketAddr, why: &str) {
-        self.ctx.metrics().record_drop();
-        self.ctx.metrics().incr("malformed_datagrams");
+        self.ctx.metrics().record_rejected("malformed_datagram");
         debug!(adapter = %self.ctx.name(), peer = %peer, reason = why, "Dropped malformed datagram.");
+    }
+
+    /// Counts a refused request by `reason` (a fixed snake_case name).
+    fn reject(&self, reason: &'static str) {
+        self.ctx.metrics().record_rejected(reason);
     }
 
     async fn send(&self, packet: &Packet, peer: SocketAddr) -> Option<Vec<u8>> {
@@ -180,38 +286,18 @@ impl Server {
     }
 
     async fn on_datagram(self: &Arc<Self>, buf: &[u8], peer: SocketAddr) {
-        if buf.len() < 4 {
-            return self.malformed(peer, "shorter than the 4-byte header");
-        }
-        if buf[0] >> 6 != 1 {
-            // RFC 7252 §3: unknown versions are silently ignored.
-            return self.malformed(peer, "unknown CoAP version");
-        }
-        let kind = (buf[0] >> 4) & 0x3;
-        let mid = u16::from_be_bytes([buf[2], buf[3]]);
-        let packet = match Packet::from_bytes(buf) {
-            Ok(p) if p.header.code == MessageClass::Empty && buf.len() != 4 => {
-                Err("empty message with a token, options or payload")
-            }
-            Ok(p) if matches!(p.header.code, MessageClass::Reserved(_)) => {
-                Err("reserved message code")
-            }
-            Ok(p) => Ok(p),
-            Err(_) => Err("bad token length or options"),
-        };
-        let packet = match packet {
+        let packet = match convert::parse_datagram(buf) {
             Ok(p) => p,
-            Err(why) => {
-                self.malformed(peer, why);
-                // A CON or NON message with a format error is rejected with a
-                // RST (RFC 7252 §4.2, §4.3); ACK and RST are dropped.
-                if kind <= 1 {
+            Err(m) => {
+                self.malformed(peer, m.why);
+                if let Some(mid) = m.reset {
                     self.send(&convert::empty(MessageType::Reset, mid), peer)
                         .await;
                 }
                 return;
             }
         };
+        let mid = packet.header.message_id;
         match (packet.header.get_type(), packet.header.code) {
             (MessageType::Acknowledgement, _) => self.on_reply(peer, mid, Reply::Ack),
             (MessageType::Reset, _) => self.on_reply(peer, mid, Reply::Reset),
@@ -226,10 +312,11 @@ impl Server {
             }
             (MessageType::Confirmable, _) => {
                 // A response we did not ask for.
+                self.reject("unexpected_message");
                 self.send(&convert::empty(MessageType::Reset, mid), peer)
                     .await;
             }
-            _ => {}
+            _ => self.reject("unexpected_message"),
         }
     }
 
@@ -249,17 +336,14 @@ impl Server {
 
     async fn on_request(self: &Arc<Self>, packet: Packet, peer: SocketAddr) {
         let mid = packet.header.message_id;
-        let con = packet.header.get_type() == MessageType::Confirmable;
         let dup = self.state.lock().dedup.check(peer, mid, Instant::now());
         if let Some(ex) = dup {
             self.ctx.metrics().incr("duplicates");
-            match ex {
-                Exchange::Answered(Some(bytes)) => self.send_bytes(&bytes, peer).await,
-                Exchange::InProgress if con => {
-                    self.send(&convert::empty(MessageType::Acknowledgement, mid), peer)
-                        .await;
-                }
-                _ => {}
+            // A duplicate of an exchange still in progress is ignored: its
+            // request waits for the hub (at most ACK_TIMEOUT / 2), and is
+            // then answered or acknowledged; the client retransmits later.
+            if let Exchange::Answered(Some(bytes)) = ex {
+                self.send_bytes(&bytes, peer).await;
             }
             return;
         }
@@ -278,35 +362,66 @@ impl Server {
                     self.answer(&packet, resp, peer).await;
                     return;
                 }
-                let wait = self.settings.retransmission.ack_timeout / 2;
-                tokio::select! {
-                    r = &mut publish => {
-                        let resp = self.published(r, resp);
-                        self.answer(&packet, resp, peer).await;
-                    }
-                    _ = tokio::time::sleep(wait) => {
-                        // The hub is applying back-pressure: acknowledge now,
-                        // answer separately (RFC 7252 §5.2.2).
-                        let me = self.clone();
-                        if con {
-                            let ack = convert::empty(MessageType::Acknowledgement, mid);
-                            let bytes = self.send(&ack, peer).await;
-                            self.state.lock().dedup.answer(peer, mid, bytes);
-                        }
-                        self.tasks.spawn(async move {
-                            let r = publish.await;
-                            let mut resp = me.published(r, resp);
-                            resp.header.message_id = me.ids.next();
-                            if con {
-                                resp.header.set_type(MessageType::Confirmable);
-                                me.confirm(resp, peer).await;
-                            } else {
-                                me.send(&resp, peer).await;
-                            }
-                        });
-                    }
+                // The hub is applying back-pressure (a QoS 1 subscriber is
+                // full): wait off the receive loop, in a bounded number of
+                // tasks, so that other devices are still served.
+                let limit = self.settings.limits.pending_responses;
+                if self.waiting.fetch_add(1, Ordering::Relaxed) >= limit {
+                    self.waiting.fetch_sub(1, Ordering::Relaxed);
+                    drop(publish);
+                    self.reject("too_many_pending");
+                    let mut resp = resp;
+                    resp.header.code = MessageClass::Response(ResponseType::ServiceUnavailable);
+                    resp.clear_all_options();
+                    let resp =
+                        convert::with_diagnostic(resp, "too many requests waiting for the hub");
+                    self.answer(&packet, resp, peer).await;
+                    return;
                 }
+                let slot = WaitSlot(self.clone());
+                let me = self.clone();
+                self.tasks.spawn(async move {
+                    let _slot = slot;
+                    me.answer_when_published(packet, publish, resp, peer).await;
+                });
             }
+        }
+    }
+
+    /// Answers a request whose publish the hub did not take at once:
+    /// piggybacked if it does within ACK_TIMEOUT / 2, else an empty ACK now
+    /// and a separate response later (RFC 7252 §5.2.2).
+    async fn answer_when_published(
+        self: Arc<Self>,
+        packet: Packet,
+        mut publish: PublishFuture,
+        resp: Packet,
+        peer: SocketAddr,
+    ) {
+        let mid = packet.header.message_id;
+        let con = packet.header.get_type() == MessageType::Confirmable;
+        let wait = self.settings.retransmission.ack_timeout / 2;
+        tokio::select! {
+            r = &mut publish => {
+                let resp = self.published(r, resp);
+                self.answer(&packet, resp, peer).await;
+                return;
+            }
+            _ = tokio::time::sleep(wait) => {}
+        }
+        if con {
+            let ack = convert::empty(MessageType::Acknowledgement, mid);
+            let bytes = self.send(&ack, peer).await;
+            self.state.lock().dedup.answer(peer, mid, bytes);
+        }
+        let r = publish.await;
+        let mut resp = self.published(r, resp);
+        resp.header.message_id = self.ids.next();
+        if con {
+            resp.header.set_type(MessageType::Confirmable);
+            self.confirm(resp, peer).await;
+        } else {
+            self.send(&resp, peer).await;
         }
     }
 
@@ -315,7 +430,11 @@ impl Server {
         match r {
             Ok(()) => resp,
             Err(e) => {
-                self.ctx.metrics().record_error();
+                if e == PublishError::Quota {
+                    self.reject("quota_exceeded");
+                } else {
+                    self.ctx.metrics().record_error();
+                }
                 warn!(adapter = %self.ctx.name(), error = %e, "Hub refused a publish.");
                 resp.header.code = MessageClass::Response(ResponseType::ServiceUnavailable);
                 resp.clear_all_options();
@@ -346,7 +465,10 @@ impl Server {
     /// Handles a (non-duplicate) request: everything but the publish itself.
     fn handle(self: &Arc<Self>, req: &Packet, peer: SocketAddr) -> Outcome {
         let reply = |code| convert::response_to(req, code, self.ids.next());
-        let error = |code, text: &str| Outcome::Reply(convert::with_diagnostic(reply(code), text));
+        let error = |reason: &'static str, code, text: &str| {
+            self.reject(reason);
+            Outcome::Reply(convert::with_diagnostic(reply(code), text))
+        };
 
         if let Some(n) = req
             .options()
@@ -354,48 +476,47 @@ impl Server {
             .find(|n| n % 2 == 1 && !KNOWN_OPTIONS.contains(n))
         {
             return error(
+                "bad_option",
                 ResponseType::BadOption,
                 &format!("unknown critical option {n}"),
             );
         }
         let (Some(path), Some(query)) = (convert::uri_path(req), convert::uri_query(req)) else {
             return error(
+                "bad_path",
                 ResponseType::BadRequest,
                 "Uri-Path or Uri-Query is not UTF-8",
             );
         };
         let resource = match convert::resource_from_path(&path) {
             Ok(r) => r,
-            Err(PathError::NotFound) => return error(ResponseType::NotFound, "no such resource"),
-            Err(PathError::BadTopic(why)) => return error(ResponseType::BadRequest, &why),
+            Err(PathError::NotFound) => {
+                return error("bad_path", ResponseType::NotFound, "no such resource")
+            }
+            Err(PathError::BadTopic(why)) => {
+                return error("invalid_topic", ResponseType::BadRequest, &why)
+            }
         };
         let MessageClass::Request(method) = req.header.code else {
-            return error(ResponseType::BadRequest, "not a request");
+            return error(
+                "unexpected_message",
+                ResponseType::BadRequest,
+                "not a request",
+            );
         };
         let Ok(block2) = Block::of(req, CoapOption::Block2) else {
-            return error(ResponseType::BadOption, "malformed Block2 option");
+            return error(
+                "bad_option",
+                ResponseType::BadOption,
+                "malformed Block2 option",
+            );
         };
         match (resource, method) {
             (Resource::WellKnownCore, RequestType::Get) => {
-                let all = TopicFilter::new("#").ok();
-                let values = all.map(|f| self.ctx.last_values(&f)).unwrap_or_default();
-                let doc = convert::link_format(
-                    values
-                        .iter()
-                        .map(|e| (e.topic.as_str(), convert::envelope_content_format(e))),
-                    &query,
-                );
-                let key = TopicFilter::new(".well-known/core").ok();
-                Outcome::Reply(self.body_response(
-                    reply(ResponseType::Content),
-                    peer,
-                    key,
-                    Bytes::from(doc),
-                    Some(40),
-                    block2,
-                ))
+                self.discovery(&query, block2, reply(ResponseType::Content))
             }
             (Resource::WellKnownCore, _) => error(
+                "bad_method",
                 ResponseType::MethodNotAllowed,
                 "/.well-known/core is read-only",
             ),
@@ -405,6 +526,7 @@ impl Server {
             (Resource::Topic(filter), RequestType::Post | RequestType::Put) => {
                 let Some(topic) = filter.as_topic() else {
                     return error(
+                        "invalid_topic",
                         ResponseType::BadRequest,
                         "cannot publish to a filter (`+`, `#`)",
                     );
@@ -414,6 +536,7 @@ impl Server {
             (Resource::Topic(filter), RequestType::Delete) => {
                 let Some(topic) = filter.as_topic() else {
                     return error(
+                        "invalid_topic",
                         ResponseType::BadRequest,
                         "cannot delete a filter (`+`, `#`)",
                     );
@@ -422,8 +545,53 @@ impl Server {
                 Outcome::Reply(reply(ResponseType::Deleted))
             }
             _ => error(
+                "bad_method",
                 ResponseType::MethodNotAllowed,
                 "use GET, POST, PUT or DELETE",
+            ),
+        }
+    }
+
+    /// One block of the `/.well-known/core` listing, from a page of the
+    /// hub's topic index (see [`crate::discovery`]).
+    fn discovery(&self, query: &[String], block2: Option<Block>, mut resp: Packet) -> Outcome {
+        let scope = Scope::of_query(query);
+        let szx = self.szx_for(block2.map(|b| b.szx));
+        let size = 1usize << (szx + 4);
+        let num = block2.map_or(0, |b| b.num);
+        let ctx = &self.ctx;
+        let pages =
+            |prefix: &str, after: Option<&str>, limit: usize| ctx.topics_page(prefix, after, limit);
+        let block =
+            self.discovery
+                .lock()
+                .block(&pages, &scope, num as usize * size, size, Instant::now());
+        let refuse = |mut resp: Packet, code, text: &str| {
+            self.reject("bad_block");
+            resp.header.code = MessageClass::Response(code);
+            Outcome::Reply(convert::with_diagnostic(resp, text))
+        };
+        match block {
+            Ok(b) => {
+                convert::set_content_format(&mut resp, Some(40));
+                if block2.is_some() || b.more {
+                    let opt = Block {
+                        num,
+                        more: b.more,
+                        szx,
+                    };
+                    resp.add_option(CoapOption::Block2, opt.encode());
+                }
+                resp.payload = b.payload;
+                Outcome::Reply(resp)
+            }
+            Err(BlockError::PastTheEnd) => {
+                refuse(resp, ResponseType::BadOption, "block number past the end")
+            }
+            Err(BlockError::OutOfOrder) => refuse(
+                resp,
+                ResponseType::BadRequest,
+                "ask for the blocks of /.well-known/core in order",
             ),
         }
     }
@@ -441,13 +609,14 @@ impl Server {
             Some(v) => match convert::decode_uint(v, 3) {
                 Some(n) => Some(n),
                 None => {
+                    self.reject("bad_option");
                     return Outcome::Reply(convert::with_diagnostic(
                         {
                             resp.header.code = MessageClass::Response(ResponseType::BadOption);
                             resp
                         },
                         "malformed Observe option",
-                    ))
+                    ));
                 }
             },
         };
@@ -482,26 +651,7 @@ impl Server {
                         ),
                     )),
                 };
-                let mut st = self.state.lock();
-                match st.observers.register(observer) {
-                    Registered::New(new_filter) => {
-                        registered = true;
-                        if new_filter {
-                            self.watch_filter(&mut st, filter.clone());
-                        }
-                    }
-                    Registered::Replaced => registered = true,
-                    Registered::Full => {
-                        self.ctx.metrics().incr("observers_refused");
-                        warn!(adapter = %self.ctx.name(), peer = %peer, "Too many observers; registration refused.");
-                    }
-                }
-                if registered {
-                    // The registration's own sequence number is 0.
-                    if let Some(o) = st.observers.get_mut(&(peer, filter.clone())) {
-                        o.seq = 0;
-                    }
-                }
+                registered = self.register_observer(observer);
             }
             Some(1) => {
                 let mut st = self.state.lock();
@@ -519,6 +669,7 @@ impl Server {
             let want = convert::decode_uint(accept, 2).map(|n| n as u16);
             let have = value.as_deref().and_then(convert::envelope_content_format);
             if value.is_some() && want != have {
+                self.reject("not_acceptable");
                 resp.header.code = MessageClass::Response(ResponseType::NotAcceptable);
                 return Outcome::Reply(resp);
             }
@@ -540,6 +691,7 @@ impl Server {
             }
             None if registered => Outcome::Reply(resp),
             None if filter.has_wildcards() => {
+                self.reject("invalid_topic");
                 resp.header.code = MessageClass::Response(ResponseType::BadRequest);
                 Outcome::Reply(convert::with_diagnostic(
                     resp,
@@ -599,31 +751,15 @@ impl Server {
         format: Option<u16>,
         etag: Vec<u8>,
     ) {
-        let now = Instant::now();
-        let mut st = self.state.lock();
-        if st.block2.len() >= MAX_BLOCK2_BODIES {
-            st.block2
-                .retain(|_, b| now.duration_since(b.stored) < BLOCK_STATE_LIFETIME);
-            if st.block2.len() >= MAX_BLOCK2_BODIES {
-                let oldest = st
-                    .block2
-                    .iter()
-                    .min_by_key(|(_, b)| b.stored)
-                    .map(|(k, _)| k.clone());
-                if let Some(k) = oldest {
-                    st.block2.remove(&k);
-                }
-            }
-        }
-        st.block2.insert(
-            (peer, key),
-            Block2Body {
-                body,
-                format,
-                etag,
-                stored: now,
-            },
-        );
+        let entry = Block2Body {
+            body,
+            format,
+            etag,
+            stored: Instant::now(),
+        };
+        self.state
+            .lock()
+            .insert_block2((peer, key), entry, &self.settings.limits);
     }
 
     fn publish_request(
@@ -634,20 +770,45 @@ impl Server {
         query: &[String],
         mut resp: Packet,
     ) -> Outcome {
-        let fail = |mut resp: Packet, code, text: &str| {
+        let fail = |reason: &'static str, mut resp: Packet, code, text: &str| {
+            self.reject(reason);
             resp.header.code = MessageClass::Response(code);
             Outcome::Reply(convert::with_diagnostic(resp, text))
         };
         let Ok(format) = convert::content_format(req) else {
-            return fail(resp, ResponseType::BadOption, "malformed Content-Format");
+            return fail(
+                "bad_option",
+                resp,
+                ResponseType::BadOption,
+                "malformed Content-Format",
+            );
         };
         let Ok(block1) = Block::of(req, CoapOption::Block1) else {
-            return fail(resp, ResponseType::BadOption, "malformed Block1 option");
+            return fail(
+                "bad_option",
+                resp,
+                ResponseType::BadOption,
+                "malformed Block1 option",
+            );
         };
         let max = self.settings.max_body;
+        let limits = self.settings.limits;
         let too_large = |mut resp: Packet| {
             resp.add_option(CoapOption::Size1, convert::encode_uint(max as u32));
-            fail(resp, ResponseType::RequestEntityTooLarge, "body too large")
+            fail(
+                "too_large",
+                resp,
+                ResponseType::RequestEntityTooLarge,
+                "body too large",
+            )
+        };
+        let busy = |resp: Packet| {
+            fail(
+                "too_many_transfers",
+                resp,
+                ResponseType::ServiceUnavailable,
+                "too many block-wise transfers",
+            )
         };
         let payload: Vec<u8> = match block1 {
             None => {
@@ -669,17 +830,13 @@ impl Server {
                 let now = Instant::now();
                 let mut st = self.state.lock();
                 if b.num == 0 {
-                    if st.assemblies.len() >= MAX_ASSEMBLIES {
-                        st.assemblies
-                            .retain(|_, a| now.duration_since(a.updated) < BLOCK_STATE_LIFETIME);
-                        if st.assemblies.len() >= MAX_ASSEMBLIES {
-                            self.ctx.metrics().record_drop();
-                            return fail(
-                                resp,
-                                ResponseType::ServiceUnavailable,
-                                "too many block-wise transfers",
-                            );
-                        }
+                    st.remove_assembly(&key);
+                    st.expire_assemblies(now, limits.block_lifetime);
+                    let mine = st.assemblies.keys().filter(|k| k.0 == peer).count();
+                    if st.assemblies.len() >= limits.assemblies
+                        || mine >= limits.assemblies_per_peer
+                    {
+                        return busy(resp);
                     }
                     st.assemblies.insert(
                         key.clone(),
@@ -689,27 +846,35 @@ impl Server {
                         },
                     );
                 }
+                let held = st.assembly_bytes;
                 let Some(asm) = st.assemblies.get_mut(&key) else {
                     return fail(
+                        "bad_block",
                         resp,
                         ResponseType::RequestEntityIncomplete,
                         "block 0 missing",
                     );
                 };
                 if b.offset() != asm.body.len() || (b.more && req.payload.len() != b.size()) {
-                    st.assemblies.remove(&key);
+                    st.remove_assembly(&key);
                     return fail(
+                        "bad_block",
                         resp,
                         ResponseType::RequestEntityIncomplete,
                         "block out of sequence",
                     );
                 }
                 if asm.body.len() + req.payload.len() > max {
-                    st.assemblies.remove(&key);
+                    st.remove_assembly(&key);
                     return too_large(resp);
+                }
+                if held + req.payload.len() > limits.assembly_bytes {
+                    st.remove_assembly(&key);
+                    return busy(resp);
                 }
                 asm.body.extend_from_slice(&req.payload);
                 asm.updated = now;
+                st.assembly_bytes += req.payload.len();
                 let echo = Block {
                     num: b.num,
                     more: b.more,
@@ -720,29 +885,14 @@ impl Server {
                     resp.header.code = MessageClass::Response(ResponseType::Continue);
                     return Outcome::Reply(resp);
                 }
-                match st.assemblies.remove(&key) {
+                match st.remove_assembly(&key) {
                     Some(a) => a.body,
                     None => Vec::new(),
                 }
             }
         };
-        let con = req.header.get_type() == MessageType::Confirmable;
-        let mut envelope = Envelope::new(topic, payload)
-            .with_origin(self.ctx.origin().with_peer(peer))
-            .with_qos(if con {
-                QoS::AtLeastOnce
-            } else {
-                QoS::AtMostOnce
-            });
-        convert::apply_content_format(&mut envelope, format);
-        for q in query {
-            match q.split_once('=').unwrap_or((q.as_str(), "true")) {
-                ("retain", v) => envelope.retain = matches!(v, "true" | "1" | ""),
-                ("qos", "0") => envelope.qos = QoS::AtMostOnce,
-                ("qos", "1") => envelope.qos = QoS::AtLeastOnce,
-                _ => {}
-            }
-        }
+        let origin = self.ctx.origin().with_peer(peer);
+        let envelope = convert::request_envelope(req, topic, query, payload, format, origin);
         Outcome::Publish(Box::new(envelope), resp)
     }
 
@@ -780,12 +930,37 @@ impl Server {
         });
     }
 
+    /// Registers an observer (the one place observations begin; see
+    /// `deregister_locked` for where they end); false when refused.
+    fn register_observer(self: &Arc<Self>, observer: Observer) -> bool {
+        let (peer, filter) = (observer.peer, observer.filter.clone());
+        let mut st = self.state.lock();
+        match st.observers.register(observer) {
+            Registered::New(new_filter) => {
+                if new_filter {
+                    self.watch_filter(&mut st, filter.clone());
+                }
+            }
+            Registered::Replaced => {}
+            Registered::Full | Registered::PeerFull => {
+                self.reject("too_many_observers");
+                warn!(adapter = %self.ctx.name(), peer = %peer, "Too many observers; registration refused.");
+                return false;
+            }
+        }
+        // The registration's own sequence number is 0.
+        if let Some(o) = st.observers.get_mut(&(peer, filter)) {
+            o.seq = 0;
+        }
+        true
+    }
+
     fn deregister_locked(&self, st: &mut State, key: &ObserverKey) {
         if let Some(freed) = st.observers.deregister(key) {
             if let Some(t) = st.filters.remove(&freed) {
                 t.cancel();
             }
-            st.block2.remove(key);
+            st.remove_block2(key);
         }
     }
 
@@ -833,7 +1008,7 @@ impl Server {
                 st.observers.sent(key.clone(), mid);
                 let p = if envelope.payload.len() > 1 << (szx + 4) {
                     let etag = convert::etag(&envelope.payload);
-                    st.block2.insert(
+                    st.insert_block2(
                         key.clone(),
                         Block2Body {
                             body: envelope.payload.clone(),
@@ -841,6 +1016,7 @@ impl Server {
                             etag: etag.clone(),
                             stored: now,
                         },
+                        &self.settings.limits,
                     );
                     block_response(
                         p,

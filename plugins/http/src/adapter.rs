@@ -77,7 +77,12 @@ impl Adapter for HttpAdapter {
             max_body_bytes: config.max_body_bytes,
             keep_alive: Duration::from_secs(config.sse_keep_alive_secs),
             queue_depth: config.queue_depth,
+            body_timeout: Duration::from_secs(config.body_timeout_secs),
         });
+        let limits = || serve::Limits {
+            gate: serve::ConnectionGate::new(config.max_connections),
+            header_timeout: Duration::from_secs(config.header_timeout_secs),
+        };
         let app = api::router(state.clone());
         let shutdown = ctx.shutdown().clone();
 
@@ -88,7 +93,7 @@ impl Adapter for HttpAdapter {
                 let listener = tcp.tap_io(|s| {
                     let _ = s.set_nodelay(true);
                 });
-                serve::serve(listener, app, state, shutdown).await;
+                serve::serve(listener, app, state, limits(), shutdown).await;
             }
             Some(tls) => {
                 let listener = TlsListener::new(
@@ -96,9 +101,10 @@ impl Adapter for HttpAdapter {
                     tls,
                     Arc::from(name.as_str()),
                     ctx.metrics().clone(),
+                    serve::ConnectionGate::new(config.max_connections),
                     shutdown.clone(),
                 )?;
-                serve::serve(listener, app, state, shutdown).await;
+                serve::serve(listener, app, state, limits(), shutdown).await;
             }
         }
         tasks.close();

@@ -13,8 +13,9 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::{Json, Router};
+use bytes::Bytes;
 use futures::StreamExt;
-use polyhub_sdk::{AdapterContext, Envelope, PublishError, SubscribeOptions, Topic};
+use polyhub_sdk::{AdapterContext, Envelope, PublishError, QoS, SubscribeOptions, Topic};
 
 use crate::convert::{self, EventData, PublishOptions, RequestError};
 use crate::hub_status;
@@ -31,6 +32,8 @@ pub struct ApiState {
     pub keep_alive: Duration,
     /// Queue depth of SSE streams (`None`: the hub's default).
     pub queue_depth: Option<usize>,
+    /// Time a request body has to arrive in full.
+    pub body_timeout: Duration,
 }
 
 pub(crate) type Shared = Arc<ApiState>;
@@ -41,7 +44,18 @@ pub struct ApiError {
     status: StatusCode,
     message: String,
     allow: Option<&'static str>,
+    /// Why the request was refused, for `polyhub_rejected_total`; `None`
+    /// for answers that refuse nothing (a topic without a value).
+    reason: Option<&'static str>,
+    /// Close the connection after the answer (the body was not read whole).
+    close: bool,
 }
+
+/// Marks a response as a refusal: the connection loop counts it as
+/// `polyhub_rejected_total{reason}` (so every route, fallback and the fast
+/// path are counted in one place, without the router's state).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rejected(pub &'static str);
 
 impl ApiError {
     fn new(status: StatusCode, message: impl Into<String>) -> Self {
@@ -49,27 +63,51 @@ impl ApiError {
             status,
             message: message.into(),
             allow: None,
+            reason: None,
+            close: false,
+        }
+    }
+
+    /// A refusal counted under `reason`.
+    fn rejected(status: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            reason: Some(reason),
+            ..ApiError::new(status, message)
         }
     }
 
     fn method_not_allowed(method: &Method, allow: &'static str) -> Self {
         ApiError {
-            status: StatusCode::METHOD_NOT_ALLOWED,
-            message: format!("method {method} not allowed here; allowed: {allow}"),
             allow: Some(allow),
+            ..ApiError::rejected(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("method {method} not allowed here; allowed: {allow}"),
+            )
         }
     }
 }
 
 impl From<RequestError> for ApiError {
     fn from(e: RequestError) -> Self {
-        ApiError::new(StatusCode::BAD_REQUEST, e.to_string())
+        ApiError::rejected(StatusCode::BAD_REQUEST, e.reason(), e.to_string())
     }
 }
 
 impl From<PublishError> for ApiError {
     fn from(e: PublishError) -> Self {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        match e {
+            PublishError::Quota => ApiError::rejected(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "quota_exceeded",
+                e.to_string(),
+            ),
+            e => ApiError::rejected(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                e.to_string(),
+            ),
+        }
     }
 }
 
@@ -89,6 +127,13 @@ impl IntoResponse for ApiError {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"polyhub\""),
             );
+        }
+        if self.close {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if let Some(reason) = self.reason {
+            resp.extensions_mut().insert(Rejected(reason));
         }
         resp
     }
@@ -130,8 +175,9 @@ pub fn router(state: Shared) -> Router {
                 .fallback(|m: Method| async move { ApiError::method_not_allowed(&m, "GET, HEAD") }),
         )
         .fallback(|uri: axum::http::Uri| async move {
-            ApiError::new(
+            ApiError::rejected(
                 StatusCode::NOT_FOUND,
+                "bad_path",
                 format!(
                     "no such path `{}`; try /topics, /topics/{{topic}}, /events, /health or /metrics",
                     uri.path()
@@ -180,10 +226,16 @@ async fn require_token(State(state): State<Shared>, req: Request, next: Next) ->
         }
         Some(_) => {
             state.ctx.metrics().incr("auth_failures");
-            ApiError::new(StatusCode::UNAUTHORIZED, "invalid bearer token").into_response()
+            ApiError::rejected(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "invalid bearer token",
+            )
+            .into_response()
         }
-        None => ApiError::new(
+        None => ApiError::rejected(
             StatusCode::UNAUTHORIZED,
+            "unauthorized",
             "missing bearer token (Authorization: Bearer …)",
         )
         .into_response(),
@@ -315,23 +367,11 @@ async fn publish(state: &ApiState, topic: Topic, req: Request) -> Result<Respons
         .map(str::to_owned);
     let carried = convert::carried_headers(req.headers());
     let peer = req.extensions().get::<PeerName>().map(|p| p.0.clone());
-    let body = match axum::body::to_bytes(req.into_body(), state.max_body_bytes).await {
-        Ok(b) => b,
-        Err(e) => {
-            let e = e.into_inner();
-            if e.is::<http_body_util::LengthLimitError>() {
-                state.ctx.metrics().incr("oversized_bodies");
-                return Err(ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("body larger than {} bytes", state.max_body_bytes),
-                ));
-            }
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!("cannot read the body: {e}"),
-            ));
+    let body = read_body(state, req.into_body()).await.inspect_err(|e| {
+        if e.reason == Some("body_too_large") {
+            state.ctx.metrics().incr("oversized_bodies");
         }
-    };
+    })?;
     let mut origin = state.ctx.origin();
     origin.peer = peer;
     let mut env = Envelope::new(topic, body)
@@ -348,6 +388,81 @@ async fn publish(state: &ApiState, topic: Topic, req: Request) -> Result<Respons
     Ok(StatusCode::ACCEPTED.into_response())
 }
 
+/// Reads a request body of at most `max_body_bytes` within `body_timeout`.
+///
+/// Memory follows what the peer sent: each chunk is copied into one growing
+/// buffer and dropped at once. (Holding hyper's chunks instead, as
+/// `to_bytes` does, keeps each one's whole read buffer alive: a body
+/// dribbled a byte per TCP segment cost ~3.8 KB per byte.) A body that
+/// comes in one chunk, the usual case, is taken without a copy, and
+/// without a timer when it is there already.
+async fn read_body(state: &ApiState, body: axum::body::Body) -> Result<Bytes, ApiError> {
+    use axum::body::HttpBody as _;
+    let limit = state.max_body_bytes;
+    if body.size_hint().lower() > limit as u64 {
+        return Err(too_large(limit));
+    }
+    let collect = std::pin::pin!(collect_body(body, limit));
+    let mut collect = collect;
+    if let std::task::Poll::Ready(r) = futures::poll!(collect.as_mut()) {
+        return r;
+    }
+    match tokio::time::timeout(state.body_timeout, collect).await {
+        Ok(r) => r,
+        Err(_) => Err(ApiError {
+            close: true,
+            ..ApiError::rejected(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the body did not arrive within {} s",
+                    state.body_timeout.as_secs()
+                ),
+            )
+        }),
+    }
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError {
+        close: true,
+        ..ApiError::rejected(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("body larger than {limit} bytes"),
+        )
+    }
+}
+
+async fn collect_body(mut body: axum::body::Body, limit: usize) -> Result<Bytes, ApiError> {
+    use axum::body::HttpBody as _;
+    use http_body_util::BodyExt;
+    let mut held: Vec<u8> = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError {
+            close: true,
+            ..ApiError::rejected(
+                StatusCode::BAD_REQUEST,
+                "bad_body",
+                format!("cannot read the body: {e}"),
+            )
+        })?;
+        // Trailers carry nothing the envelope keeps.
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if held.len() + data.len() > limit {
+            return Err(too_large(limit));
+        }
+        if held.is_empty() && body.is_end_stream() {
+            // The whole body in one chunk: no copy.
+            return Ok(data);
+        }
+        held.extend_from_slice(&data);
+    }
+    Ok(Bytes::from(held))
+}
+
 /// `/events?filter=…`: a Server-Sent Events stream of matching envelopes.
 async fn events(State(state): State<Shared>, req: Request) -> Result<Response, ApiError> {
     let query = convert::parse_query(req.uri().query())?;
@@ -357,9 +472,13 @@ async fn events(State(state): State<Shared>, req: Request) -> Result<Response, A
         None => false,
     };
     // What this adapter's own clients POST reaches its streams too.
+    // SSE is at-most-once: a client that reads slowly (or not at all)
+    // loses envelopes from its own queue, counted on `dropped_total`, and
+    // never makes a publisher wait.
     let options = SubscribeOptions {
         depth: state.queue_depth,
         include_own: true,
+        max_qos: Some(QoS::AtMostOnce),
         ..SubscribeOptions::default()
     };
     let hub_sub = state

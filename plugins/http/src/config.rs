@@ -14,6 +14,9 @@ use serde::Deserialize;
 /// [adapters.config]
 /// bind = "0.0.0.0:8080"
 /// max_body_bytes = 1048576
+/// max_connections = 10000
+/// header_timeout_secs = 30
+/// body_timeout_secs = 30
 /// tokens = ["s3cret"]
 /// tls = { cert = "cert.pem", key = "key.pem" }
 /// webhooks = [{ filter = "alerts/#", url = "http://127.0.0.1:9000/hook" }]
@@ -28,6 +31,27 @@ pub struct HttpConfig {
     /// `413`. Default 1 MiB (1048576).
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
+    /// Most connections open at once (TLS handshakes under way included).
+    /// Past it a new connection is accepted and closed at once, counted as
+    /// `polyhub_rejected_total{reason="too_many_connections"}`; the open
+    /// ones keep working. Default 10000.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Time a connection has to send a complete request head, in seconds,
+    /// counted from when it opens and, on a keep-alive connection, from the
+    /// end of its previous response: this is also the idle keep-alive
+    /// timeout (hyper runs one timer for both). Past it the connection is
+    /// closed, counted as `reason="header_timeout"` when it had served no
+    /// request yet, else as the `idle_timeouts` counter. Default 30.
+    #[serde(default = "default_timeout_secs")]
+    pub header_timeout_secs: u64,
+    /// Time a request body has to arrive in full, in seconds: a total
+    /// deadline from when the hub starts reading it (not an idle timer, so a
+    /// body dribbled a byte at a time cannot hold a connection forever).
+    /// Past it the request is answered `408` and the connection closed,
+    /// counted as `reason="body_timeout"`. Default 30.
+    #[serde(default = "default_timeout_secs")]
+    pub body_timeout_secs: u64,
     /// Bearer tokens accepted in `Authorization: Bearer …`. When the list is
     /// not empty, `/topics/…` and `/events` require one of them (`/events`
     /// also takes `?access_token=…`, since browsers' `EventSource` cannot set
@@ -92,6 +116,14 @@ fn default_max_body_bytes() -> usize {
     1024 * 1024
 }
 
+fn default_max_connections() -> usize {
+    10_000
+}
+
+fn default_timeout_secs() -> u64 {
+    30
+}
+
 fn default_keep_alive_secs() -> u64 {
     15
 }
@@ -139,6 +171,24 @@ impl HttpConfig {
             return Err(ConfigError::key(
                 "max_body_bytes",
                 "must be at least 1 (default 1048576)",
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err(ConfigError::key(
+                "max_connections",
+                "must be at least 1 (default 10000)",
+            ));
+        }
+        if self.header_timeout_secs == 0 {
+            return Err(ConfigError::key(
+                "header_timeout_secs",
+                "must be at least 1 second (default 30)",
+            ));
+        }
+        if self.body_timeout_secs == 0 {
+            return Err(ConfigError::key(
+                "body_timeout_secs",
+                "must be at least 1 second (default 30)",
             ));
         }
         if self.sse_keep_alive_secs == 0 {
@@ -209,6 +259,8 @@ mod tests {
         assert_eq!(c.max_body_bytes, 1_048_576);
         assert!(c.tokens.is_empty() && c.tls.is_none() && c.webhooks.is_empty());
         assert_eq!(c.sse_keep_alive_secs, 15);
+        assert_eq!(c.max_connections, 10_000);
+        assert_eq!((c.header_timeout_secs, c.body_timeout_secs), (30, 30));
         c.validate().unwrap();
     }
 
@@ -237,6 +289,17 @@ mod tests {
         assert_eq!(e.key.as_deref(), Some("webhooks[0].filter"));
         let e = parse("max_body_bytes = 0").unwrap().validate().unwrap_err();
         assert_eq!(e.key.as_deref(), Some("max_body_bytes"));
+        for key in [
+            "max_connections",
+            "header_timeout_secs",
+            "body_timeout_secs",
+        ] {
+            let e = parse(&format!("{key} = 0"))
+                .unwrap()
+                .validate()
+                .unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(key));
+        }
         let e = parse("tokens = [\"a b\"]").unwrap().validate().unwrap_err();
         assert_eq!(e.key.as_deref(), Some("tokens[0]"));
     }

@@ -42,6 +42,18 @@ pub enum RequestError {
     },
 }
 
+impl RequestError {
+    /// The reason it is counted under in `polyhub_rejected_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            RequestError::PercentEncoding(_) | RequestError::NotUtf8(_) => "bad_encoding",
+            RequestError::Topic(_) => "invalid_topic",
+            RequestError::Filter(_) => "invalid_filter",
+            RequestError::Param { .. } => "bad_query",
+        }
+    }
+}
+
 /// Decodes `%XX` sequences; anything else (including `+`) stays as it is.
 /// Rejects a `%` without two hex digits and a result that is not UTF-8.
 pub fn percent_decode_strict(s: &str) -> Result<String, RequestError> {

@@ -17,6 +17,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::TlsConfig;
+use crate::serve::ConnectionGate;
 
 /// Time a client has to complete its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -71,6 +72,7 @@ impl TlsListener {
         config: Arc<rustls::ServerConfig>,
         adapter: Arc<str>,
         metrics: Arc<AdapterMetrics>,
+        handshakes: Arc<ConnectionGate>,
         shutdown: CancellationToken,
     ) -> std::io::Result<Self> {
         let local = tcp.local_addr()?;
@@ -90,12 +92,19 @@ impl TlsListener {
                         }
                     },
                 };
+                // At most `max_connections` handshakes under way too.
+                let Some(slot) = handshakes.enter() else {
+                    metrics.record_rejected("too_many_connections");
+                    drop(stream);
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let acceptor = acceptor.clone();
                 let tx = tx.clone();
                 let adapter = adapter.clone();
                 let metrics = metrics.clone();
                 tokio::spawn(async move {
+                    let _slot = slot;
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
                             let _ = tx.send((tls, peer)).await;

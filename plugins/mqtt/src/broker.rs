@@ -10,10 +10,14 @@ use std::net::SocketAddr;
 use std::task::Poll;
 use std::thread;
 
+use bytes::BytesMut;
 use polyhub_sdk::{AdapterContext, AdapterError, AdapterState, Envelope, QoS, TopicFilter};
+use polyhub_sdk::{AdapterMetrics, PublishError};
 use rumqttd::local::LinkBuilder;
-use rumqttd::protocol::v4::V4;
-use rumqttd::protocol::{Filter, Packet, PubAck, PubAckReason, RetainForwardRule, Subscribe};
+use rumqttd::protocol::{
+    Error as ProtocolError, Filter, Packet, Protocol, PubAck, PubAckReason, RetainForwardRule,
+    Subscribe,
+};
 use rumqttd::{
     ConnectionSettings, LinkType, Notification, Router, RouterConfig, Server, ServerSettings,
 };
@@ -22,7 +26,6 @@ use tracing::{debug, info, warn};
 
 use crate::config::BrokerSettings;
 use crate::convert;
-use crate::echo_filter::EchoFilter;
 use crate::error::MqttError;
 
 /// Size of one segment of a filter's in-memory log.
@@ -33,8 +36,37 @@ const SEGMENT_COUNT: usize = 4;
 const MAX_CONNECTIONS: usize = 10_000;
 /// Unacknowledged QoS 1 messages per device.
 const MAX_INFLIGHT: usize = 100;
-/// Own publishes whose echo the adapter remembers.
-const ECHO_MEMORY: usize = 10_000;
+
+/// rumqttd's MQTT 3.1.1 codec with the adapter's marks (a stop-gap until
+/// the embedded broker is replaced): a device publish is read with its QoS
+/// attached ([`convert::QOS_MARK`]), because rumqttd forwards at the
+/// subscription's QoS; properties are dropped on the way out to a device.
+/// Refused bytes are counted by reason before rumqttd drops the device.
+#[derive(Debug, Clone)]
+struct MarkedV4 {
+    metrics: std::sync::Arc<AdapterMetrics>,
+}
+
+impl Protocol for MarkedV4 {
+    fn read_mut(
+        &mut self,
+        stream: &mut BytesMut,
+        max_size: usize,
+    ) -> Result<Packet, ProtocolError> {
+        let read = convert::read_device_packet(stream, max_size);
+        if let Err(e) = &read {
+            if let Some(reason) = convert::device_error_reason(e) {
+                self.metrics.record_rejected(reason);
+                debug!(reason, error = %e, "Refused a packet from a device.");
+            }
+        }
+        read
+    }
+
+    fn write(&self, packet: Packet, out: &mut BytesMut) -> Result<usize, ProtocolError> {
+        convert::write_device_packet(packet, out)
+    }
+}
 
 /// Checks that `addr` can be bound, with an error that says what to do
 /// when it cannot.
@@ -113,7 +145,14 @@ pub(crate) async fn run(
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let (bound_tx, bound_rx) = oneshot::channel::<()>();
     let (failed_tx, mut failed_rx) = mpsc::channel::<String>(2);
-    let mut v4 = Server::new(server_settings("v4", s.listen, &s), router_tx.clone(), V4);
+    let codec = MarkedV4 {
+        metrics: ctx.metrics().clone(),
+    };
+    let mut v4 = Server::new(
+        server_settings("v4", s.listen, &s),
+        router_tx.clone(),
+        codec,
+    );
     let span = ctx.span().clone();
     let server_thread = thread::Builder::new()
         .name(format!("mqtt-{}", ctx.name()))
@@ -165,7 +204,13 @@ pub(crate) async fn run(
             .iter()
             .map(|f| Filter {
                 path: f.as_str().to_owned(),
-                qos: rumqttd::protocol::QoS::AtLeastOnce,
+                // At QoS 0 rumqttd forwards without waiting for the link's
+                // acks (a round trip through its router per batch, which held
+                // the link to a few thousand messages a second). That loses
+                // nothing a QoS 1 link would keep: rumqttd acks a device
+                // when it appends to its log, not when the link took it. The
+                // envelope gets the device's own QoS from the codec's mark.
+                qos: rumqttd::protocol::QoS::AtMostOnce,
                 nolocal: true,
                 preserve_retain: true,
                 retain_forward_rule: RetainForwardRule::OnEverySubscribe,
@@ -185,7 +230,6 @@ pub(crate) async fn run(
         )
     };
 
-    let mut echoes = EchoFilter::new(subscribe.clone(), ECHO_MEMORY);
     if bound_rx.await.is_err() {
         // The listener thread ended before binding; it said why.
         let reason = failed_rx
@@ -215,19 +259,29 @@ pub(crate) async fn run(
                 };
                 match note {
                     Notification::Forward(fwd) => {
+                        // The QoS rumqttd forwarded at (the subscription's), which
+                        // decides the ack; the envelope gets the device's own.
                         let (qos, id) = convert::broker_header(&fwd.publish);
                         let origin = ctx.origin().with_peer("embedded broker");
-                        match convert::envelope_from_broker(&fwd.publish, fwd.properties.as_ref(), origin) {
-                            Ok(env) if echoes.is_echo(&env.topic, &env.payload) => {}
-                            Ok(env) => {
-                                if ctx.publish(env).await.is_err() {
-                                    break Ok(());
+                        let props = fwd.properties.as_ref();
+                        if convert::is_own_echo(props) {
+                            // Our own publish coming back: never into the hub again.
+                        } else {
+                            match convert::envelope_from_broker(&fwd.publish, props, origin) {
+                                Ok(env) => match ctx.publish(env).await {
+                                    Ok(()) => {}
+                                    Err(PublishError::Quota) => {
+                                        // 3.1.1 has no quota error: dropped as Mosquitto
+                                        // drops a denied publish, and counted.
+                                        ctx.metrics().record_rejected("quota_exceeded");
+                                        debug!(adapter = %ctx.name(), "Refused a retained device message: the hub's retained store is full.");
+                                    }
+                                    Err(_) => break Ok(()),
+                                },
+                                Err(e) => {
+                                    ctx.metrics().record_rejected(e.reason());
+                                    warn!(adapter = %ctx.name(), error = %e, "Dropped invalid message from a device.");
                                 }
-                            }
-                            Err(e) => {
-                                ctx.metrics().record_error();
-                                ctx.metrics().incr("invalid_messages");
-                                warn!(adapter = %ctx.name(), error = %e, "Dropped invalid message from a device.");
                             }
                         }
                         if qos != QoS::AtMostOnce {
@@ -253,7 +307,6 @@ pub(crate) async fn run(
             env = recv(&mut hub_sub) => {
                 let Some(env) = env else { break Ok(()) };
                 pkid = pkid.wrapping_add(1).max(1);
-                echoes.sent(&env.topic, &env.payload);
                 if let Err(e) = send_to_broker(&mut link_tx, &env, pkid).await {
                     break Err(MqttError::from(e).into());
                 }
@@ -284,6 +337,9 @@ async fn send_to_broker(
     pkid: u16,
 ) -> Result<(), rumqttd::local::LinkError> {
     let publish = convert::broker_publish(env, pkid);
-    link_tx.send(Packet::Publish(publish, None)).await?;
+    // Marked, so that its echo on our own subscription is recognised.
+    link_tx
+        .send(Packet::Publish(publish, Some(convert::own_marks())))
+        .await?;
     Ok(())
 }

@@ -12,9 +12,12 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use polyhub_sdk::{AdapterContext, AdapterError, AdapterState, Subscription, TopicFilter};
+use polyhub_sdk::{
+    AdapterContext, AdapterError, AdapterState, PublishError, Subscription, TopicFilter,
+};
 use rumqttc::v5::mqttbytes::v5::{
-    ConnectReturnCode, Filter, Packet, Publish, RetainForwardRule, Subscribe, SubscribeReasonCode,
+    ConnectReturnCode, Filter, Packet, PubAck, PubAckReason, PubRec, PubRecReason, Publish,
+    RetainForwardRule, Subscribe, SubscribeReasonCode,
 };
 use rumqttc::v5::mqttbytes::QoS as CQoS;
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Request};
@@ -107,6 +110,9 @@ fn options(s: &ClientSettings) -> Result<MqttOptions, MqttError> {
     let mut opts = MqttOptions::new(s.client_id.clone(), s.host.clone(), s.port);
     opts.set_keep_alive(s.keep_alive)
         .set_clean_start(true)
+        // Acked once the hub took the message (or with the reason it did
+        // not): at-least-once into the hub, and v5's quota error.
+        .set_manual_acks(true)
         .set_connection_timeout(5)
         .set_outgoing_inflight_upper_limit(INFLIGHT);
     if let Some((user, pass)) = &s.credentials {
@@ -121,14 +127,56 @@ fn options(s: &ClientSettings) -> Result<MqttOptions, MqttError> {
 fn subscribe_request(filters: &[TopicFilter]) -> Request {
     let filters = filters.iter().map(|f| Filter {
         path: f.as_str().to_owned(),
-        qos: CQoS::AtLeastOnce,
-        // Never receive our own publishes back: no echo into the hub.
+        // The broker delivers at the lower of this and the publisher's QoS:
+        // at 2, every message arrives at the QoS it was published with.
+        qos: CQoS::ExactlyOnce,
+        // Never receive our own publishes back: no echo into the hub. This
+        // is MQTT 5 no-local, which the broker applies per message whatever
+        // the rate, so it cannot overflow as a memory of what was sent
+        // would. The client speaks MQTT 5 only, so there is no 3.1.1 path
+        // that could echo: a 3.1.1-only broker refuses the connection and
+        // the adapter stops with an error that says so (`refusal_text`).
         nolocal: true,
         // Keep the retain flag of live messages, so the hub can carry it.
         preserve_retain: true,
         retain_forward_rule: RetainForwardRule::OnEverySubscribe,
     });
     Request::Subscribe(Subscribe::new_many(filters, None))
+}
+
+/// How the hub took a publish from the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ack {
+    Success,
+    QuotaExceeded,
+    TopicInvalid,
+}
+
+/// The acknowledgement of a publish from the broker (none at QoS 0): the
+/// hub's answer as an MQTT 5 reason code (0x97 quota exceeded, 0x90 topic
+/// name invalid).
+fn ack_request(publish: &Publish, outcome: Ack) -> Option<Request> {
+    match publish.qos {
+        CQoS::AtMostOnce => None,
+        CQoS::AtLeastOnce => {
+            let mut ack = PubAck::new(publish.pkid, None);
+            ack.reason = match outcome {
+                Ack::Success => PubAckReason::Success,
+                Ack::QuotaExceeded => PubAckReason::QuotaExceeded,
+                Ack::TopicInvalid => PubAckReason::TopicNameInvalid,
+            };
+            Some(Request::PubAck(ack))
+        }
+        CQoS::ExactlyOnce => {
+            let mut rec = PubRec::new(publish.pkid, None);
+            rec.reason = match outcome {
+                Ack::Success => PubRecReason::Success,
+                Ack::QuotaExceeded => PubRecReason::QuotaExceeded,
+                Ack::TopicInvalid => PubRecReason::TopicNameInvalid,
+            };
+            Some(Request::PubRec(rec))
+        }
+    }
 }
 
 /// A refusal that retrying will not cure.
@@ -141,7 +189,23 @@ fn is_permanent(code: &ConnectReturnCode) -> bool {
             | ConnectReturnCode::ClientIdentifierNotValid
             | ConnectReturnCode::Banned
             | ConnectReturnCode::BadAuthenticationMethod
+            | ConnectReturnCode::RefusedProtocolVersion
+            | ConnectReturnCode::UnsupportedProtocolVersion
     )
+}
+
+/// What a permanent refusal says, with what to do about an old broker.
+fn refusal_text(code: &ConnectReturnCode) -> String {
+    match code {
+        ConnectReturnCode::RefusedProtocolVersion
+        | ConnectReturnCode::UnsupportedProtocolVersion => format!(
+            "{code:?}: the broker does not speak MQTT 5, which the adapter needs \
+             (MQTT 5 no-local is what keeps the hub's own publishes from coming back \
+             as duplicates); upgrade the broker (Mosquitto 1.6 or later), or let the \
+             devices connect to the embedded broker (`listen`) instead"
+        ),
+        _ => format!("{code:?}"),
+    }
 }
 
 /// Runs the client until shutdown.
@@ -176,7 +240,16 @@ pub(crate) async fn run(
         )))
     };
 
-    let result = event_loop(&s, &broker, &subscribe, &mut eventloop, &outbox, &ctx).await;
+    let result = event_loop(
+        &s,
+        &broker,
+        &subscribe,
+        &client,
+        &mut eventloop,
+        &outbox,
+        &ctx,
+    )
+    .await;
 
     stop_forwarder.cancel();
     if let Some(task) = forwarder {
@@ -211,6 +284,7 @@ async fn event_loop(
     s: &ClientSettings,
     broker: &str,
     subscribe: &[TopicFilter],
+    client: &AsyncClient,
     eventloop: &mut EventLoop,
     outbox: &Mutex<Outbox>,
     ctx: &AdapterContext,
@@ -251,17 +325,30 @@ async fn event_loop(
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 let origin = ctx.origin().with_peer(broker);
-                match convert::envelope_from_client(&publish, origin) {
-                    Ok(env) => {
-                        if ctx.publish(env).await.is_err() {
-                            // The hub is shutting down.
-                            return Ok(());
+                let outcome = match convert::envelope_from_client(&publish, origin) {
+                    Ok(env) => match ctx.publish(env).await {
+                        Ok(()) => Ack::Success,
+                        Err(PublishError::Quota) => {
+                            ctx.metrics().record_rejected("quota_exceeded");
+                            debug!(adapter = %ctx.name(), broker = %broker, "Refused a retained message: the hub's retained store is full.");
+                            Ack::QuotaExceeded
                         }
-                    }
+                        // The hub is shutting down; unacked, the broker keeps it.
+                        Err(_) => return Ok(()),
+                    },
                     Err(e) => {
-                        ctx.metrics().record_error();
-                        ctx.metrics().incr("invalid_messages");
+                        ctx.metrics().record_rejected(e.reason());
                         warn!(adapter = %ctx.name(), broker = %broker, error = %e, "Dropped invalid message from broker.");
+                        Ack::TopicInvalid
+                    }
+                };
+                // A success goes through the request channel; anything else,
+                // or a full channel, through `pending` (which rumqttc throttles
+                // by a timer tick per request, too slow for every ack).
+                let sent = outcome == Ack::Success && client.try_ack(&publish).is_ok();
+                if !sent {
+                    if let Some(ack) = ack_request(&publish, outcome) {
+                        eventloop.pending.push_back(ack);
                     }
                 }
             }
@@ -298,7 +385,7 @@ async fn event_loop(
                     if !ever_up && is_permanent(code) {
                         return Err(MqttError::Refused {
                             broker: broker.to_owned(),
-                            code: format!("{code:?}"),
+                            code: refusal_text(code),
                         }
                         .into());
                     }
@@ -404,6 +491,23 @@ mod tests {
         assert_eq!(sub.filters.len(), 1);
         assert!(sub.filters[0].nolocal);
         assert!(sub.filters[0].preserve_retain);
-        assert_eq!(sub.filters[0].qos, CQoS::AtLeastOnce);
+        assert_eq!(sub.filters[0].qos, CQoS::ExactlyOnce);
+    }
+
+    #[test]
+    fn acks_carry_the_hubs_answer_and_qos0_has_none() {
+        let mut p = Publish::new("a", CQoS::AtLeastOnce, "x", None);
+        p.pkid = 7;
+        let Some(Request::PubAck(ack)) = ack_request(&p, Ack::QuotaExceeded) else {
+            panic!("expected a PUBACK")
+        };
+        assert_eq!((ack.pkid, ack.reason), (7, PubAckReason::QuotaExceeded));
+        p.qos = CQoS::ExactlyOnce;
+        let Some(Request::PubRec(rec)) = ack_request(&p, Ack::Success) else {
+            panic!("expected a PUBREC")
+        };
+        assert_eq!(rec.reason, PubRecReason::Success);
+        p.qos = CQoS::AtMostOnce;
+        assert!(ack_request(&p, Ack::Success).is_none());
     }
 }

@@ -12,7 +12,11 @@ use bytes::{BufMut, Bytes, BytesMut};
 use polyhub_sdk::{Envelope, Origin, QoS, Topic};
 use rumqttc::v5::mqttbytes::v5::{Publish as CPublish, PublishProperties as CProps};
 use rumqttc::v5::mqttbytes::QoS as CQoS;
-use rumqttd::protocol::{Publish as DPublish, PublishProperties as DProps};
+use rumqttd::protocol::v4::V4;
+use rumqttd::protocol::{
+    Error as DProtocolError, Packet as DPacket, Protocol as _, Publish as DPublish,
+    PublishProperties as DProps,
+};
 use thiserror::Error;
 
 /// Why an MQTT publish could not become an envelope.
@@ -24,6 +28,13 @@ pub enum ConvertError {
     /// The topic breaks the MQTT topic rules.
     #[error("invalid topic: {0}")]
     InvalidTopic(String),
+}
+
+impl ConvertError {
+    /// The reason it is counted under (`polyhub_rejected_total{reason}`).
+    pub fn reason(&self) -> &'static str {
+        "invalid_topic"
+    }
 }
 
 /// Hub QoS → MQTT QoS (rumqttc).
@@ -118,31 +129,138 @@ pub fn broker_header(publish: &DPublish) -> (QoS, u16) {
     let mut head = publish.clone();
     head.payload = Bytes::new();
     let raw = head.serialize();
-    let qos = match (raw[0] >> 1) & 0b11 {
+    // serialize() always writes the fixed-header byte and the packet id.
+    let (first, id) = match raw.get(..3) {
+        Some(&[first, hi, lo]) => (first, u16::from_be_bytes([hi, lo])),
+        _ => (0, 0),
+    };
+    (qos_bits(first >> 1), id)
+}
+
+/// The QoS of the two QoS bits (3, invalid, reads as QoS 0).
+fn qos_bits(bits: u8) -> QoS {
+    match bits & 0b11 {
         1 => QoS::AtLeastOnce,
         2 => QoS::ExactlyOnce,
         _ => QoS::AtMostOnce,
-    };
-    (qos, u16::from_be_bytes([raw[1], raw[2]]))
+    }
 }
 
-/// A publish the embedded broker forwarded to the adapter → an envelope.
+/// User property the embedded broker's codec puts on every device publish:
+/// the QoS the device published with. rumqttd forwards each publish at the
+/// QoS of the subscription, not at the publisher's (a QoS 0 device message
+/// reached the hub as QoS 1), so the device's QoS travels beside it.
+/// Stripped before anything is written to a device, and never an envelope
+/// header. A stop-gap until the embedded broker is replaced.
+pub const QOS_MARK: &str = "x-polyhub-qos";
+/// User property on every publish the adapter itself hands the embedded
+/// broker, so that their echo on the adapter's own subscription is known
+/// exactly (rumqttd has no no-local). Unlike a memory of what was sent, a
+/// mark cannot overflow: every echo carries it, however many are in flight.
+pub const ORIGIN_MARK: &str = "x-polyhub-origin";
+
+/// The properties the embedded broker's codec attaches to a device publish
+/// whose fixed-header byte is `first_byte`.
+pub fn device_marks(first_byte: u8) -> DProps {
+    let qos = match qos_bits(first_byte >> 1) {
+        QoS::AtMostOnce => "0",
+        QoS::AtLeastOnce => "1",
+        QoS::ExactlyOnce => "2",
+    };
+    DProps {
+        user_properties: vec![(QOS_MARK.to_owned(), qos.to_owned())],
+        ..DProps::default()
+    }
+}
+
+/// The properties the adapter attaches to its own publishes to the broker.
+pub fn own_marks() -> DProps {
+    DProps {
+        user_properties: vec![(ORIGIN_MARK.to_owned(), String::new())],
+        ..DProps::default()
+    }
+}
+
+/// Reads one MQTT 3.1.1 packet from a device as the embedded broker does
+/// (rumqttd's codec), marking a publish with the QoS it was sent with
+/// ([`device_marks`]). `InsufficientBytes` means "wait for more".
+pub fn read_device_packet(
+    stream: &mut BytesMut,
+    max_size: usize,
+) -> Result<DPacket, DProtocolError> {
+    let first = stream.first().copied().unwrap_or(0);
+    match V4.read_mut(stream, max_size)? {
+        // 3.1.1 publishes have no properties of their own.
+        DPacket::Publish(publish, _) => Ok(DPacket::Publish(publish, Some(device_marks(first)))),
+        other => Ok(other),
+    }
+}
+
+/// Writes one packet to a device (rumqttd's 3.1.1 codec), first dropping
+/// the properties of a publish: MQTT 3.1.1 has none, and rumqttd's codec
+/// panics on them.
+pub fn write_device_packet(packet: DPacket, out: &mut BytesMut) -> Result<usize, DProtocolError> {
+    let packet = match packet {
+        DPacket::Publish(publish, Some(_)) => DPacket::Publish(publish, None),
+        other => other,
+    };
+    V4.write(packet, out)
+}
+
+/// Why a device's bytes were refused, as counted
+/// (`polyhub_rejected_total{reason}`); `None` for "wait for more bytes".
+pub fn device_error_reason(e: &DProtocolError) -> Option<&'static str> {
+    match e {
+        DProtocolError::InsufficientBytes(_) => None,
+        DProtocolError::PayloadSizeLimitExceeded(_) | DProtocolError::PayloadTooLong => {
+            Some("payload_too_large")
+        }
+        DProtocolError::TopicNotUtf8 => Some("invalid_topic"),
+        _ => Some("malformed_packet"),
+    }
+}
+
+/// Whether a forwarded publish is the echo of one the adapter made.
+pub fn is_own_echo(props: Option<&DProps>) -> bool {
+    props.is_some_and(|p| p.user_properties.iter().any(|(k, _)| k == ORIGIN_MARK))
+}
+
+/// A publish the embedded broker forwarded to the adapter → an envelope, at
+/// the QoS its device published with ([`QOS_MARK`]; the forwarded header's
+/// QoS when unmarked).
 pub fn envelope_from_broker(
     publish: &DPublish,
     props: Option<&DProps>,
     origin: Origin,
 ) -> Result<Envelope, ConvertError> {
     let topic = topic_from_bytes(&publish.topic)?;
-    let (qos, _) = broker_header(publish);
+    let marked = props.and_then(|p| {
+        p.user_properties
+            .iter()
+            .find(|(k, _)| k == QOS_MARK)
+            .map(|(_, v)| v.as_str())
+    });
+    let qos = match marked {
+        Some("0") => QoS::AtMostOnce,
+        Some("1") => QoS::AtLeastOnce,
+        Some("2") => QoS::ExactlyOnce,
+        _ => broker_header(publish).0,
+    };
     let mut env = Envelope::new(topic, publish.payload.clone())
         .with_qos(qos)
         .with_retain(publish.retain)
         .with_origin(origin);
     if let Some(p) = props {
+        let user: Vec<(String, String)> = p
+            .user_properties
+            .iter()
+            .filter(|(k, _)| k != QOS_MARK && k != ORIGIN_MARK)
+            .cloned()
+            .collect();
         apply_properties(
             &mut env,
             p.content_type.as_ref(),
-            &p.user_properties,
+            &user,
             p.response_topic.as_ref(),
             p.correlation_data.as_ref(),
         );
@@ -247,6 +365,51 @@ mod tests {
         let p = broker_publish(&env("a/b", b""), 9);
         assert_eq!(broker_header(&p), (QoS::AtMostOnce, 0));
         assert!(!p.retain);
+    }
+
+    #[test]
+    fn a_device_publish_keeps_its_qos_whatever_the_broker_forwards_it_at() {
+        // QoS 0 publish "a/b" = "x" on the wire, then a QoS 1 one.
+        let mut wire = BytesMut::from(&b"\x30\x04\x00\x01ax\x32\x06\x00\x01a\x00\x07y"[..]);
+        let DPacket::Publish(p0, props0) = read_device_packet(&mut wire, 1024).unwrap() else {
+            panic!("expected a publish")
+        };
+        let DPacket::Publish(p1, props1) = read_device_packet(&mut wire, 1024).unwrap() else {
+            panic!("expected a publish")
+        };
+        // rumqttd forwards both at its subscription's QoS.
+        let forwarded = broker_publish(&env("a", b"x").with_qos(QoS::AtLeastOnce), 3);
+        assert_eq!(broker_header(&forwarded).0, QoS::AtLeastOnce);
+        let e0 = envelope_from_broker(&forwarded, props0.as_ref(), Origin::default()).unwrap();
+        assert_eq!(e0.qos, QoS::AtMostOnce);
+        assert!(
+            e0.headers.is_empty(),
+            "the mark is no header: {:?}",
+            e0.headers
+        );
+        let e1 = envelope_from_broker(&p1, props1.as_ref(), Origin::default()).unwrap();
+        assert_eq!((e1.qos, &e1.payload[..]), (QoS::AtLeastOnce, &b"y"[..]));
+        assert!(!is_own_echo(props0.as_ref()));
+        // Written back to a device: properties dropped, no panic.
+        let mut out = BytesMut::new();
+        write_device_packet(DPacket::Publish(p0, props0), &mut out).unwrap();
+        assert_eq!(&out[..], b"\x30\x04\x00\x01ax");
+        assert_eq!(
+            read_device_packet(&mut BytesMut::from(&b"\x30"[..]), 1024)
+                .err()
+                .and_then(|e| device_error_reason(&e)),
+            None
+        );
+        let e = read_device_packet(&mut BytesMut::from(&b"\xf0\x00"[..]), 1024).unwrap_err();
+        assert_eq!(device_error_reason(&e), Some("malformed_packet"));
+    }
+
+    #[test]
+    fn the_adapters_own_publishes_are_known_by_their_mark_however_many() {
+        let marks = own_marks();
+        assert!(is_own_echo(Some(&marks)));
+        assert!(!is_own_echo(None));
+        assert!(!is_own_echo(Some(&device_marks(0x30))));
     }
 
     #[test]

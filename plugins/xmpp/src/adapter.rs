@@ -27,6 +27,7 @@ use crate::config::Settings;
 use crate::connection::Connector;
 use crate::convert::{self, Inbound};
 use crate::error::XmppError;
+use crate::stanza_guard::NS_REFUSED;
 use crate::subscribers::{Change, Outgoing, Subscribers};
 
 /// Depth of the stanza queues between the run loop and tokio-xmpp.
@@ -54,7 +55,8 @@ impl XmppAdapter {
 #[async_trait::async_trait]
 impl Adapter for XmppAdapter {
     async fn run(self: Box<Self>, ctx: AdapterContext) -> Result<(), AdapterError> {
-        let connector = Connector::new(self.settings.clone()).map_err(AdapterError::protocol)?;
+        let connector = Connector::new(self.settings.clone(), Some(ctx.metrics().clone()))
+            .map_err(AdapterError::protocol)?;
         let (status_tx, status_rx) = mpsc::channel(16);
         let stream = StanzaStream::new(
             reconnector(
@@ -225,6 +227,7 @@ impl Session {
 
     async fn refuse(&mut self, to: Jid, id: Option<xmpp_parsers::message::Id>) {
         self.ctx.metrics().incr("rejected_senders");
+        self.ctx.metrics().record_rejected("not_allowed");
         let mut m = Message::new_with_type(MessageType::Error, Some(to));
         m.id = id;
         m.payloads.push(
@@ -263,12 +266,7 @@ impl Session {
             Inbound::Ignore => {}
             Inbound::Reply(text) => self.reply(from, &text).await,
             Inbound::Publish { topic, payload } => {
-                let content_type = if std::str::from_utf8(&payload).is_ok() {
-                    "text/plain"
-                } else {
-                    "application/octet-stream"
-                };
-                let env = Envelope::new(topic, payload).with_content_type(content_type);
+                let env = convert::publish_envelope(topic, payload);
                 self.publish(env, &from, false).await;
             }
             Inbound::Readings(readings) => {
@@ -417,6 +415,7 @@ impl Session {
                     self.send(Presence::subscribe().with_to(bare)).await;
                 } else {
                     self.ctx.metrics().incr("rejected_senders");
+                    self.ctx.metrics().record_rejected("not_allowed");
                     self.send(Presence::new(PresenceType::Unsubscribed).with_to(bare))
                         .await;
                 }
@@ -433,7 +432,9 @@ impl Session {
             Iq::Get {
                 from, id, payload, ..
             } => {
-                let reply = if payload.is("ping", ns::PING) {
+                let reply = if payload.is("refused", NS_REFUSED) {
+                    refused_reply(from, id)
+                } else if payload.is("ping", ns::PING) {
                     result(from, id, None)
                 } else if payload.is("query", ns::DISCO_INFO) {
                     result(from, id, Some(convert::disco_info().into()))
@@ -450,7 +451,9 @@ impl Session {
             Iq::Set {
                 from, id, payload, ..
             } => {
-                let reply = if payload.is("set", convert::NS_CONTROL) {
+                let reply = if payload.is("refused", NS_REFUSED) {
+                    refused_reply(from, id)
+                } else if payload.is("set", convert::NS_CONTROL) {
                     match from.as_ref().map(|f| (f.clone(), f.to_bare())) {
                         Some((full, bare)) if self.allowed(&bare) => {
                             let values = convert::parse_control(&payload);
@@ -463,6 +466,7 @@ impl Session {
                         }
                         _ => {
                             self.ctx.metrics().incr("rejected_senders");
+                            self.ctx.metrics().record_rejected("not_allowed");
                             error(from, id, ErrorType::Auth, DefinedCondition::Forbidden)
                         }
                     }
@@ -478,6 +482,23 @@ impl Session {
             }
             Iq::Result { .. } | Iq::Error { .. } => {}
         }
+    }
+}
+
+/// The answer to an `<iq>` the stanza guard refused (its placeholder): the
+/// sender learns it was too deep or too large instead of waiting.
+fn refused_reply(to: Option<Jid>, id: String) -> Iq {
+    Iq::Error {
+        from: None,
+        to,
+        id,
+        error: StanzaError::new(
+            ErrorType::Modify,
+            DefinedCondition::PolicyViolation,
+            "en",
+            "the hub refused this stanza: nested too deep or too large",
+        ),
+        payload: None,
     }
 }
 

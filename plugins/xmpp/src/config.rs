@@ -59,6 +59,30 @@ pub struct XmppConfig {
     /// absent): when full, QoS 0 envelopes are dropped and counted.
     #[serde(default)]
     pub queue_depth: Option<usize>,
+    /// Deepest element nesting accepted in a stanza from the server (the
+    /// stanza's own element is 1), at most 256. A deeper stanza is dropped
+    /// before it is parsed and counted as
+    /// `polyhub_rejected_total{reason="xml_too_deep"}`. Default: 64.
+    #[serde(default = "default_max_stanza_depth")]
+    pub max_stanza_depth: usize,
+    /// Largest stanza accepted, in bytes. A larger one is dropped and counted
+    /// as `reason="xml_too_large"` (as is a name or attribute value of 8 192
+    /// bytes or more, which the XML parser cannot take). Default: 262144
+    /// (Prosody's own default `c2s_stanza_size_limit`).
+    #[serde(default = "default_max_stanza_bytes")]
+    pub max_stanza_bytes: usize,
+}
+
+/// Above this, `max_stanza_depth` would let the tree builder's recursion
+/// (one stack frame per level per event) come near a worker thread's stack.
+pub const MAX_STANZA_DEPTH_CAP: usize = 256;
+
+fn default_max_stanza_depth() -> usize {
+    crate::stanza_guard::Limits::default().max_depth
+}
+
+fn default_max_stanza_bytes() -> usize {
+    crate::stanza_guard::Limits::default().max_stanza_bytes
 }
 
 fn default_true() -> bool {
@@ -115,6 +139,8 @@ pub struct Settings {
     pub reconnect_max: std::time::Duration,
     /// Subscriber queue depth.
     pub queue_depth: Option<usize>,
+    /// What the stanza guard lets through.
+    pub limits: crate::stanza_guard::Limits,
 }
 
 impl Settings {
@@ -193,6 +219,18 @@ impl Settings {
         if raw.queue_depth == Some(0) {
             return Err(ConfigError::key("queue_depth", "must be at least 1"));
         }
+        if raw.max_stanza_depth == 0 || raw.max_stanza_depth > MAX_STANZA_DEPTH_CAP {
+            return Err(ConfigError::key(
+                "max_stanza_depth",
+                format!("must be between 1 and {MAX_STANZA_DEPTH_CAP}"),
+            ));
+        }
+        if raw.max_stanza_bytes < 1024 {
+            return Err(ConfigError::key(
+                "max_stanza_bytes",
+                "must be at least 1024",
+            ));
+        }
         Ok(Settings {
             jid,
             password: raw.password,
@@ -205,6 +243,10 @@ impl Settings {
             retain_readings: raw.retain_readings,
             reconnect_max: std::time::Duration::from_secs(raw.reconnect_max_secs),
             queue_depth: raw.queue_depth,
+            limits: crate::stanza_guard::Limits {
+                max_depth: raw.max_stanza_depth,
+                max_stanza_bytes: raw.max_stanza_bytes,
+            },
         })
     }
 }

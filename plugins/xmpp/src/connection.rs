@@ -24,6 +24,8 @@ use xmpp_parsers::{ns, starttls};
 
 use crate::config::{Settings, TlsMode};
 use crate::error::XmppError;
+use crate::stanza_guard::GuardedIo;
+use polyhub_sdk::AdapterMetrics;
 
 /// Longest a TCP connect may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -34,6 +36,7 @@ pub struct Connector {
     settings: Arc<Settings>,
     tls: Option<Arc<ClientConfig>>,
     timeouts: Timeouts,
+    metrics: Option<Arc<AdapterMetrics>>,
 }
 
 impl std::fmt::Debug for Connector {
@@ -48,7 +51,11 @@ impl std::fmt::Debug for Connector {
 
 impl Connector {
     /// Prepares the TLS configuration (reads `ca_file` and the system roots).
-    pub fn new(settings: Arc<Settings>) -> Result<Self, XmppError> {
+    /// Stanzas the guard refuses are counted on `metrics`.
+    pub fn new(
+        settings: Arc<Settings>,
+        metrics: Option<Arc<AdapterMetrics>>,
+    ) -> Result<Self, XmppError> {
         let tls = match settings.tls {
             TlsMode::None => None,
             TlsMode::Starttls => Some(Arc::new(tls_config(&settings)?)),
@@ -61,6 +68,7 @@ impl Connector {
                 read_timeout: Duration::from_secs(60),
                 response_timeout: Duration::from_secs(30),
             },
+            metrics,
         })
     }
 
@@ -87,16 +95,27 @@ impl Connector {
         })?;
         let _ = tcp.set_nodelay(true);
         let domain = self.settings.jid.domain().to_string();
-        let pending = initiate_stream(
-            BufStream::new(tcp),
-            ns::JABBER_CLIENT,
-            header(&domain),
-            self.timeouts,
-        )
-        .await?;
         match &self.tls {
-            None => self.login(pending, ChannelBinding::None).await,
+            None => {
+                let pending = initiate_stream(
+                    self.guarded(BufStream::new(tcp)),
+                    ns::JABBER_CLIENT,
+                    header(&domain),
+                    self.timeouts,
+                )
+                .await?;
+                self.login(pending, ChannelBinding::None).await
+            }
             Some(tls) => {
+                // Before TLS only the server speaks (no peer's stanza can
+                // arrive before login): no guard on this leg.
+                let pending = initiate_stream(
+                    BufStream::new(tcp),
+                    ns::JABBER_CLIENT,
+                    header(&domain),
+                    self.timeouts,
+                )
+                .await?;
                 let (features, mut stream) = pending
                     .recv_features::<tokio_xmpp::xmlstream::FallibleStreamElement>()
                     .await
@@ -119,7 +138,7 @@ impl Connector {
                     .map_err(|e| XmppError::Tls(e.to_string()))?;
                 let binding = channel_binding(&tls_stream);
                 let pending = initiate_stream(
-                    BufStream::new(tls_stream),
+                    self.guarded(BufStream::new(tls_stream)),
                     ns::JABBER_CLIENT,
                     header(&domain),
                     self.timeouts,
@@ -128,6 +147,11 @@ impl Connector {
                 self.login(pending, binding).await
             }
         }
+    }
+
+    /// The stream every stanza is read from: see [`crate::stanza_guard`].
+    fn guarded<Io>(&self, io: Io) -> GuardedIo<Io> {
+        GuardedIo::new(io, self.settings.limits, self.metrics.clone())
     }
 
     /// SASL, stream restart, features: the stream is then ready for binding.

@@ -11,6 +11,9 @@ use xmpp_parsers::disco::{DiscoInfoResult, Identity};
 use xmpp_parsers::jid::{BareJid, Jid};
 use xmpp_parsers::message::{Lang, Message, MessageType};
 use xmpp_parsers::ns;
+use xmpp_parsers::stanza::Stanza;
+
+use crate::stanza_guard::{Limits, StanzaGuard};
 
 /// XEP-0323 sensor data namespace.
 pub const NS_SENSORDATA: &str = "urn:xmpp:iot:sensordata";
@@ -292,6 +295,118 @@ pub fn reading_envelope(from: &BareJid, reading: &Reading, control: bool) -> Opt
     Some(env)
 }
 
+/// The envelope a [`Inbound::Publish`] becomes: `text/plain` when the
+/// payload is UTF-8, else `application/octet-stream`.
+pub fn publish_envelope(topic: Topic, payload: Bytes) -> Envelope {
+    let content_type = if std::str::from_utf8(&payload).is_ok() {
+        "text/plain"
+    } else {
+        "application/octet-stream"
+    };
+    Envelope::new(topic, payload).with_content_type(content_type)
+}
+
+/// The envelopes an [`Inbound`] from `from` publishes (none for commands,
+/// replies and ignored messages).
+pub fn inbound_envelopes(from: &BareJid, inbound: &Inbound) -> Vec<Envelope> {
+    match inbound {
+        Inbound::Publish { topic, payload } => {
+            vec![publish_envelope(topic.clone(), payload.clone())]
+        }
+        Inbound::Readings(r) => r
+            .iter()
+            .filter_map(|r| reading_envelope(from, r, false))
+            .collect(),
+        Inbound::Control(v) => v
+            .iter()
+            .filter_map(|v| reading_envelope(from, v, true))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The stream header [`inbound_from_bytes`] puts before the stanza, as the
+/// server's would be (the stanza inherits its `jabber:client` namespace).
+const STREAM_HEADER: &str = "<stream:stream xmlns='jabber:client' \
+    xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>";
+
+/// Why [`inbound_from_bytes`] produced nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InboundError {
+    /// The stanza guard refused it (the `polyhub_rejected_total` reason).
+    Refused(&'static str),
+    /// Not XML the guard can follow (the stream would be dropped).
+    NotXml,
+    /// The XML parser refused it, or it is not one complete stanza.
+    Parse(String),
+}
+
+/// Turns one stanza's bytes, as the server sends them on the hub's stream,
+/// into the envelopes the adapter would publish for a sender `from` that is
+/// allowed: the same path as a live connection, without a network, for tests
+/// and the fuzz target `fuzz/fuzz_targets/xmpp_stanza.rs`. The bytes pass
+/// the [`StanzaGuard`] with `limits`, then the parser tokio-xmpp uses (rxml
+/// events into xso's `Stanza` builder), then [`classify_message`] and
+/// [`inbound_envelopes`] for a `<message>`. Other stanzas give no envelope.
+pub fn inbound_from_bytes(
+    bytes: &[u8],
+    from: &BareJid,
+    limits: Limits,
+) -> Result<Vec<Envelope>, InboundError> {
+    use xso::exports::rxml::{self, error::EndOrError, Parse};
+    use xso::{FromEventsBuilder, FromXml};
+
+    let mut guard = StanzaGuard::new(limits);
+    let mut out = Vec::with_capacity(STREAM_HEADER.len() + bytes.len());
+    let mut refused = None;
+    guard
+        .feed(STREAM_HEADER.as_bytes(), &mut out, &mut |_| {})
+        .and_then(|()| guard.feed(bytes, &mut out, &mut |r| refused = Some(r)))
+        .map_err(|_| InboundError::NotXml)?;
+    if let Some(r) = refused {
+        return Err(InboundError::Refused(r.reason()));
+    }
+    let parse_err = |e: &dyn std::fmt::Display| InboundError::Parse(e.to_string());
+    let mut parser = rxml::Parser::default();
+    let mut buf = &out[..];
+    let mut next = move || match parser.parse(&mut buf, false) {
+        Ok(Some(ev)) => Ok(ev),
+        Ok(None) | Err(EndOrError::NeedMoreData) => {
+            Err(InboundError::Parse("not one complete stanza".into()))
+        }
+        Err(EndOrError::Error(e)) => Err(parse_err(&e)),
+    };
+    // The stream header, then the stanza's start (whitespace between).
+    let mut starts = 0;
+    let (name, attrs) = loop {
+        match next()? {
+            rxml::Event::StartElement(_, name, attrs) => {
+                starts += 1;
+                if starts == 2 {
+                    break (name, attrs);
+                }
+            }
+            rxml::Event::Text(..) | rxml::Event::XmlDeclaration(..) => {}
+            rxml::Event::EndElement(_) => {
+                return Err(InboundError::Parse("no stanza".into()));
+            }
+        }
+    };
+    let ctx = xso::Context::empty();
+    let mut builder =
+        <Result<Stanza, xso::error::Error> as FromXml>::from_events(name, attrs, &ctx)
+            .map_err(|e| parse_err(&e))?;
+    let stanza = loop {
+        if let Some(done) = builder.feed(next()?, &ctx).map_err(|e| parse_err(&e))? {
+            break done.map_err(|e| parse_err(&e))?;
+        }
+    };
+    Ok(match stanza {
+        Stanza::Message(m) => inbound_envelopes(from, &classify_message(&m)),
+        Stanza::Iq(_) | Stanza::Presence(_) => Vec::new(),
+    })
+}
+
 /// The disco#info result the hub answers with.
 pub fn disco_info() -> DiscoInfoResult {
     DiscoInfoResult {
@@ -492,6 +607,42 @@ mod tests {
         assert!(allowed(&p, &jid("Bob@x")));
         assert!(!allowed(&p, &jid("carol@x")));
         assert!(allowed(&["*".to_owned()], &jid("a@b")));
+    }
+
+    #[test]
+    fn stanza_bytes_become_envelopes_through_guard_and_parser() {
+        let from = BareJid::new("alice@localhost").unwrap();
+        let limits = Limits::default();
+        let got = inbound_from_bytes(
+            b"<message from='alice@localhost/r' to='hub@localhost'><subject>lab/t</subject><body>21</body></message>",
+            &from,
+            limits,
+        )
+        .unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].topic.as_str(), "lab/t");
+        assert_eq!(&got[0].payload[..], b"21");
+        let deep = format!(
+            "<message><subject>a</subject>{}{}</message>",
+            "<a>".repeat(10_000),
+            "</a>".repeat(10_000)
+        );
+        assert_eq!(
+            inbound_from_bytes(deep.as_bytes(), &from, limits).err(),
+            Some(InboundError::Refused("xml_too_deep"))
+        );
+        let big = format!(
+            "<message><x xmlns='u:x' v='{}'/></message>",
+            "A".repeat(9000)
+        );
+        assert_eq!(
+            inbound_from_bytes(big.as_bytes(), &from, limits).err(),
+            Some(InboundError::Refused("xml_too_large"))
+        );
+        assert!(matches!(
+            inbound_from_bytes(b"<message type='bogus'/>", &from, limits),
+            Err(InboundError::Parse(_))
+        ));
     }
 
     #[test]

@@ -21,6 +21,13 @@
 //!   of its filters. XEP-0199 pings and XEP-0030 disco#info are answered.
 //! - Reconnects with backoff after the server goes away; dynamic
 //!   subscriptions live in the adapter and survive it.
+//! - Every stanza from the server passes a bounded, non-recursive check
+//!   ([`stanza_guard`]) before tokio-xmpp parses it: one nested deeper than
+//!   `max_stanza_depth`, larger than `max_stanza_bytes`, or with a name or
+//!   attribute value the parser cannot take is dropped (an empty stanza of
+//!   the same kind takes its place, so stream management acknowledges it and
+//!   the server does not redeliver it) and counted in
+//!   `polyhub_rejected_total` by reason; the stream stays up.
 //!
 //! Configuration: see [`config::XmppConfig`].
 
@@ -31,6 +38,7 @@ pub mod config;
 pub mod connection;
 pub mod convert;
 pub mod error;
+pub mod stanza_guard;
 pub mod subscribers;
 
 use polyhub_sdk::{Adapter, AdapterConfig, AdapterFactory, ConfigError};
