@@ -11,6 +11,18 @@ cd "$(dirname "$0")/.."
 log() { printf '\033[1m[test.sh]\033[0m %s\n' "$*"; }
 export -f log
 
+# What the build needs before anything else: cargo, and a C compiler for the
+# crates that build C code (aws-lc-sys, ring). Said plainly here rather than
+# deep inside a build script's output.
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "error: cargo not found. Install Rust $(sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml) or newer (https://rustup.rs, or Debian's cargo package), then run ./scripts/test.sh again." >&2
+  exit 1
+fi
+if ! command -v cc >/dev/null 2>&1 && ! command -v gcc >/dev/null 2>&1 && ! command -v clang >/dev/null 2>&1; then
+  echo "error: no C compiler (cc, gcc or clang) found; the build needs one for aws-lc-sys and ring. On Debian: apt-get install build-essential" >&2
+  exit 1
+fi
+
 # apt-get update at most once per run, only when a package is missing.
 APT_UPDATED=0
 apt_install() {

@@ -67,6 +67,23 @@ impl Default for HubSection {
     }
 }
 
+/// `[admin]`: the admin API and dashboard listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    /// Address of the admin listener (HTTP). Loopback by default: the admin
+    /// API has no authentication yet, so anyone who reaches it can publish.
+    #[serde(default = "default_admin_bind")]
+    pub bind: String,
+}
+
+fn default_admin_bind() -> String {
+    "127.0.0.1:9090".to_owned()
+}
+
+/// Name of the internal client the admin publishes as.
+pub const ADMIN_ADAPTER: &str = "admin";
+
 /// One `[[adapters]]` entry as written.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -117,6 +134,9 @@ pub struct RawConfig {
     /// `[[routes]]`.
     #[serde(default)]
     pub routes: Vec<RouteEntry>,
+    /// `[admin]`, optional.
+    #[serde(default)]
+    pub admin: Option<AdminSection>,
 }
 
 /// An adapter ready to start.
@@ -149,6 +169,8 @@ pub struct Config {
     pub adapters: Vec<PreparedAdapter>,
     /// Routes, in file order.
     pub routes: Vec<Route>,
+    /// The admin listener's address, when `[admin]` is present.
+    pub admin: Option<std::net::SocketAddr>,
 }
 
 /// One problem found in a config file.
@@ -251,6 +273,25 @@ impl Config {
             });
         }
 
+        let admin = match &raw.admin {
+            None => None,
+            Some(a) => match a.bind.parse::<std::net::SocketAddr>() {
+                Ok(addr) => Some(addr),
+                Err(e) => {
+                    problems.push(Problem {
+                        adapter: None,
+                        key: Some("admin.bind".into()),
+                        message: format!(
+                            "`{}` is not an address: {e}; expected ip:port such as \"127.0.0.1:9090\"",
+                            a.bind
+                        ),
+                    });
+                    None
+                }
+            },
+        };
+
+        let raw_adapter_count = raw.adapters.len();
         let mut names = HashSet::new();
         let mut adapters = Vec::new();
         for (i, entry) in raw.adapters.into_iter().enumerate() {
@@ -275,6 +316,13 @@ impl Config {
                         "`{}` is reserved for [[routes]]",
                         crate::hub::ROUTES_ADAPTER
                     ),
+                ));
+                continue;
+            }
+            if raw.admin.is_some() && entry.name == ADMIN_ADAPTER {
+                problems.push(problem(
+                    Some("name"),
+                    format!("`{ADMIN_ADAPTER}` is reserved for the [admin] listener's publishes"),
                 ));
                 continue;
             }
@@ -354,6 +402,18 @@ impl Config {
             }
         }
 
+        if raw_adapter_count == 0 {
+            problems.push(Problem {
+                adapter: None,
+                key: Some("adapters".into()),
+                message: "no [[adapters]] configured, so the hub would do nothing; add one, e.g. \
+                          [[adapters]] name = \"http\" type = \"http\" with \
+                          [adapters.config] bind = \"127.0.0.1:8080\" (see polyhub.toml)"
+                    .into(),
+            });
+        }
+        problems.extend(port_conflicts(&adapters, admin));
+
         let mut routes = Vec::new();
         for (i, r) in raw.routes.iter().enumerate() {
             match Route::new(&r.from, &r.to) {
@@ -372,6 +432,7 @@ impl Config {
                 hub,
                 adapters,
                 routes,
+                admin,
             })
         } else {
             Err(ConfigFileError::Invalid {
@@ -380,6 +441,80 @@ impl Config {
             })
         }
     }
+}
+
+/// One listening socket a config asks for.
+struct Listener {
+    owner: Option<String>,
+    key: String,
+    addr: std::net::SocketAddr,
+    udp: bool,
+}
+
+/// The listening addresses of an adapter's table: keys `bind`, `listen` and
+/// `*_bind`, `*_listen` whose value is an `ip:port` (port 0 left out).
+fn listeners(entry: &AdapterEntry, kind: &str) -> Vec<Listener> {
+    entry
+        .config
+        .iter()
+        .filter(|(k, _)| {
+            *k == "bind" || *k == "listen" || k.ends_with("_bind") || k.ends_with("_listen")
+        })
+        .filter_map(|(k, v)| {
+            let addr: std::net::SocketAddr = v.as_str()?.parse().ok()?;
+            (addr.port() != 0).then(|| Listener {
+                owner: Some(entry.name.clone()),
+                key: format!("config.{k}"),
+                addr,
+                udp: kind == "coap" || k.starts_with("dtls"),
+            })
+        })
+        .collect()
+}
+
+/// Two listeners of this config on one port (same transport, and the same
+/// address or either on all addresses): one problem naming both.
+fn port_conflicts(
+    adapters: &[PreparedAdapter],
+    admin: Option<std::net::SocketAddr>,
+) -> Vec<Problem> {
+    let mut all: Vec<Listener> = admin
+        .filter(|a| a.port() != 0)
+        .map(|addr| Listener {
+            owner: None,
+            key: "admin.bind".into(),
+            addr,
+            udp: false,
+        })
+        .into_iter()
+        .collect();
+    all.extend(adapters.iter().flat_map(|a| listeners(&a.entry, &a.kind)));
+    let mut problems = Vec::new();
+    for (i, b) in all.iter().enumerate() {
+        let Some(a) = all[..i].iter().find(|a| {
+            a.udp == b.udp
+                && a.addr.port() == b.addr.port()
+                && (a.addr.ip() == b.addr.ip()
+                    || a.addr.ip().is_unspecified()
+                    || b.addr.ip().is_unspecified())
+        }) else {
+            continue;
+        };
+        let first = match &a.owner {
+            Some(name) => format!("adapter \"{name}\" (`{}` = \"{}\")", a.key, a.addr),
+            None => format!("[admin] (`{}` = \"{}\")", a.key, a.addr),
+        };
+        problems.push(Problem {
+            adapter: b.owner.clone(),
+            key: Some(b.key.clone()),
+            message: format!(
+                "port {}/{} is also taken by {first}; two listeners cannot share a port: give one of them another port",
+                b.addr.port(),
+                if b.udp { "udp" } else { "tcp" },
+            ),
+        });
+    }
+    problems
 }
 
 #[cfg(test)]
@@ -517,6 +652,51 @@ mod tests {
         ] {
             assert!(parse(text).is_err(), "{text:?} should fail");
         }
+    }
+
+    #[test]
+    fn a_config_without_adapters_is_refused() {
+        let e = err("[hub]\nname = \"h\"\n");
+        assert!(e.contains("no [[adapters]] configured"), "{e}");
+        assert!(err("").contains("no [[adapters]] configured"));
+    }
+
+    #[test]
+    fn two_listeners_on_one_port_are_refused_naming_both() {
+        let e = err(
+            "[[adapters]]\nname = \"a\"\ntype = \"demo\"\nconfig = { listen = \"0.0.0.0:8080\" }\n\
+             [[adapters]]\nname = \"b\"\ntype = \"demo\"\nconfig = { listen = \"127.0.0.1:8080\" }\n",
+        );
+        assert!(e.contains("adapter \"b\": key `config.listen`"), "{e}");
+        assert!(
+            e.contains("port 8080/tcp is also taken by adapter \"a\""),
+            "{e}"
+        );
+        let e = err(
+            "[admin]\nbind = \"127.0.0.1:9090\"\n\
+             [[adapters]]\nname = \"a\"\ntype = \"demo\"\nconfig = { listen = \"127.0.0.1:9090\" }\n",
+        );
+        assert!(e.contains("also taken by [admin]"), "{e}");
+        // Other ports, or other addresses, are fine.
+        parse(
+            "[[adapters]]\nname = \"a\"\ntype = \"demo\"\nconfig = { listen = \"127.0.0.1:8080\" }\n\
+             [[adapters]]\nname = \"b\"\ntype = \"demo\"\nconfig = { listen = \"127.0.0.2:8080\" }\n\
+             [[adapters]]\nname = \"c\"\ntype = \"demo\"\nconfig = { listen = \"127.0.0.1:0\" }\n\
+             [[adapters]]\nname = \"d\"\ntype = \"demo\"\nconfig = { listen = \"127.0.0.1:0\" }\n",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn admin_section_is_checked() {
+        let e = err("[admin]\nbind = \"nowhere\"\n[[adapters]]\nname = \"admin\"\ntype = \"demo\"\nconfig = { listen = \"x\" }\n");
+        assert!(e.contains("key `admin.bind`"), "{e}");
+        assert!(e.contains("reserved for the [admin] listener"), "{e}");
+        let c = parse(
+            "[admin]\n[[adapters]]\nname = \"d\"\ntype = \"demo\"\nconfig = { listen = \"x\" }\n",
+        )
+        .unwrap();
+        assert_eq!(c.admin, Some("127.0.0.1:9090".parse().unwrap()));
     }
 
     #[test]

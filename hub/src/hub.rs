@@ -9,8 +9,9 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use parking_lot::RwLock;
 use polyhub_sdk::{
-    AdapterContext, AdapterMetrics, AdapterSnapshot, AdapterState, Envelope, HubLink, HubSnapshot,
-    PublishError, SubscribeError, SubscribeOptions, SubscriptionId, Topic, TopicFilter,
+    AdapterContext, AdapterMetrics, AdapterSnapshot, AdapterState, ClientRegistry, Envelope,
+    HubLink, HubSnapshot, PublishError, SubscribeError, SubscribeOptions, SubscriptionId, Topic,
+    TopicFilter,
 };
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
@@ -36,6 +37,14 @@ pub enum HubError {
         name: String,
         /// Its error.
         reason: String,
+    },
+    /// The `[admin]` listener could not bind.
+    #[error("[admin] cannot listen on {addr}: {source}")]
+    AdminBind {
+        /// The address from `[admin] bind`.
+        addr: std::net::SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
     },
     /// Some adapters were still running when the drain timeout ran out.
     #[error("adapters still running after the {timeout:?} drain timeout: {}", names.join(", "))]
@@ -88,14 +97,15 @@ impl Slot {
 
 /// What every adapter link shares.
 #[derive(Debug)]
-struct Shared {
+pub(crate) struct Shared {
     name: String,
-    router: Arc<Router>,
+    pub(crate) router: Arc<Router>,
     slots: RwLock<Vec<Arc<Slot>>>,
+    pub(crate) clients: Arc<ClientRegistry>,
 }
 
 impl Shared {
-    fn snapshot(&self) -> HubSnapshot {
+    pub(crate) fn snapshot(&self) -> HubSnapshot {
         let adapters = self
             .slots
             .read()
@@ -226,6 +236,10 @@ impl HubLink for Link {
     fn snapshot(&self) -> HubSnapshot {
         self.shared.snapshot()
     }
+
+    fn clients(&self) -> Option<Arc<ClientRegistry>> {
+        Some(self.shared.clients.clone())
+    }
 }
 
 /// A running hub.
@@ -235,6 +249,7 @@ pub struct Hub {
     token: CancellationToken,
     tracker: TaskTracker,
     drain: Duration,
+    admin_addr: Option<std::net::SocketAddr>,
 }
 
 impl Hub {
@@ -250,12 +265,14 @@ impl Hub {
             name: config.hub.name.clone(),
             router,
             slots: RwLock::new(Vec::new()),
+            clients: Arc::new(ClientRegistry::new()),
         });
-        let hub = Hub {
+        let mut hub = Hub {
             shared,
             token: CancellationToken::new(),
             tracker: TaskTracker::new(),
             drain: Duration::from_millis(config.hub.drain_timeout_ms),
+            admin_addr: None,
         };
         tracing::info!(hub = %config.hub.name, source = %config.source, adapters = config.adapters.len(), routes = config.routes.len(), "Starting hub.");
 
@@ -330,6 +347,27 @@ impl Hub {
                 tracing::warn!(adapters = ?slow, timeout = ?startup, "Some adapters are still starting; going on without waiting.");
             }
         }
+        if let Some(addr) = config.admin {
+            let ctx = hub.attach(crate::config::ADMIN_ADAPTER, "admin");
+            match crate::admin::start(
+                addr,
+                hub.shared.clone(),
+                ctx,
+                &hub.tracker,
+                hub.token.child_token(),
+            )
+            .await
+            {
+                Ok(bound) => {
+                    tracing::info!(addr = %bound, "Admin dashboard listening: http://{bound}/");
+                    hub.admin_addr = Some(bound);
+                }
+                Err(source) => {
+                    let _ = hub.shutdown_ref().await;
+                    return Err(HubError::AdminBind { addr, source });
+                }
+            }
+        }
         tracing::info!(hub = %hub.shared.name, "Hub running.");
         Ok(hub)
     }
@@ -360,6 +398,16 @@ impl Hub {
     /// State and counters of the whole hub.
     pub fn snapshot(&self) -> HubSnapshot {
         self.shared.snapshot()
+    }
+
+    /// Every connected device that adapters reported.
+    pub fn clients(&self) -> &Arc<ClientRegistry> {
+        &self.shared.clients
+    }
+
+    /// The admin listener's bound address, when `[admin]` is configured.
+    pub fn admin_addr(&self) -> Option<std::net::SocketAddr> {
+        self.admin_addr
     }
 
     /// The router.

@@ -5,6 +5,7 @@
 //! the plugin loader. The `polyhub` binary (`src/main.rs`) is a thin CLI over
 //! this library; `ARCHITECTURE.md` shows how an envelope flows.
 
+pub mod admin;
 #[cfg(feature = "compare")]
 pub mod compare;
 pub mod config;

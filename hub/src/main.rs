@@ -15,15 +15,25 @@ use polyhub::{Config, Hub, Registry};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// More log output: -v debug, -vv trace (RUST_LOG, when set, wins over -v).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Log filter: a level (error, warn, info, debug, trace) or a tracing
+    /// directive such as `info,polyhub_mqtt=debug`. Wins over RUST_LOG and -v.
+    #[arg(long, value_name = "FILTER", global = true)]
+    log_level: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the hub until Ctrl-C or SIGTERM.
     Run {
-        /// Config file.
-        #[arg(short, long, default_value = "polyhub.toml")]
-        config: PathBuf,
+        /// Config file (default polyhub.toml).
+        #[arg(value_name = "CONFIG", conflicts_with = "config")]
+        file: Option<PathBuf>,
+        /// Config file, as an option (the same as the positional CONFIG).
+        #[arg(short, long, value_name = "CONFIG")]
+        config: Option<PathBuf>,
     },
     /// Check a config file (and load its plugins) without starting anything.
     Check {
@@ -122,13 +132,30 @@ fn compare(args: CompareArgs) -> ExitCode {
     }
 }
 
-fn init_logging(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+/// Logs go to stderr, coloured only when stderr is a terminal. The filter is
+/// `--log-level`, else RUST_LOG, else `-v`/`-vv`, else `default`.
+fn init_logging(default: &str, verbose: u8, log_level: Option<&str>) -> Result<(), String> {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let filter = match log_level {
+        Some(level) => EnvFilter::try_new(level)
+            .map_err(|e| format!("--log-level `{level}`: {e}; expected a level such as info or debug"))?,
+        None => match EnvFilter::try_from_default_env() {
+            Ok(f) => f,
+            Err(_) => EnvFilter::new(match verbose {
+                0 => default.to_owned(),
+                1 => format!("{default},polyhub=debug,polyhub_sdk=debug,polyhub_mqtt=debug,polyhub_coap=debug,polyhub_http=debug,polyhub_amqp=debug,polyhub_xmpp=debug"),
+                _ => "trace".to_owned(),
+            }),
+        },
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -139,15 +166,22 @@ fn main() -> ExitCode {
     let quiet = matches!(cli.command, Command::Compare(_));
     #[cfg(not(feature = "compare"))]
     let quiet = false;
-    // The embedded broker's router (rumqttd) logs an ERROR each time a
-    // device disconnects ("no-connection id N is already gone"): an ordinary
-    // event, so that module is off unless RUST_LOG asks for it; rumqttd's
-    // INFO lines on each accepted connection stay.
-    init_logging(if quiet {
+    // Ordinary events some libraries log at ERROR, off unless RUST_LOG or
+    // --log-level ask for them: the embedded broker (rumqttd) logs each
+    // device disconnect ("no-connection id N is already gone" in its router,
+    // "router-drop error=Recv(Disconnected)" in its connection loop); lapin
+    // logs a clean close ("invalid channel state: Closing") and dumps the
+    // server's close frames (`ShortString(...)`), which the AMQP adapter
+    // reports itself, with the broker's address, at WARN.
+    let default = if quiet {
         "warn,lapin=off,rumqttd=off"
     } else {
-        "info,rumqttd::router::routing=off"
-    });
+        "info,lapin=off,rumqttd::router::routing=off,rumqttd::server::broker=off"
+    };
+    if let Err(e) = init_logging(default, cli.verbose, cli.log_level.as_deref()) {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     let registry = Registry::builtin();
     match cli.command {
         #[cfg(feature = "compare")]
@@ -172,8 +206,11 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run { config } => {
-            let config = match Config::load(&config, &registry) {
+        Command::Run { file, config } => {
+            let path = file
+                .or(config)
+                .unwrap_or_else(|| PathBuf::from("polyhub.toml"));
+            let config = match Config::load(&path, &registry) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("error: {e}");

@@ -98,6 +98,23 @@ impl LatencyHistogram {
     }
 }
 
+/// One live subscription, as the admin API lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionInfo {
+    /// Subscription id.
+    pub id: u64,
+    /// The adapter instance that owns it.
+    pub adapter: String,
+    /// Its topic filters.
+    pub filters: Vec<String>,
+    /// Whether it also receives its own adapter's envelopes.
+    pub include_own: bool,
+    /// Envelopes waiting in its queue.
+    pub queued: usize,
+    /// Its queue's depth.
+    pub depth: usize,
+}
+
 /// Routes envelopes between subscriptions.
 #[derive(Debug)]
 pub struct Router {
@@ -326,6 +343,26 @@ impl Router {
     /// Routing latency so far.
     pub fn latency(&self) -> HistogramSnapshot {
         self.latency.snapshot()
+    }
+
+    /// Up to `limit` live subscriptions with an id above `after`, by id
+    /// (what the admin's `/api/subscriptions` lists).
+    pub fn subscriptions(&self, after: u64, limit: usize) -> Vec<SubscriptionInfo> {
+        let subs = self.subs.lock();
+        let mut ids: Vec<u64> = subs.keys().copied().filter(|id| *id > after).collect();
+        ids.sort_unstable();
+        ids.truncate(limit);
+        ids.iter()
+            .filter_map(|id| subs.get(id))
+            .map(|r| SubscriptionInfo {
+                id: r.entry.id,
+                adapter: r.entry.adapter.to_string(),
+                filters: r.filters.iter().map(|f| f.to_string()).collect(),
+                include_own: r.entry.include_own,
+                queued: r.entry.tx.max_capacity() - r.entry.tx.capacity(),
+                depth: r.entry.tx.max_capacity(),
+            })
+            .collect()
     }
 
     /// The last value of a topic.

@@ -1,9 +1,11 @@
 # XMPP: Prosody from Debian (run as a private instance, never the system
 # service), openssl for its test CA, and slixmpp as the third-party device
-# client of the tests and benchmark.
-apt_install prosody openssl python3
+# client of the tests and benchmark (Debian's python3-slixmpp: no pip).
+apt_install prosody openssl python3 python3-slixmpp
 if ! python3 -c 'import slixmpp' 2>/dev/null; then
-  log "installing slixmpp"
+  # Only where Debian's package is missing or broken: pip, installed first.
+  apt_install python3-pip
+  log "installing slixmpp with pip"
   python3 -m pip install -q slixmpp 2>/dev/null ||
     python3 -m pip install -q --break-system-packages slixmpp
 fi

@@ -18,6 +18,7 @@ use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::clients::{ClientHandle, ClientInfo, ClientRegistry};
 use crate::config::{AdapterConfig, ConfigError};
 use crate::envelope::{Envelope, Origin, QoS};
 use crate::metrics::{AdapterMetrics, HubSnapshot};
@@ -235,6 +236,11 @@ pub trait HubLink: Send + Sync + 'static {
     fn set_state(&self, state: AdapterState, reason: Option<String>);
     /// State and counters of the whole hub.
     fn snapshot(&self) -> HubSnapshot;
+    /// The hub's registry of connected devices; `None` where the link has
+    /// none (handles are then detached: they count, nobody lists them).
+    fn clients(&self) -> Option<Arc<ClientRegistry>> {
+        None
+    }
 }
 
 /// What a running adapter gets from the hub.
@@ -396,6 +402,15 @@ impl AdapterContext {
     /// State and counters of the whole hub.
     pub fn snapshot(&self) -> HubSnapshot {
         self.link.snapshot()
+    }
+
+    /// Reports a connected device (listed on the admin's `/api/clients`)
+    /// until the returned handle is dropped; count its messages on the handle.
+    pub fn client_connected(&self, info: ClientInfo) -> ClientHandle {
+        match self.link.clients() {
+            Some(registry) => registry.register(self.name.clone(), info),
+            None => ClientHandle::detached(self.name.clone(), info),
+        }
     }
 
     /// Cancelled when the hub shuts down.

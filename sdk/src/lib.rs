@@ -10,9 +10,11 @@
 #![deny(missing_docs)]
 
 pub mod adapter;
+pub mod clients;
 pub mod config;
 pub mod envelope;
 pub mod metrics;
+pub mod status;
 pub mod topic;
 
 pub use adapter::{
@@ -20,6 +22,7 @@ pub use adapter::{
     SubscribeError, SubscribeOptions, Subscription, SubscriptionId,
 };
 pub use bytes::Bytes;
+pub use clients::{ClientHandle, ClientInfo, ClientRegistry, ClientSnapshot};
 pub use config::{AdapterConfig, ConfigError};
 pub use envelope::{Envelope, MessageId, Origin, QoS};
 pub use metrics::{

@@ -99,6 +99,19 @@ pub(super) async fn run_all(options: &Options, hub_rt: Handle) -> Report {
             } else {
                 reason
             };
+            // XMPP needs accounts that only a test setup creates: say which.
+            let reason = if protocol == Protocol::Xmpp && done == 0 {
+                format!(
+                    "{reason}; XMPP needs the accounts {}, {}, {} and {} with password `{}` on {}: \
+                     create them (Prosody: prosodyctl register polyhub-cmp-pub {} PASSWORD, and so on) \
+                     or pass --xmpp, --xmpp-domain and --xmpp-password (the test setup's private \
+                     Prosody has them: --xmpp 127.0.0.1:$(cat /tmp/polyhub-prosody/port))",
+                    names.xmpp_pub, names.xmpp_sub, names.xmpp_in, names.xmpp_out,
+                    options.servers.xmpp_password, options.servers.xmpp, options.servers.xmpp_domain
+                )
+            } else {
+                reason
+            };
             skipped.push(Skipped {
                 protocol: protocol.to_string(),
                 reason,

@@ -150,15 +150,23 @@ impl Adapter for AmqpAdapter {
                 Ok(()) => break,
                 Err(SessionError::HubClosed) => break,
                 Err(e) if !ever_up && e.is_refusal() => {
-                    warn!(adapter = %ctx.name(), error = %e, "Broker refused the adapter.");
+                    let broker = format!(
+                        "{}:{}",
+                        shared.settings.uri.authority.host, shared.settings.uri.authority.port
+                    );
+                    warn!(adapter = %ctx.name(), broker = %broker, error = %e, "Broker refused the adapter.");
                     ctx.metrics().record_error();
                     return Err(AdapterError::protocol(e));
                 }
                 Err(e) => {
                     ctx.metrics().record_error();
                     let resent = outbox.requeue_unconfirmed();
-                    warn!(adapter = %ctx.name(), error = %e, unconfirmed = resent, retry_in = ?backoff, "Broker connection lost; reconnecting.");
-                    ctx.set_state(AdapterState::Down, Some(e.to_string()));
+                    let broker = format!(
+                        "{}:{}",
+                        shared.settings.uri.authority.host, shared.settings.uri.authority.port
+                    );
+                    warn!(adapter = %ctx.name(), broker = %broker, error = %e, unconfirmed = resent, retry_in = ?backoff, "Broker connection lost; reconnecting.");
+                    ctx.set_state(AdapterState::Down, Some(format!("{broker}: {e}")));
                     tokio::select! {
                         _ = ctx.shutdown().cancelled() => break,
                         _ = tokio::time::sleep(backoff) => {}

@@ -29,6 +29,8 @@ pub struct Observer {
     pub con_in_flight: bool,
     /// Block size exponent the client asked for, if any.
     pub szx: Option<u8>,
+    /// Its entry in the hub's client registry (dropped with the observer).
+    pub client: Option<std::sync::Arc<polyhub_sdk::ClientHandle>>,
 }
 
 impl Observer {
@@ -261,6 +263,7 @@ mod tests {
             last_con: Instant::now(),
             con_in_flight: false,
             szx: None,
+            client: None,
         }
     }
 

@@ -643,6 +643,13 @@ impl Server {
                     last_con: Instant::now(),
                     con_in_flight: false,
                     szx: block2.map(|b| b.szx),
+                    client: Some(std::sync::Arc::new(
+                        self.ctx.client_connected(
+                            polyhub_sdk::ClientInfo::new("coap-observe")
+                                .with_client_id(filter.to_string())
+                                .with_peer(peer.to_string()),
+                        ),
+                    )),
                 };
                 registered = self.register_observer(observer);
             }
@@ -989,6 +996,9 @@ impl Server {
                 p.header.message_id = self.ids.next();
                 p.set_token(o.token.clone());
                 p.set_observe_value(o.next_seq());
+                if let Some(c) = &o.client {
+                    c.record_out();
+                }
                 if con {
                     o.con_in_flight = true;
                     o.last_con = now;

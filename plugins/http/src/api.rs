@@ -179,7 +179,7 @@ pub fn router(state: Shared) -> Router {
                 StatusCode::NOT_FOUND,
                 "bad_path",
                 format!(
-                    "no such path `{}`; try /topics/{{topic}}, /events, /health or /metrics",
+                    "no such path `{}`; try /topics, /topics/{{topic}}, /events, /health or /metrics",
                     uri.path()
                 ),
             )
@@ -266,6 +266,9 @@ async fn topics(State(state): State<Shared>, req: Request) -> Result<Response, A
         .strip_prefix("/topics")
         .map(|p| p.strip_prefix('/').unwrap_or(p))
         .unwrap_or("");
+    if raw.is_empty() && matches!(method, Method::GET | Method::HEAD) {
+        return list_topics(&state, req.uri().query());
+    }
     let topic = convert::topic_from_path(raw)?;
     match method {
         Method::GET | Method::HEAD => last_value(&state, &topic),
@@ -303,6 +306,36 @@ pub(crate) fn fast_publish(
         };
         r.into_response()
     }))
+}
+
+/// `GET /topics?prefix=&after=&limit=`: one page of last values in topic
+/// order, `{"topics":[…],"next":"…"|null}` (pass `next` as `after`).
+fn list_topics(state: &ApiState, query: Option<&str>) -> Result<Response, ApiError> {
+    let query = convert::parse_query(query)?;
+    let get = |k: &str| query.iter().find(|(q, _)| q == k).map(|(_, v)| v.as_str());
+    let limit = match get("limit") {
+        None => 100,
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "limit must be an integer from 1 to 1000",
+                )
+            })?,
+    };
+    let page = state
+        .ctx
+        .topics_page(get("prefix").unwrap_or(""), get("after"), limit + 1);
+    let next = (page.len() > limit).then(|| page[limit - 1].topic.to_string());
+    let items: Vec<serde_json::Value> = page
+        .iter()
+        .take(limit)
+        .filter_map(|e| serde_json::from_str(&EventData::of(e).to_json()).ok())
+        .collect();
+    Ok(Json(serde_json::json!({ "topics": items, "next": next })).into_response())
 }
 
 fn last_value(state: &ApiState, topic: &Topic) -> Result<Response, ApiError> {
@@ -466,11 +499,17 @@ async fn events(State(state): State<Shared>, req: Request) -> Result<Response, A
     }
     tracing::debug!(adapter = %state.ctx.name(), filters = ?filters, "SSE stream opened.");
 
-    let from_hub =
-        futures::stream::unfold(
-            hub_sub,
-            |mut s| async move { s.recv().await.map(|e| (e, s)) },
-        );
+    let peer = req.extensions().get::<PeerName>().map(|p| p.0.to_string());
+    let info = polyhub_sdk::ClientInfo {
+        peer,
+        ..polyhub_sdk::ClientInfo::new("http-sse")
+    };
+    let client = state.ctx.client_connected(info);
+    let from_hub = futures::stream::unfold((hub_sub, client), |(mut s, c)| async move {
+        let e = s.recv().await?;
+        c.record_out();
+        Some((e, (s, c)))
+    });
     let stream = futures::stream::iter(initial)
         .chain(from_hub)
         .map(|e| Ok::<Event, Infallible>(to_event(&e)))

@@ -355,6 +355,7 @@ impl Session {
             warn!(adapter = %self.ctx.name(), from = %from, error = %e, "Hub refused an envelope.");
             return;
         }
+        self.subscribers.record_in(&bare);
         for to in self.subscribers.local_targets(&env.topic, &bare) {
             self.deliver(Outgoing {
                 to,

@@ -179,7 +179,10 @@ impl Connector {
             .map_err(|e| match e {
                 TokioXmppError::Auth(AuthError::Fail(cond)) => XmppError::Auth {
                     jid: jid.to_string(),
-                    reason: format!("{cond:?}"),
+                    reason: format!(
+                        "{cond:?}: check `password` in the adapter's config, and that the \
+                         account exists on the server (Prosody: prosodyctl adduser {jid})"
+                    ),
                 },
                 TokioXmppError::Auth(AuthError::NoMechanism) => XmppError::Auth {
                     jid: jid.to_string(),

@@ -44,6 +44,7 @@ struct Entry {
     resources: HashSet<String>,
     presence: Presence,
     control: mpsc::Sender<Control>,
+    client: std::sync::Arc<polyhub_sdk::ClientHandle>,
 }
 
 impl Entry {
@@ -95,7 +96,9 @@ impl Subscribers {
                 .subscribe_with_depth(Vec::<TopicFilter>::new(), self.depth)
                 .ok()?;
             let (control, rx) = mpsc::channel(64);
-            let fwd = forward(sub, rx, jid.clone(), self.out.clone());
+            let info = polyhub_sdk::ClientInfo::new("xmpp").with_client_id(jid.to_string());
+            let client = std::sync::Arc::new(self.ctx.client_connected(info));
+            let fwd = forward(sub, rx, jid.clone(), self.out.clone(), client.clone());
             tokio::spawn(fwd.instrument(self.ctx.span().clone()));
             self.map.insert(
                 jid.clone(),
@@ -105,6 +108,7 @@ impl Subscribers {
                     resources: HashSet::new(),
                     presence: Presence::Unknown,
                     control,
+                    client,
                 },
             );
         }
@@ -173,6 +177,13 @@ impl Subscribers {
         self.map.keys().cloned().collect()
     }
 
+    /// Counts a message from `jid` on its client entry, if it is a subscriber.
+    pub fn record_in(&self, jid: &BareJid) {
+        if let Some(e) = self.map.get(jid) {
+            e.client.record_in();
+        }
+    }
+
     /// Whether `jid` has any subscription.
     pub fn contains(&self, jid: &BareJid) -> bool {
         self.map.contains_key(jid)
@@ -238,6 +249,7 @@ async fn forward(
     mut control: mpsc::Receiver<Control>,
     jid: BareJid,
     out: mpsc::Sender<Outgoing>,
+    client: std::sync::Arc<polyhub_sdk::ClientHandle>,
 ) {
     loop {
         tokio::select! {
@@ -259,6 +271,7 @@ async fn forward(
                     if out.send(Outgoing { to, envelope }).await.is_err() {
                         return;
                     }
+                    client.record_out();
                 }
                 None => return,
             },

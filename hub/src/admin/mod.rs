@@ -1,0 +1,53 @@
+//! The `[admin]` listener: a JSON API over the running hub (adapters,
+//! connected clients, subscriptions, topics, publish), `/metrics` and
+//! `/health` whatever adapters are configured, and a live dashboard at `/`
+//! served from the binary (`dashboard.html`, no CDN, no build step).
+//!
+//! Live updates: one sampler task reads the hub once a second and sends a
+//! `tick` (rates, adapters, counts, the latest messages) to every
+//! `/api/events` Server-Sent Events stream; nothing on the routing hot path
+//! but one `#` subscription whose queue keeps the latest messages.
+//!
+//! No authentication yet: the listener binds loopback by default.
+
+mod api;
+mod sampler;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use polyhub_sdk::AdapterContext;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::hub::Shared;
+
+/// Binds the admin listener on `addr` and serves it (and its sampler) on
+/// `tracker` until `token` is cancelled. `ctx` is the internal client the
+/// admin publishes as. Returns the bound address.
+pub(crate) async fn start(
+    addr: SocketAddr,
+    hub: Arc<Shared>,
+    ctx: AdapterContext,
+    tracker: &TaskTracker,
+    token: CancellationToken,
+) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let sampler = sampler::Sampler::start(hub.clone(), &ctx, tracker, token.clone());
+    let state = Arc::new(api::AdminState {
+        hub,
+        ctx,
+        sampler,
+        token: token.clone(),
+    });
+    let app = api::router(state);
+    tracker.spawn(async move {
+        let serve = axum::serve(listener, app).with_graceful_shutdown(token.cancelled_owned());
+        if let Err(e) = serve.await {
+            tracing::warn!(addr = %bound, error = %e, "Admin listener stopped.");
+        }
+    });
+    Ok(bound)
+}

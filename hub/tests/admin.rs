@@ -1,0 +1,428 @@
+//! The `[admin]` API: each endpoint's shape, paging of topics, clients and
+//! subscriptions, publish, `/metrics` and `/health` without an HTTP adapter,
+//! and the HTTP adapter's `GET /topics` listing.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use polyhub_sdk::{Envelope, Topic};
+use serde_json::Value;
+
+async fn get(url: &str) -> (u16, Value) {
+    let r = within(url, reqwest::get(url)).await.expect("GET");
+    let code = r.status().as_u16();
+    let body = within(url, r.text()).await.expect("body");
+    (
+        code,
+        serde_json::from_str(&body).unwrap_or(Value::String(body)),
+    )
+}
+
+async fn post(url: &str, body: &str) -> (u16, Value) {
+    let r = within(
+        url,
+        reqwest::Client::new()
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send(),
+    )
+    .await
+    .expect("POST");
+    let code = r.status().as_u16();
+    let text = within(url, r.text()).await.expect("body");
+    (
+        code,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+fn config(http: u16) -> String {
+    format!(
+        "[admin]\nbind = \"127.0.0.1:0\"\n\
+         [[adapters]]\nname = \"web\"\ntype = \"http\"\n[adapters.config]\nbind = \"127.0.0.1:{http}\"\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adapters_health_metrics_and_publish() {
+    let http = free_tcp_port();
+    let hub = start_hub(&config(http)).await;
+    let base = format!("http://{}", hub.admin_addr().unwrap());
+
+    let (code, a) = get(&format!("{base}/api/adapters")).await;
+    assert_eq!(code, 200);
+    assert_eq!(a["hub"], "polyhub");
+    let web = a["adapters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == "web")
+        .unwrap()
+        .clone();
+    for key in [
+        "kind",
+        "state",
+        "reason",
+        "clients",
+        "messages_in",
+        "messages_out",
+        "dropped",
+        "errors",
+        "reconnects",
+        "events",
+    ] {
+        assert!(web.get(key).is_some(), "no `{key}` in {web}");
+    }
+    assert_eq!(web["state"], "up");
+    assert_eq!(web["kind"], "http");
+
+    let (code, h) = get(&format!("{base}/health")).await;
+    assert_eq!(code, 200, "{h}");
+    assert_eq!(h["status"], "ok");
+    assert_eq!(h["adapters"]["web"], "up");
+
+    // Publish: bad requests are 400 with a JSON error; a good one is 202
+    // and becomes the topic's last value, from origin `admin`.
+    for bad in [
+        "not json",
+        r#"{"payload":"x"}"#,
+        r#"{"topic":"a/+","payload":"x"}"#,
+        r#"{"topic":"a","payload":"x","qos":7}"#,
+        r#"{"topic":"a","payload":"x","colour":"red"}"#,
+    ] {
+        let (code, e) = post(&format!("{base}/api/publish"), bad).await;
+        assert_eq!(code, 400, "{bad}: {e}");
+        assert!(e["error"].is_string(), "{e}");
+    }
+    let (code, r) = post(
+        &format!("{base}/api/publish"),
+        r#"{"topic":"lamp/1","payload":"on","qos":1,"retain":true}"#,
+    )
+    .await;
+    assert_eq!(code, 202, "{r}");
+    let lv = hub
+        .router()
+        .last_value(&Topic::new("lamp/1").unwrap())
+        .unwrap();
+    assert_eq!(&lv.payload[..], b"on");
+    assert!(lv.retain);
+    assert_eq!(&*lv.origin.adapter, "admin");
+
+    let r = within("metrics", reqwest::get(format!("{base}/metrics")))
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let text = within("metrics body", r.text()).await.unwrap();
+    assert!(
+        text.contains(
+            "polyhub_messages_in_total{hub=\"polyhub\",adapter=\"admin\",kind=\"admin\"} 1"
+        ),
+        "{text}"
+    );
+
+    let (code, e) = get(&format!("{base}/api/nothing")).await;
+    assert_eq!(code, 404);
+    assert!(e["error"].as_str().unwrap().contains("/api/topics"), "{e}");
+
+    // The dashboard itself, from the binary.
+    let r = within("dashboard", reqwest::get(format!("{base}/")))
+        .await
+        .unwrap();
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let html = within("dashboard body", r.text()).await.unwrap();
+    assert!(html.contains("EventSource(\"/api/events\")"));
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "the dashboard loads nothing from elsewhere"
+    );
+    within("shutdown", hub.shutdown()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_are_paged_in_order_and_searchable_by_prefix() {
+    let http = free_tcp_port();
+    let hub = start_hub(&config(http)).await;
+    let base = format!("http://{}", hub.admin_addr().unwrap());
+    let loader = hub.attach("loader", "test");
+    for i in 0..250 {
+        let group = if i % 2 == 0 { "even" } else { "odd" };
+        let t = Topic::new(&format!("load/{group}/{i:03}")).unwrap();
+        within("publish", loader.publish(Envelope::new(t, format!("v{i}"))))
+            .await
+            .unwrap();
+    }
+    within(
+        "binary",
+        loader.publish(Envelope::new(
+            Topic::new("bin").unwrap(),
+            vec![0xffu8, 0, 1],
+        )),
+    )
+    .await
+    .unwrap();
+
+    let mut seen: Vec<String> = Vec::new();
+    let mut after = String::new();
+    let mut pages = 0;
+    loop {
+        let (code, p) = get(&format!(
+            "{base}/api/topics?prefix=load/&limit=100&after={after}"
+        ))
+        .await;
+        assert_eq!(code, 200, "{p}");
+        assert_eq!(p["total"], 251);
+        let items = p["topics"].as_array().unwrap();
+        assert!(items.len() <= 100);
+        for t in items {
+            for key in [
+                "topic",
+                "payload",
+                "encoding",
+                "size",
+                "qos",
+                "retain",
+                "timestamp",
+                "origin",
+            ] {
+                assert!(t.get(key).is_some(), "no `{key}` in {t}");
+            }
+            seen.push(t["topic"].as_str().unwrap().to_owned());
+        }
+        pages += 1;
+        match p["next"].as_str() {
+            Some(n) => {
+                assert_eq!(n, seen.last().unwrap());
+                after = n.to_owned();
+            }
+            None => break,
+        }
+        assert!(pages < 10, "paging does not end");
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(seen.len(), 250);
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(seen, sorted, "pages are in topic order without repeats");
+
+    let (_, p) = get(&format!("{base}/api/topics?prefix=load/odd/&limit=1000")).await;
+    assert_eq!(p["topics"].as_array().unwrap().len(), 125);
+    assert!(p["next"].is_null());
+    assert_eq!(p["topics"][0]["payload"], "v1");
+    assert_eq!(p["topics"][0]["encoding"], "utf8");
+    assert_eq!(p["topics"][0]["origin"]["adapter"], "loader");
+
+    let (_, p) = get(&format!("{base}/api/topics?prefix=bin")).await;
+    assert_eq!(p["topics"][0]["encoding"], "base64");
+    assert_eq!(p["topics"][0]["payload"], "/wAB");
+
+    for bad in ["limit=0", "limit=1001", "limit=many"] {
+        let (code, e) = get(&format!("{base}/api/topics?{bad}")).await;
+        assert_eq!(code, 400, "{bad}: {e}");
+    }
+
+    // The HTTP adapter's own listing: GET /topics, paged the same way.
+    let (code, p) = get(&format!(
+        "http://127.0.0.1:{http}/topics?prefix=load/even/&limit=100"
+    ))
+    .await;
+    assert_eq!(code, 200, "{p}");
+    assert_eq!(p["topics"].as_array().unwrap().len(), 100);
+    assert_eq!(p["topics"][0]["topic"], "load/even/000");
+    assert_eq!(p["next"], "load/even/198");
+    let (_, p) = get(&format!(
+        "http://127.0.0.1:{http}/topics?prefix=load/even/&after=load/even/198"
+    ))
+    .await;
+    assert_eq!(p["topics"].as_array().unwrap().len(), 25);
+    assert!(p["next"].is_null());
+    let (code, _) = get(&format!("http://127.0.0.1:{http}/topics?limit=0")).await;
+    assert_eq!(code, 400);
+    within("shutdown", hub.shutdown()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_subscriptions_and_live_ticks() {
+    let http = free_tcp_port();
+    let hub = start_hub(&config(http)).await;
+    let base = format!("http://{}", hub.admin_addr().unwrap());
+
+    // Two SSE clients of the HTTP adapter (reqwest, streaming).
+    let mut streams = Vec::new();
+    for filter in ["a%2F%23", "b%2F%23"] {
+        let r = within(
+            "sse",
+            reqwest::get(format!("http://127.0.0.1:{http}/events?filter={filter}")),
+        )
+        .await
+        .unwrap();
+        streams.push(r);
+    }
+    wait_until("two clients listed", TIMEOUT, || hub.clients().len() == 2).await;
+    let (code, c) = get(&format!("{base}/api/clients?limit=1")).await;
+    assert_eq!(code, 200);
+    assert_eq!(c["total"], 2);
+    let first = &c["clients"][0];
+    for key in [
+        "id",
+        "adapter",
+        "protocol",
+        "client_id",
+        "peer",
+        "user",
+        "since",
+        "messages_in",
+        "messages_out",
+    ] {
+        assert!(first.get(key).is_some(), "no `{key}` in {first}");
+    }
+    assert_eq!(first["adapter"], "web");
+    assert_eq!(first["protocol"], "http-sse");
+    assert!(first["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
+    let next = c["next"].as_u64().expect("a next page");
+    let (_, c2) = get(&format!("{base}/api/clients?limit=1&after={next}")).await;
+    assert_eq!(c2["clients"].as_array().unwrap().len(), 1);
+    assert_ne!(c2["clients"][0]["id"], first["id"]);
+    assert!(c2["next"].is_null());
+
+    // A message to the first stream counts as out on its client.
+    let (code, _) = post(
+        &format!("{base}/api/publish"),
+        r#"{"topic":"a/x","payload":"1"}"#,
+    )
+    .await;
+    assert_eq!(code, 202);
+    let chunk = within("sse event", streams[0].chunk())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&chunk).contains("a/x"));
+    let mut out = 0;
+    for _ in 0..100 {
+        let (_, c) = get(&format!("{base}/api/clients")).await;
+        out = c["clients"][0]["messages_out"].as_u64().unwrap();
+        if out == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(out, 1);
+
+    let (code, s) = get(&format!("{base}/api/subscriptions?limit=2")).await;
+    assert_eq!(code, 200);
+    let total = s["total"].as_u64().unwrap();
+    assert!(total >= 3, "{s}"); // two streams and the admin's live feed
+    for key in ["id", "adapter", "filters", "include_own", "queued", "depth"] {
+        assert!(
+            s["subscriptions"][0].get(key).is_some(),
+            "no `{key}` in {s}"
+        );
+    }
+    let filters: Vec<String> = {
+        let mut all = Vec::new();
+        let mut after = 0;
+        loop {
+            let (_, s) = get(&format!("{base}/api/subscriptions?limit=2&after={after}")).await;
+            for x in s["subscriptions"].as_array().unwrap() {
+                all.push(x["filters"][0].as_str().unwrap().to_owned());
+            }
+            match s["next"].as_u64() {
+                Some(n) => after = n,
+                None => break,
+            }
+        }
+        all
+    };
+    assert_eq!(filters.len() as u64, total);
+    assert!(filters.contains(&"a/#".to_owned()) && filters.contains(&"b/#".to_owned()));
+
+    // Closing a stream deregisters its client.
+    streams.pop();
+    wait_until("one client left", TIMEOUT, || hub.clients().len() == 1).await;
+
+    // Live: the first tick carries rates, adapters, counts, latest messages.
+    let mut ev = within("events", reqwest::get(format!("{base}/api/events")))
+        .await
+        .unwrap();
+    assert!(ev.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let mut text = String::new();
+    within("a tick", async {
+        while !text.contains("\n\n") {
+            let c = ev.chunk().await.unwrap().expect("stream open");
+            text.push_str(&String::from_utf8_lossy(&c));
+        }
+    })
+    .await;
+    assert!(text.starts_with("event: tick\n"), "{text}");
+    let data = text.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+    let tick: Value = serde_json::from_str(data).unwrap();
+    for key in [
+        "hub",
+        "sample",
+        "adapters",
+        "topics",
+        "subscriptions",
+        "clients",
+        "recent",
+    ] {
+        assert!(tick.get(key).is_some(), "no `{key}` in {tick}");
+    }
+    assert_eq!(tick["clients"], 1);
+    assert_eq!(tick["recent"][0]["topic"], "a/x");
+    let (_, r) = get(&format!("{base}/api/rates")).await;
+    assert!(!r["samples"].as_array().unwrap().is_empty());
+    within("shutdown", hub.shutdown()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_health_without_an_http_adapter() {
+    let mqtt = free_tcp_port();
+    let hub = start_hub(&format!(
+        "[admin]\nbind = \"127.0.0.1:0\"\n\
+         [[adapters]]\nname = \"mqtt\"\ntype = \"mqtt\"\n[adapters.config]\nlisten = \"127.0.0.1:{mqtt}\"\n"
+    ))
+    .await;
+    let base = format!("http://{}", hub.admin_addr().unwrap());
+    let (code, h) = get(&format!("{base}/health")).await;
+    assert_eq!(code, 200, "{h}");
+    assert_eq!(h["adapters"]["mqtt"], "up");
+    let r = within("metrics", reqwest::get(format!("{base}/metrics")))
+        .await
+        .unwrap();
+    let text = within("metrics body", r.text()).await.unwrap();
+    assert!(
+        text.contains("polyhub_adapter_up{hub=\"polyhub\",adapter=\"mqtt\",state=\"up\"} 1"),
+        "{text}"
+    );
+    within("shutdown", hub.shutdown()).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_admin_port_in_use_fails_the_start_with_the_address() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let http = free_tcp_port();
+    let e = within(
+        "start",
+        polyhub::start_str(&format!(
+            "[admin]\nbind = \"127.0.0.1:{port}\"\n\
+             [[adapters]]\nname = \"web\"\ntype = \"http\"\n[adapters.config]\nbind = \"127.0.0.1:{http}\"\n"
+        )),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains(&format!("[admin] cannot listen on 127.0.0.1:{port}")),
+        "{e}"
+    );
+}
