@@ -96,9 +96,9 @@ fn bind_error(addr: SocketAddr, key: &str, e: io::Error) -> AdapterError {
             source: io::Error::new(
                 io::ErrorKind::AddrInUse,
                 format!(
-                    "port {port} is already in use (another MQTT broker such as Mosquitto?). \
-                     Set another port in `{key}`, or replace `listen` with \
-                     `url = \"mqtt://127.0.0.1:{port}\"` to join the broker already there",
+                    "port {port} is already in use by another program. Set another port \
+                     in `{key}`; if that program is an MQTT broker (Mosquitto?), you can \
+                     instead replace `listen` with `url = \"mqtt://127.0.0.1:{port}\"` to join it",
                     port = addr.port()
                 ),
             ),
