@@ -234,7 +234,24 @@ impl Config {
             file: file.clone(),
             source,
         })?;
-        Self::parse(&text, &file, registry, path.parent())
+        let config = Self::parse(&text, &file, registry, path.parent())?;
+        // A file that starts nothing is a mistake (`polyhub run` would sit
+        // idle). Text parsed for an embedding program may have no adapters:
+        // it attaches its own clients (`Hub::attach`).
+        if config.adapters.is_empty() {
+            return Err(ConfigFileError::Invalid {
+                file,
+                problems: vec![Problem {
+                    adapter: None,
+                    key: Some("adapters".into()),
+                    message: "no enabled [[adapters]], so the hub would do nothing; add one, e.g. \
+                              [[adapters]] name = \"http\" type = \"http\" with \
+                              [adapters.config] bind = \"127.0.0.1:8080\" (see polyhub.toml)"
+                        .into(),
+                }],
+            });
+        }
+        Ok(config)
     }
 
     /// Parses and checks config text; `source` names it in errors, `base_dir`
@@ -291,7 +308,6 @@ impl Config {
             },
         };
 
-        let raw_adapter_count = raw.adapters.len();
         let mut names = HashSet::new();
         let mut adapters = Vec::new();
         for (i, entry) in raw.adapters.into_iter().enumerate() {
@@ -402,16 +418,6 @@ impl Config {
             }
         }
 
-        if raw_adapter_count == 0 {
-            problems.push(Problem {
-                adapter: None,
-                key: Some("adapters".into()),
-                message: "no [[adapters]] configured, so the hub would do nothing; add one, e.g. \
-                          [[adapters]] name = \"http\" type = \"http\" with \
-                          [adapters.config] bind = \"127.0.0.1:8080\" (see polyhub.toml)"
-                    .into(),
-            });
-        }
         problems.extend(port_conflicts(&adapters, admin));
 
         let mut routes = Vec::new();
@@ -655,10 +661,20 @@ mod tests {
     }
 
     #[test]
-    fn a_config_without_adapters_is_refused() {
-        let e = err("[hub]\nname = \"h\"\n");
-        assert!(e.contains("no [[adapters]] configured"), "{e}");
-        assert!(err("").contains("no [[adapters]] configured"));
+    fn a_config_file_without_adapters_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for text in [
+            "",
+            "[hub]\nname = \"h\"\n",
+            "[[adapters]]\nname = \"x\"\ntype = \"demo\"\nenabled = false\n[adapters.config]\nlisten = \"x\"\n",
+        ] {
+            let path = dir.path().join("empty.toml");
+            std::fs::write(&path, text).unwrap();
+            let e = Config::load(&path, &registry()).unwrap_err().to_string();
+            assert!(e.contains("no enabled [[adapters]]"), "{text:?}: {e}");
+        }
+        // An embedding program may start a hub of attached clients only.
+        assert!(parse("").is_ok());
     }
 
     #[test]

@@ -263,7 +263,11 @@ async fn health_reports_every_adapter_and_turns_503_when_one_is_down() {
     assert_eq!(r.status, 503);
     assert_eq!(
         r.json(),
-        serde_json::json!({"status": "degraded", "adapters": {"web": "up", "mqtt": "down"}})
+        serde_json::json!({
+            "status": "degraded",
+            "adapters": {"web": "up", "mqtt": "down"},
+            "reasons": {"mqtt": "broker gone"}
+        })
     );
     other.set_state(AdapterState::Up, None);
     assert_eq!(curl(&[&web.url("/health")]).await.status, 200);
