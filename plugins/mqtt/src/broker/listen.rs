@@ -52,8 +52,12 @@ fn tune(stream: &TcpStream) {
     let _ = stream.set_nodelay(true);
 }
 
-/// Accepts plain TCP connections until the listener fails.
-pub(crate) async fn tcp_loop(broker: Arc<Broker>, l: TcpListener) -> Result<(), AdapterError> {
+/// The next connection the broker admits (under `max_connections`), tuned;
+/// refused connections are closed and counted by `admit`.
+async fn accept_admitted(
+    broker: &Arc<Broker>,
+    l: &TcpListener,
+) -> (TcpStream, SocketAddr, ConnGuard) {
     loop {
         let (stream, peer) = match l.accept().await {
             Ok(a) => a,
@@ -65,11 +69,19 @@ pub(crate) async fn tcp_loop(broker: Arc<Broker>, l: TcpListener) -> Result<(), 
                 continue;
             }
         };
-        let Some(guard) = admit(&broker) else {
+        let Some(guard) = admit(broker) else {
             drop(stream);
             continue;
         };
         tune(&stream);
+        return (stream, peer, guard);
+    }
+}
+
+/// Accepts plain TCP connections until the listener fails.
+pub(crate) async fn tcp_loop(broker: Arc<Broker>, l: TcpListener) -> Result<(), AdapterError> {
+    loop {
+        let (stream, peer, guard) = accept_admitted(&broker, &l).await;
         tokio::spawn(session::serve(
             broker.clone(),
             Box::new(stream),
@@ -87,20 +99,7 @@ pub(crate) async fn tls_loop(
     acceptor: TlsAcceptor,
 ) -> Result<(), AdapterError> {
     loop {
-        let (stream, peer) = match l.accept().await {
-            Ok(a) => a,
-            Err(e) => {
-                warn!(adapter = %broker.ctx.name(), error = %e, "Accept failed.");
-                broker.ctx.metrics().record_error();
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Some(guard) = admit(&broker) else {
-            drop(stream);
-            continue;
-        };
-        tune(&stream);
+        let (stream, peer, guard) = accept_admitted(&broker, &l).await;
         let acceptor = acceptor.clone();
         let broker = broker.clone();
         tokio::spawn(async move {
