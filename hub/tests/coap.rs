@@ -27,22 +27,6 @@ fn filter(s: &str) -> TopicFilter {
     TopicFilter::new(s).unwrap()
 }
 
-/// libcoap's tool, under its plain name or Debian's `-notls` one.
-fn libcoap(tool: &str) -> String {
-    for name in [tool.to_owned(), format!("{tool}-notls")] {
-        let found = Command::new("sh")
-            .arg("-c")
-            .arg(format!("command -v {name}"))
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        if found {
-            return name;
-        }
-    }
-    panic!("{tool} not found: install libcoap3-bin (scripts/test.sh does)");
-}
-
 /// Runs coap-client with `args` (bounded by `-B`), returning its output.
 async fn coap_client(args: &[&str]) -> Output {
     let mut cmd = Command::new(libcoap("coap-client"));

@@ -21,22 +21,6 @@ const TOPICS: usize = 20_000;
 /// Peers walking the listing at once.
 const PEERS: usize = 80;
 
-/// libcoap's client, under its plain name or Debian's `-notls` one.
-fn coap_client_bin() -> String {
-    for name in ["coap-client", "coap-client-notls"] {
-        let found = Command::new("sh")
-            .arg("-c")
-            .arg(format!("command -v {name}"))
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        if found {
-            return name.to_owned();
-        }
-    }
-    panic!("coap-client not found: install libcoap3-bin (scripts/test.sh does)");
-}
-
 /// Runs coap-client with `args` (bounded by `-B`), returning its output.
 async fn coap_client(args: &[String]) -> Output {
     coap_client_to(args, true).await
@@ -45,7 +29,7 @@ async fn coap_client(args: &[String]) -> Output {
 /// Runs coap-client, keeping its standard output or not (a walk of the
 /// whole listing prints ~0.8 MB, which would count in this process's RSS).
 async fn coap_client_to(args: &[String], keep_stdout: bool) -> Output {
-    let mut cmd = Command::new(coap_client_bin());
+    let mut cmd = Command::new(libcoap("coap-client"));
     cmd.args(["-B", "60"])
         .args(args)
         .stdin(Stdio::null())

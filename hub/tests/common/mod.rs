@@ -65,3 +65,19 @@ pub fn service_up(port: u16) -> bool {
     )
     .is_ok()
 }
+
+/// libcoap's tool, under its plain name or Debian's `-notls` one.
+pub fn libcoap(tool: &str) -> String {
+    for name in [tool.to_owned(), format!("{tool}-notls")] {
+        let found = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {name}"))
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if found {
+            return name;
+        }
+    }
+    panic!("{tool} not found: install libcoap3-bin (scripts/test.sh does)");
+}
