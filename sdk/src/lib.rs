@@ -14,7 +14,9 @@ pub mod clients;
 pub mod config;
 pub mod envelope;
 pub mod metrics;
+pub mod reconnect;
 pub mod status;
+pub mod testing;
 pub mod topic;
 
 pub use adapter::{
