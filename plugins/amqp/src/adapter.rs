@@ -23,14 +23,15 @@ use lapin::{
     PublisherConfirm,
 };
 use polyhub_sdk::{
-    Adapter, AdapterContext, AdapterError, AdapterState, Envelope, Origin, PublishError, QoS,
+    Adapter, AdapterContext, AdapterError, Envelope, Origin, PublishError, QoS,
     Subscription,
 };
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::config::Settings;
 use crate::convert::{amqp_to_envelope, envelope_to_amqp, is_own_echo};
 use crate::error::SessionError;
+use polyhub_sdk::reconnect::{Next, Supervisor};
 
 /// How long shutdown waits for outstanding publisher confirms.
 const DRAIN: Duration = Duration::from_secs(2);
@@ -116,10 +117,12 @@ impl Adapter for AmqpAdapter {
             tls,
         };
         let mut outbox = Outbox::default();
-        let min = Duration::from_millis(shared.settings.config.reconnect_min_ms);
-        let max = Duration::from_millis(shared.settings.config.reconnect_max_ms);
-        let mut backoff = min;
-        let mut ever_up = false;
+        let authority = &shared.settings.uri.authority;
+        let mut supervisor = Supervisor::new(
+            &ctx,
+            format!("{}:{}", authority.host, authority.port),
+            shared.settings.backoff.clone(),
+        );
 
         loop {
             let conn = tokio::select! {
@@ -128,15 +131,12 @@ impl Adapter for AmqpAdapter {
             };
             let outcome = match conn {
                 Ok((conn, consumer)) => {
-                    if ever_up {
-                        ctx.metrics().record_reconnect();
-                        info!(adapter = %ctx.name(), queue = %shared.queue, resent = outbox.retry.len(), "Reconnected to the broker.");
-                    } else {
-                        info!(adapter = %ctx.name(), queue = %shared.queue, exchange = %shared.settings.config.exchange, "Connected to the broker.");
-                    }
-                    ever_up = true;
-                    backoff = min;
-                    ctx.set_state(AdapterState::Up, None);
+                    supervisor.connected(&format_args!(
+                        "queue {}, exchange {}, {} to resend",
+                        shared.queue,
+                        shared.settings.config.exchange,
+                        outbox.retry.len()
+                    ));
                     let outcome = shared.serve(&conn, consumer, &mut sub, &mut outbox).await;
                     if outcome.is_ok() {
                         shared.drain(&mut outbox).await;
@@ -147,31 +147,16 @@ impl Adapter for AmqpAdapter {
                 Err(e) => Err(e),
             };
             match outcome {
-                Ok(()) => break,
-                Err(SessionError::HubClosed) => break,
-                Err(e) if !ever_up && e.is_refusal() => {
-                    let broker = format!(
-                        "{}:{}",
-                        shared.settings.uri.authority.host, shared.settings.uri.authority.port
-                    );
-                    warn!(adapter = %ctx.name(), broker = %broker, error = %e, "Broker refused the adapter.");
-                    ctx.metrics().record_error();
-                    return Err(AdapterError::protocol(e));
-                }
+                Ok(()) | Err(SessionError::HubClosed) => break,
                 Err(e) => {
-                    ctx.metrics().record_error();
-                    let resent = outbox.requeue_unconfirmed();
-                    let broker = format!(
-                        "{}:{}",
-                        shared.settings.uri.authority.host, shared.settings.uri.authority.port
-                    );
-                    warn!(adapter = %ctx.name(), broker = %broker, error = %e, unconfirmed = resent, retry_in = ?backoff, "Broker connection lost; reconnecting.");
-                    ctx.set_state(AdapterState::Down, Some(format!("{broker}: {e}")));
-                    tokio::select! {
-                        _ = ctx.shutdown().cancelled() => break,
-                        _ = tokio::time::sleep(backoff) => {}
+                    let unconfirmed = outbox.requeue_unconfirmed();
+                    if unconfirmed > 0 {
+                        debug!(adapter = %ctx.name(), unconfirmed, "Unconfirmed messages will be sent again.");
                     }
-                    backoff = (backoff * 2).min(max);
+                    match supervisor.lost(&e).await? {
+                        Next::Retry => {}
+                        Next::Shutdown => break,
+                    }
                 }
             }
         }

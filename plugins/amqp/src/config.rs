@@ -7,6 +7,7 @@ use std::str::FromStr;
 
 use lapin::types::ShortString;
 use lapin::uri::{AMQPScheme, AMQPUri};
+use polyhub_sdk::reconnect::{self, Backoff};
 use polyhub_sdk::{ConfigError, QoS, TopicFilter};
 use serde::Deserialize;
 
@@ -64,11 +65,11 @@ pub struct AmqpConfig {
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
     /// First delay before reconnecting, in milliseconds; doubles after each
-    /// failed attempt. Default 200.
-    #[serde(default = "default_reconnect_min")]
+    /// failed attempt, jittered. Default 100.
+    #[serde(default = "reconnect::default_min_ms")]
     pub reconnect_min_ms: u64,
     /// Longest delay between reconnect attempts, in milliseconds. Default 5000.
-    #[serde(default = "default_reconnect_max")]
+    #[serde(default = "reconnect::default_max_ms")]
     pub reconnect_max_ms: u64,
 }
 
@@ -96,12 +97,6 @@ fn default_in_flight() -> usize {
 fn default_buffer() -> usize {
     10_000
 }
-fn default_reconnect_min() -> u64 {
-    200
-}
-fn default_reconnect_max() -> u64 {
-    5_000
-}
 
 /// A config checked and prepared for the run loop.
 #[derive(Debug, Clone)]
@@ -116,6 +111,8 @@ pub struct Settings {
     pub qos: QoS,
     /// `bindings` as AMQP binding keys.
     pub binding_keys: Vec<ShortString>,
+    /// `reconnect_min_ms`/`reconnect_max_ms`.
+    pub backoff: Backoff,
 }
 
 impl Settings {
@@ -162,12 +159,8 @@ impl Settings {
         if config.buffer == 0 {
             return Err(ConfigError::key("buffer", "must be at least 1"));
         }
-        if config.reconnect_min_ms == 0 || config.reconnect_max_ms < config.reconnect_min_ms {
-            return Err(ConfigError::key(
-                "reconnect_max_ms",
-                "need 0 < reconnect_min_ms <= reconnect_max_ms",
-            ));
-        }
+        let backoff = Backoff::from_ms(config.reconnect_min_ms, config.reconnect_max_ms)
+            .map_err(|(key, why)| ConfigError::key(key, why))?;
         let ca_pem = match &config.ca_file {
             None => None,
             Some(_) if uri.scheme != AMQPScheme::AMQPS => {
@@ -195,6 +188,7 @@ impl Settings {
             ca_pem,
             qos,
             binding_keys,
+            backoff,
         })
     }
 

@@ -28,10 +28,12 @@ impl SessionError {
     pub fn amqp(context: &'static str) -> impl FnOnce(lapin::Error) -> SessionError {
         move |source| SessionError::Amqp { context, source }
     }
+}
 
-    /// Whether retrying cannot help: the broker refused the credentials
+impl polyhub_sdk::reconnect::Retry for SessionError {
+    /// Retrying cannot help when the broker refused the credentials
     /// (`ACCESS_REFUSED`) or the vhost (`NOT_ALLOWED`).
-    pub fn is_refusal(&self) -> bool {
+    fn is_permanent(&self) -> bool {
         use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
         match self {
             SessionError::Amqp { source, .. } => match source.kind() {

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use polyhub_sdk::reconnect::{self, Backoff};
 use polyhub_sdk::{ConfigError, TopicFilter};
 use serde::Deserialize;
 
@@ -95,14 +96,21 @@ pub struct WebhookConfig {
     /// `http://` or `https://` URL to `POST` to.
     pub url: String,
     /// Attempts after the first failed one for QoS 1 envelopes (QoS 0 ones
-    /// are tried once), with exponential backoff from `retry_backoff_ms`;
-    /// then the envelope is dropped and counted. Default 5.
+    /// are tried once), with exponential backoff from `reconnect_min_ms` to
+    /// `reconnect_max_ms`; then the envelope is dropped and counted. Default 5.
     #[serde(default = "default_retries")]
     pub retries: u32,
-    /// First retry delay in milliseconds, doubled on each retry up to 30 s.
-    /// Default 200.
-    #[serde(default = "default_backoff_ms")]
-    pub retry_backoff_ms: u64,
+    /// First retry delay in milliseconds, doubled (jittered) on each retry.
+    /// Default 100.
+    #[serde(default)]
+    pub reconnect_min_ms: Option<u64>,
+    /// Longest retry delay in milliseconds. Default 5000.
+    #[serde(default = "reconnect::default_max_ms")]
+    pub reconnect_max_ms: u64,
+    /// Deprecated: the earlier name of `reconnect_min_ms`, still read when
+    /// `reconnect_min_ms` is absent.
+    #[serde(default)]
+    pub retry_backoff_ms: Option<u64>,
     /// Time limit for one request, in milliseconds. Default 5000.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
@@ -132,10 +140,6 @@ fn default_retries() -> u32 {
     5
 }
 
-fn default_backoff_ms() -> u64 {
-    200
-}
-
 fn default_timeout_ms() -> u64 {
     5000
 }
@@ -150,7 +154,7 @@ pub struct Webhook {
     /// Retries for QoS 1 envelopes.
     pub retries: u32,
     /// First retry delay.
-    pub backoff: Duration,
+    pub backoff: Backoff,
     /// Per-request time limit.
     pub timeout: Duration,
 }
@@ -231,11 +235,17 @@ impl HttpConfig {
                     "must be at least 1",
                 ));
             }
+            let min_ms = w
+                .reconnect_min_ms
+                .or(w.retry_backoff_ms)
+                .unwrap_or(reconnect::DEFAULT_MIN_MS);
+            let backoff = Backoff::from_ms(min_ms, w.reconnect_max_ms.max(min_ms))
+                .map_err(|(key, why)| ConfigError::key(format!("webhooks[{i}].{key}"), why))?;
             hooks.push(Webhook {
                 filter: w.filter.clone(),
                 url,
                 retries: w.retries,
-                backoff: Duration::from_millis(w.retry_backoff_ms.max(1)),
+                backoff,
                 timeout: Duration::from_millis(w.timeout_ms),
             });
         }

@@ -10,16 +10,12 @@
 //! non-`2xx` answer, it is dropped and counted.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use polyhub_sdk::{AdapterContext, Envelope, Subscription};
 use reqwest::StatusCode;
 
 use crate::config::Webhook;
 use crate::convert::webhook_headers;
-
-/// Longest wait between two attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Delivers envelopes from `hub` to `hook` until shutdown.
 pub async fn run(
@@ -91,7 +87,7 @@ async fn deliver(
     } else {
         1
     };
-    let mut backoff = hook.backoff;
+    let mut backoff = hook.backoff.clone();
     for n in 1..=tries {
         match attempt(hook, client, envelope).await {
             Attempt::Delivered => return,
@@ -109,9 +105,12 @@ async fn deliver(
                     return;
                 }
                 ctx.metrics().incr("webhook_retries");
-                tracing::debug!(adapter = %name, url = %hook.url, attempt = n, retry_in = ?backoff, error = %why, "Webhook delivery failed; retrying.");
-                tokio::time::sleep(backoff.min(MAX_BACKOFF)).await;
-                backoff = backoff.saturating_mul(2).min(MAX_BACKOFF);
+                let delay = backoff.next_delay();
+                tracing::debug!(adapter = %name, url = %hook.url, attempt = n, retry_in = ?delay, error = %why, "Webhook delivery failed; retrying.");
+                tokio::select! {
+                    _ = ctx.shutdown().cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
             }
         }
     }

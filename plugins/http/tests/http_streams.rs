@@ -219,7 +219,7 @@ async fn webhooks_receive_matching_envelopes_from_http_and_other_adapters() {
 async fn qos1_webhooks_are_retried_until_delivered_and_counted() {
     let (url, mut hooks, hits) = hook_server(2).await;
     let web = start_web(&format!(
-        "webhooks = [{{ filter = \"cmd/#\", url = \"{url}\", retry_backoff_ms = 20 }}]"
+        "webhooks = [{{ filter = \"cmd/#\", url = \"{url}\", reconnect_min_ms = 20 }}]"
     ))
     .await;
     let device = web.hub.attach("device", "mqtt");
@@ -250,7 +250,7 @@ async fn qos1_webhooks_are_retried_until_delivered_and_counted() {
 async fn failed_webhooks_drop_and_count_qos0_at_once_and_qos1_after_retries() {
     let (url, mut hooks, hits) = hook_server(usize::MAX).await;
     let web = start_web(&format!(
-        "webhooks = [{{ filter = \"#\", url = \"{url}\", retries = 2, retry_backoff_ms = 10 }}]"
+        "webhooks = [{{ filter = \"#\", url = \"{url}\", retries = 2, reconnect_min_ms = 10 }}]"
     ))
     .await;
     let device = web.hub.attach("device", "mqtt");

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use polyhub_sdk::{
-    AdapterContext, AdapterError, AdapterState, PublishError, Subscription, TopicFilter,
+    AdapterContext, AdapterError, PublishError, Subscription, TopicFilter,
 };
 use rumqttc::v5::mqttbytes::v5::{
     ConnectReturnCode, Filter, Packet, PubAck, PubAckReason, PubRec, PubRecReason, Publish,
@@ -23,7 +23,9 @@ use rumqttc::v5::mqttbytes::QoS as CQoS;
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Request};
 use rumqttc::{TlsConfiguration, Transport};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
+
+use polyhub_sdk::reconnect::{Next, Retry, Supervisor};
 
 use crate::config::ClientSettings;
 use crate::convert;
@@ -179,6 +181,26 @@ fn ack_request(publish: &Publish, outcome: Ack) -> Option<Request> {
     }
 }
 
+/// Why the connection to the broker failed, for the reconnect supervisor.
+struct Lost(ConnectionError);
+
+impl std::fmt::Display for Lost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            ConnectionError::ConnectionRefused(code) => {
+                write!(f, "refused the connection: {}", refusal_text(code))
+            }
+            e => e.fmt(f),
+        }
+    }
+}
+
+impl Retry for Lost {
+    fn is_permanent(&self) -> bool {
+        matches!(&self.0, ConnectionError::ConnectionRefused(code) if is_permanent(code))
+    }
+}
+
 /// A refusal that retrying will not cure.
 fn is_permanent(code: &ConnectReturnCode) -> bool {
     matches!(
@@ -289,8 +311,7 @@ async fn event_loop(
     outbox: &Mutex<Outbox>,
     ctx: &AdapterContext,
 ) -> Result<(), AdapterError> {
-    let mut backoff = s.reconnect_min;
-    let mut ever_up = false;
+    let mut supervisor = Supervisor::new(ctx, broker, s.backoff.clone());
     loop {
         let event = tokio::select! {
             _ = ctx.shutdown().cancelled() => return Ok(()),
@@ -313,15 +334,7 @@ async fn event_loop(
                 pending.extend(saved.into_iter().map(Request::Publish));
                 pending.append(&mut eventloop.pending);
                 eventloop.pending = pending;
-                if ever_up {
-                    ctx.metrics().record_reconnect();
-                    info!(adapter = %ctx.name(), broker = %broker, replayed, "Reconnected to broker.");
-                } else {
-                    info!(adapter = %ctx.name(), broker = %broker, replayed, "Connected to broker.");
-                }
-                ever_up = true;
-                backoff = s.reconnect_min;
-                ctx.set_state(AdapterState::Up, None);
+                supervisor.connected(&format_args!("{replayed} buffered messages resent"));
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 let origin = ctx.origin().with_peer(broker);
@@ -381,24 +394,10 @@ async fn event_loop(
                 for _ in 0..dropped {
                     overflow(ctx, outbox);
                 }
-                if let ConnectionError::ConnectionRefused(code) = &e {
-                    if !ever_up && is_permanent(code) {
-                        return Err(MqttError::Refused {
-                            broker: broker.to_owned(),
-                            code: refusal_text(code),
-                        }
-                        .into());
-                    }
+                match supervisor.lost(&Lost(e)).await? {
+                    Next::Retry => {}
+                    Next::Shutdown => return Ok(()),
                 }
-                ctx.metrics().record_error();
-                let reason = format!("broker {broker}: {e}");
-                warn!(adapter = %ctx.name(), broker = %broker, error = %e, retry_in = ?backoff, "Broker connection lost; reconnecting.");
-                ctx.set_state(AdapterState::Down, Some(reason));
-                tokio::select! {
-                    _ = ctx.shutdown().cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(s.reconnect_max);
             }
         }
     }

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use percent_encoding::percent_decode_str;
+use polyhub_sdk::reconnect::{self, Backoff};
 use polyhub_sdk::{AdapterConfig, ConfigError, TopicFilter};
 use serde::Deserialize;
 
@@ -44,10 +45,10 @@ pub struct MqttConfig {
     pub keep_alive_secs: u64,
     /// First delay before reconnecting, in milliseconds; doubles on each
     /// failed attempt up to `reconnect_max_ms`. Default 100.
-    #[serde(default = "default_reconnect_min")]
+    #[serde(default = "reconnect::default_min_ms")]
     pub reconnect_min_ms: u64,
     /// Longest delay between reconnect attempts, in milliseconds. Default 5000.
-    #[serde(default = "default_reconnect_max")]
+    #[serde(default = "reconnect::default_max_ms")]
     pub reconnect_max_ms: u64,
     /// How many messages from the hub are held while the external broker is
     /// unreachable; they are sent after reconnect. Beyond it new messages are
@@ -99,12 +100,6 @@ fn default_filters() -> Vec<String> {
 fn default_keep_alive() -> u64 {
     30
 }
-fn default_reconnect_min() -> u64 {
-    100
-}
-fn default_reconnect_max() -> u64 {
-    5000
-}
 fn default_buffer() -> usize {
     10_000
 }
@@ -149,10 +144,8 @@ pub struct ClientSettings {
     pub client_id: String,
     /// Keep-alive interval.
     pub keep_alive: Duration,
-    /// First reconnect delay.
-    pub reconnect_min: Duration,
-    /// Longest reconnect delay.
-    pub reconnect_max: Duration,
+    /// `reconnect_min_ms`/`reconnect_max_ms`.
+    pub backoff: Backoff,
     /// Messages held while disconnected.
     pub buffer: usize,
 }
@@ -305,12 +298,8 @@ fn client_settings(name: &str, url: &str, raw: &MqttConfig) -> Result<ClientSett
             "must be at least 5 seconds",
         ));
     }
-    if raw.reconnect_min_ms == 0 || raw.reconnect_max_ms < raw.reconnect_min_ms {
-        return Err(ConfigError::key(
-            "reconnect_max_ms",
-            "need 0 < reconnect_min_ms <= reconnect_max_ms",
-        ));
-    }
+    let backoff = Backoff::from_ms(raw.reconnect_min_ms, raw.reconnect_max_ms)
+        .map_err(|(key, why)| ConfigError::key(key, why))?;
     if raw.buffer == 0 {
         return Err(ConfigError::key("buffer", "must be at least 1"));
     }
@@ -332,8 +321,7 @@ fn client_settings(name: &str, url: &str, raw: &MqttConfig) -> Result<ClientSett
         credentials,
         client_id,
         keep_alive: Duration::from_secs(raw.keep_alive_secs),
-        reconnect_min: Duration::from_millis(raw.reconnect_min_ms),
-        reconnect_max: Duration::from_millis(raw.reconnect_max_ms),
+        backoff,
         buffer: raw.buffer,
     })
 }

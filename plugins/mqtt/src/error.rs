@@ -21,14 +21,6 @@ pub enum MqttError {
     /// TLS could not be set up.
     #[error("TLS setup: {0}")]
     Tls(String),
-    /// The broker refused our credentials or client id; retrying will not help.
-    #[error("broker {broker} refused the connection: {code}")]
-    Refused {
-        /// `host:port`.
-        broker: String,
-        /// The CONNACK reason.
-        code: String,
-    },
     /// The embedded broker's in-process link failed (boxed: rumqttd's error
     /// carries a whole router event).
     #[error("embedded broker link: {0}")]

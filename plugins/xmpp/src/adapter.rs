@@ -23,10 +23,11 @@ use xmpp_parsers::ns;
 use xmpp_parsers::presence::{Presence, Type as PresenceType};
 use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType, StanzaError};
 
+use polyhub_sdk::reconnect::{Next, Supervisor};
+
 use crate::config::Settings;
 use crate::connection::Connector;
 use crate::convert::{self, Inbound};
-use crate::error::XmppError;
 use crate::stanza_guard::NS_REFUSED;
 use crate::subscribers::{Change, Outgoing, Subscribers};
 
@@ -34,8 +35,6 @@ use crate::subscribers::{Change, Outgoing, Subscribers};
 const STANZA_QUEUE: usize = 256;
 /// Depth of the queue from the subscribers' forwarders to the run loop.
 const OUTGOING_QUEUE: usize = 256;
-/// First wait between connection attempts.
-const FIRST_RETRY: Duration = Duration::from_millis(500);
 
 /// A configured XMPP adapter.
 #[derive(Debug)]
@@ -57,14 +56,14 @@ impl Adapter for XmppAdapter {
     async fn run(self: Box<Self>, ctx: AdapterContext) -> Result<(), AdapterError> {
         let connector = Connector::new(self.settings.clone(), Some(ctx.clone()))
             .map_err(AdapterError::protocol)?;
-        let (status_tx, status_rx) = mpsc::channel(16);
+        let (fatal_tx, fatal_rx) = mpsc::channel(1);
+        let supervisor = Supervisor::new(
+            &ctx,
+            connector.address().to_string(),
+            self.settings.backoff.clone(),
+        );
         let stream = StanzaStream::new(
-            reconnector(
-                connector,
-                status_tx,
-                self.settings.reconnect_max,
-                ctx.clone(),
-            ),
+            reconnector(connector, fatal_tx, supervisor, ctx.clone()),
             STANZA_QUEUE,
         );
         let (out_tx, out_rx) = mpsc::channel(OUTGOING_QUEUE);
@@ -80,57 +79,53 @@ impl Adapter for XmppAdapter {
             stream,
             subscribers,
             online: false,
-            ever_up: false,
         };
-        session.run(status_rx, out_rx).await
+        session.run(fatal_rx, out_rx).await
     }
 }
 
 /// Builds the closure tokio-xmpp calls for every (re)connection: it spawns a
-/// task that retries with backoff until a stream is authenticated, reporting
-/// each failure on `status`.
+/// task that retries under the [`Supervisor`] (backoff, state, counters,
+/// logs) until a stream is authenticated. A refusal that retrying cannot
+/// cure before the first success (a wrong password) is sent on `fatal`,
+/// which stops the adapter.
 fn reconnector(
     connector: Connector,
-    status: mpsc::Sender<XmppError>,
-    max_wait: Duration,
+    fatal: mpsc::Sender<AdapterError>,
+    supervisor: Supervisor,
     ctx: AdapterContext,
 ) -> Box<dyn FnMut(Option<String>, oneshot::Sender<Connection>) + Send + 'static> {
-    let mut first = true;
+    // One attempt loop runs at a time; the lock only carries the
+    // supervisor's state from one to the next.
+    let supervisor = Arc::new(tokio::sync::Mutex::new(supervisor));
     Box::new(move |_location, slot| {
         let connector = connector.clone();
-        let status = status.clone();
+        let fatal = fatal.clone();
         let ctx = ctx.clone();
-        let reconnect = !first;
-        first = false;
+        let supervisor = supervisor.clone();
         tokio::spawn(async move {
+            let mut supervisor = supervisor.lock().await;
             let token: CancellationToken = ctx.shutdown().clone();
-            let mut wait = FIRST_RETRY;
-            let mut attempt_is_reconnect = reconnect;
             loop {
-                if attempt_is_reconnect {
-                    ctx.metrics().record_reconnect();
-                }
-                attempt_is_reconnect = true;
                 let attempt = tokio::select! {
                     r = connector.connect() => r,
                     _ = token.cancelled() => return park(slot).await,
                 };
                 match attempt {
                     Ok(conn) => {
+                        supervisor.connected(&"");
                         let _ = slot.send(conn);
                         return;
                     }
-                    Err(e) => {
-                        ctx.metrics().record_error();
-                        warn!(adapter = %ctx.name(), server = %connector.address(), error = %e, retry_in = ?wait, "XMPP connection failed.");
-                        let _ = status.try_send(e);
-                    }
+                    Err(e) => match supervisor.lost(&e).await {
+                        Ok(Next::Retry) => {}
+                        Ok(Next::Shutdown) => return park(slot).await,
+                        Err(stop) => {
+                            let _ = fatal.try_send(stop);
+                            return park(slot).await;
+                        }
+                    },
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = token.cancelled() => return park(slot).await,
-                }
-                wait = (wait * 2).min(max_wait);
             }
         });
     })
@@ -150,26 +145,19 @@ struct Session {
     stream: StanzaStream,
     subscribers: Subscribers,
     online: bool,
-    ever_up: bool,
 }
 
 impl Session {
     async fn run(
         mut self,
-        mut status: mpsc::Receiver<XmppError>,
+        mut fatal: mpsc::Receiver<AdapterError>,
         mut outgoing: mpsc::Receiver<Outgoing>,
     ) -> Result<(), AdapterError> {
         let token = self.ctx.shutdown().clone();
         loop {
             tokio::select! {
                 _ = token.cancelled() => break,
-                Some(e) = status.recv() => {
-                    if e.is_fatal() && !self.ever_up {
-                        return Err(AdapterError::protocol(e));
-                    }
-                    self.online = false;
-                    self.ctx.set_state(AdapterState::Down, Some(e.to_string()));
-                }
+                Some(stop) = fatal.recv() => return Err(stop),
                 ev = self.stream.next() => match ev {
                     Some(ev) => self.on_event(ev).await,
                     None => return Err(AdapterError::protocol("the XMPP stream ended")),
@@ -196,7 +184,6 @@ impl Session {
             Event::Stream(StreamEvent::Reset { bound_jid, .. }) => {
                 info!(adapter = %self.ctx.name(), jid = %bound_jid, "XMPP session online.");
                 self.online = true;
-                self.ever_up = true;
                 self.ctx.set_state(AdapterState::Up, None);
                 self.subscribers.reset_presence();
                 self.send(Presence::available()).await;

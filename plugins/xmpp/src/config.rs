@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use polyhub_sdk::reconnect::{self, Backoff};
 use polyhub_sdk::{AdapterConfig, ConfigError, TopicFilter};
 use serde::Deserialize;
 use xmpp_parsers::jid::{BareJid, Jid};
@@ -51,10 +52,18 @@ pub struct XmppConfig {
     /// the device's current state, like a retained MQTT message). Default: true.
     #[serde(default = "default_true")]
     pub retain_readings: bool,
-    /// Longest wait in seconds between reconnection attempts; waits start at
-    /// 0.5 s and double up to this. Default: 30.
-    #[serde(default = "default_reconnect_max_secs")]
-    pub reconnect_max_secs: u64,
+    /// First wait before reconnecting, in milliseconds; doubles after each
+    /// failed attempt, jittered. Default 100.
+    #[serde(default = "reconnect::default_min_ms")]
+    pub reconnect_min_ms: u64,
+    /// Longest wait between reconnection attempts, in milliseconds.
+    /// Default 5000.
+    #[serde(default)]
+    pub reconnect_max_ms: Option<u64>,
+    /// Deprecated: `reconnect_max_ms` in seconds (the key of earlier
+    /// versions, still read when `reconnect_max_ms` is absent).
+    #[serde(default)]
+    pub reconnect_max_secs: Option<u64>,
     /// Depth of each subscriber's queue in the hub (the hub's default when
     /// absent): when full, QoS 0 envelopes are dropped and counted.
     #[serde(default)]
@@ -89,9 +98,6 @@ fn default_true() -> bool {
     true
 }
 
-fn default_reconnect_max_secs() -> u64 {
-    30
-}
 
 /// How the connection to the server is secured.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -135,8 +141,8 @@ pub struct Settings {
     pub allow: Vec<String>,
     /// Whether readings are retained.
     pub retain_readings: bool,
-    /// Longest reconnect wait.
-    pub reconnect_max: std::time::Duration,
+    /// `reconnect_min_ms`/`reconnect_max_ms`.
+    pub backoff: Backoff,
     /// Subscriber queue depth.
     pub queue_depth: Option<usize>,
     /// What the stanza guard lets through.
@@ -213,9 +219,13 @@ impl Settings {
             }
             None => vec![format!("*@{}", jid.domain()).to_lowercase()],
         };
-        if raw.reconnect_max_secs == 0 {
-            return Err(ConfigError::key("reconnect_max_secs", "must be at least 1"));
-        }
+        let max_ms = match (raw.reconnect_max_ms, raw.reconnect_max_secs) {
+            (Some(ms), _) => ms,
+            (None, Some(secs)) => secs.saturating_mul(1000),
+            (None, None) => reconnect::DEFAULT_MAX_MS,
+        };
+        let backoff = Backoff::from_ms(raw.reconnect_min_ms, max_ms)
+            .map_err(|(key, why)| ConfigError::key(key, why))?;
         if raw.queue_depth == Some(0) {
             return Err(ConfigError::key("queue_depth", "must be at least 1"));
         }
@@ -241,7 +251,7 @@ impl Settings {
             subscribers,
             allow,
             retain_readings: raw.retain_readings,
-            reconnect_max: std::time::Duration::from_secs(raw.reconnect_max_secs),
+            backoff,
             queue_depth: raw.queue_depth,
             limits: crate::stanza_guard::Limits {
                 max_depth: raw.max_stanza_depth,
@@ -277,7 +287,7 @@ mod tests {
         assert_eq!(s.tls, TlsMode::Starttls);
         assert_eq!(s.allow, vec!["*@example.org".to_owned()]);
         assert!(s.retain_readings);
-        assert_eq!(s.reconnect_max.as_secs(), 30);
+        assert_eq!(s.backoff.max().as_millis(), 5000);
     }
 
     #[test]
@@ -299,6 +309,8 @@ queue_depth = 8"#,
         assert_eq!(s.subscribers[0].0.to_string(), "bob@localhost");
         assert_eq!(s.subscribers[0].1.as_str(), "sensors/#");
         assert_eq!(s.queue_depth, Some(8));
+        // The deprecated key still sets the longest wait.
+        assert_eq!(s.backoff.max().as_millis(), 2000);
     }
 
     #[test]

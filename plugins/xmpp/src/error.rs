@@ -44,9 +44,10 @@ pub enum XmppError {
     Io(#[from] std::io::Error),
 }
 
-impl XmppError {
-    /// Whether retrying cannot help (wrong password, unusable CA file).
-    pub fn is_fatal(&self) -> bool {
+impl polyhub_sdk::reconnect::Retry for XmppError {
+    /// Retrying cannot help after a wrong password or with an unusable CA
+    /// file.
+    fn is_permanent(&self) -> bool {
         matches!(self, XmppError::Auth { .. } | XmppError::CaFile { .. })
     }
 }
