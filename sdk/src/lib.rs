@@ -17,6 +17,8 @@ pub mod metrics;
 pub mod reconnect;
 pub mod status;
 pub mod testing;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod topic;
 
 pub use adapter::{

@@ -170,15 +170,13 @@ impl Settings {
                 ))
             }
             Some(path) => {
+                // The sdk's check, so a bad CA file reads the same in every
+                // adapter; lapin then takes the PEM text itself.
+                polyhub_sdk::tls::ca_certificates(path)
+                    .map_err(|e| ConfigError::key("ca_file", e.to_string()))?;
                 let pem = std::fs::read_to_string(path).map_err(|e| {
                     ConfigError::key("ca_file", format!("cannot read {}: {e}", path.display()))
                 })?;
-                if !pem.contains("-----BEGIN CERTIFICATE-----") {
-                    return Err(ConfigError::key(
-                        "ca_file",
-                        format!("{} holds no PEM certificate", path.display()),
-                    ));
-                }
                 Some(pem)
             }
         };

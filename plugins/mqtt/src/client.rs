@@ -78,33 +78,7 @@ fn overflow(ctx: &AdapterContext, outbox: &Mutex<Outbox>) {
 }
 
 fn tls_config(s: &ClientSettings) -> Result<TlsConfiguration, MqttError> {
-    use rumqttc::tokio_rustls::rustls;
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::CertificateDer;
-
-    let path = s
-        .ca_file
-        .clone()
-        .unwrap_or_else(|| "/etc/ssl/certs/ca-certificates.crt".into());
-    let ca_err = |reason: String| MqttError::CaFile {
-        path: path.clone(),
-        reason,
-    };
-    let mut roots = rustls::RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(&path).map_err(|e| ca_err(e.to_string()))?;
-    for cert in certs {
-        let cert = cert.map_err(|e| ca_err(e.to_string()))?;
-        roots.add(cert).map_err(|e| ca_err(e.to_string()))?;
-    }
-    if roots.is_empty() {
-        return Err(ca_err("no certificate in the file".into()));
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| MqttError::Tls(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let config = polyhub_sdk::tls::client_config(s.ca_file.as_deref())?;
     Ok(TlsConfiguration::Rustls(Arc::new(config)))
 }
 

@@ -1,7 +1,6 @@
 //! The crate's error type: what can stop an MQTT adapter, beyond the
 //! sdk's own [`AdapterError`] kinds.
 
-use std::path::PathBuf;
 
 use polyhub_sdk::AdapterError;
 use thiserror::Error;
@@ -10,14 +9,9 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum MqttError {
-    /// The CA file of `ca_file` could not be read or holds no certificate.
-    #[error("cannot use CA file {path}: {reason}")]
-    CaFile {
-        /// The file.
-        path: PathBuf,
-        /// What went wrong.
-        reason: String,
-    },
+    /// The client's trust roots (`ca_file`) could not be set up.
+    #[error(transparent)]
+    TlsClient(#[from] polyhub_sdk::tls::TlsError),
     /// TLS could not be set up.
     #[error("TLS setup: {0}")]
     Tls(String),

@@ -12,7 +12,7 @@ use futures::{SinkExt, StreamExt};
 use sasl::common::{ChannelBinding, Credentials};
 use tokio::io::{AsyncBufRead, AsyncWrite, BufStream};
 use tokio::net::TcpStream;
-use tokio_rustls::rustls::{self, pki_types::ServerName, ClientConfig, RootCertStore};
+use tokio_rustls::rustls::{self, pki_types::ServerName, ClientConfig};
 use tokio_rustls::TlsConnector;
 use tokio_xmpp::error::{AuthError, Error as TokioXmppError};
 use tokio_xmpp::stanzastream::Connection;
@@ -251,34 +251,7 @@ fn channel_binding<S>(tls: &tokio_rustls::client::TlsStream<S>) -> ChannelBindin
     ChannelBinding::None
 }
 
-/// The system's roots plus `ca_file`, with aws-lc-rs named explicitly so the
-/// adapter does not depend on which rustls providers the binary enables.
+/// The system's roots plus `ca_file` (the sdk's one TLS client builder).
 fn tls_config(settings: &Settings) -> Result<ClientConfig, XmppError> {
-    let mut roots = RootCertStore::empty();
-    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-    if let Some(path) = &settings.ca_file {
-        use rustls::pki_types::{pem::PemObject, CertificateDer};
-        let ca_err = |reason: String| XmppError::CaFile {
-            path: path.display().to_string(),
-            reason,
-        };
-        let pem = std::fs::read(path).map_err(|e| ca_err(e.to_string()))?;
-        let mut added = 0;
-        for cert in CertificateDer::pem_slice_iter(&pem) {
-            let cert = cert.map_err(|e| ca_err(format!("bad PEM: {e}")))?;
-            roots
-                .add(cert)
-                .map_err(|e| ca_err(format!("bad certificate: {e}")))?;
-            added += 1;
-        }
-        if added == 0 {
-            return Err(ca_err("no certificate in the file".to_owned()));
-        }
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    Ok(ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| XmppError::Tls(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+    Ok(polyhub_sdk::tls::client_config(settings.ca_file.as_deref())?)
 }

@@ -31,14 +31,9 @@ pub enum XmppError {
     /// TLS setup or handshake failed.
     #[error("TLS: {0}")]
     Tls(String),
-    /// The CA file could not be read or holds no certificate.
-    #[error("ca_file {path}: {reason}")]
-    CaFile {
-        /// The path from the config.
-        path: String,
-        /// What went wrong.
-        reason: String,
-    },
+    /// The trust roots (`ca_file`) could not be set up.
+    #[error(transparent)]
+    TlsSetup(#[from] polyhub_sdk::tls::TlsError),
     /// I/O error on an established stream.
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -48,6 +43,6 @@ impl polyhub_sdk::reconnect::Retry for XmppError {
     /// Retrying cannot help after a wrong password or with an unusable CA
     /// file.
     fn is_permanent(&self) -> bool {
-        matches!(self, XmppError::Auth { .. } | XmppError::CaFile { .. })
+        matches!(self, XmppError::Auth { .. } | XmppError::TlsSetup(_))
     }
 }
