@@ -291,6 +291,7 @@ impl Hub {
                 .add_slot(&name, &prepared.kind, prepared.entry.queue_depth);
             let ctx = hub.context_for(&slot);
             let span = ctx.span().clone();
+            let tasks = ctx.clone();
             let task = tokio::spawn(prepared.adapter.run(ctx).instrument(span));
             let watcher = slot.clone();
             hub.tracker.spawn(async move {
@@ -313,6 +314,9 @@ impl Hub {
                         watcher.set_state(AdapterState::Failed, Some(reason));
                     }
                 }
+                // The adapter's own tasks (`ctx.spawn`) end with it, inside
+                // the hub's drain timeout.
+                tasks.drain_tasks().await;
             });
             started.push(slot);
         }

@@ -17,6 +17,7 @@ use futures::future::BoxFuture;
 use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::clients::{ClientHandle, ClientInfo, ClientRegistry};
 use crate::config::{AdapterConfig, ConfigError};
@@ -252,6 +253,7 @@ pub struct AdapterContext {
     shutdown: CancellationToken,
     metrics: Arc<AdapterMetrics>,
     span: tracing::Span,
+    tasks: TaskTracker,
 }
 
 impl fmt::Debug for AdapterContext {
@@ -280,6 +282,7 @@ impl AdapterContext {
             shutdown,
             metrics,
             span,
+            tasks: TaskTracker::new(),
         }
     }
 
@@ -416,6 +419,29 @@ impl AdapterContext {
     /// Cancelled when the hub shuts down.
     pub fn shutdown(&self) -> &CancellationToken {
         &self.shutdown
+    }
+
+    /// Runs `task` beside the adapter's run loop, in the adapter's span.
+    /// Every task spawned here is the hub's to wait for: when the run loop
+    /// returns, the adapter's shutdown token is cancelled and the hub waits
+    /// for its tasks within the one drain timeout (`[hub] drain_timeout_ms`).
+    /// A task should end when [`AdapterContext::shutdown`] is cancelled.
+    pub fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        use tracing::Instrument;
+        self.tasks.spawn(task.instrument(self.span.clone()))
+    }
+
+    /// Called by whoever ran the adapter (the hub, the plugin runner) once
+    /// its run loop returned: cancels the adapter's token and waits until
+    /// every task of [`AdapterContext::spawn`] has ended.
+    pub async fn drain_tasks(&self) {
+        self.shutdown.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
     }
 
     /// Refuses something a peer sent: counts it under `reason` on

@@ -2,13 +2,11 @@
 //! targets and the server, reports the adapter up, and drains on shutdown.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use polyhub_sdk::{
     Adapter, AdapterContext, AdapterError, AdapterState, SubscribeOptions, TopicFilter,
 };
 use tokio::net::UdpSocket;
-use tokio_util::task::TaskTracker;
 use tracing::{info, Instrument};
 
 use crate::config::Settings;
@@ -46,13 +44,12 @@ async fn run(settings: Arc<Settings>, ctx: AdapterContext) -> Result<(), Adapter
             source,
         })?;
     let local_addr = socket.local_addr()?;
-    let tasks = TaskTracker::new();
 
     let queues: Arc<Vec<PushQueue>> = Arc::new(
         settings
             .push
             .iter()
-            .map(|p| push::start(&ctx, &settings, p.clone(), &tasks))
+            .map(|p| push::start(&ctx, &settings, p.clone()))
             .collect(),
     );
     if !queues.is_empty() {
@@ -67,7 +64,7 @@ async fn run(settings: Arc<Settings>, ctx: AdapterContext) -> Result<(), Adapter
             .subscribe_with(filters, options)
             .map_err(|e| AdapterError::protocol(format!("cannot subscribe for push: {e}")))?;
         let (ctx2, queues2) = (ctx.clone(), queues.clone());
-        tasks.spawn(async move {
+        ctx.spawn(async move {
             loop {
                 let envelope = tokio::select! {
                     _ = ctx2.shutdown().cancelled() => break,
@@ -83,18 +80,10 @@ async fn run(settings: Arc<Settings>, ctx: AdapterContext) -> Result<(), Adapter
         });
     }
 
-    let server = Server::new(
-        ctx.clone(),
-        settings.clone(),
-        Arc::new(socket),
-        tasks.clone(),
-    );
+    let server = Server::new(ctx.clone(), settings.clone(), Arc::new(socket));
     ctx.set_state(AdapterState::Up, None);
     info!(adapter = %ctx.name(), addr = %local_addr, push_targets = queues.len(), "CoAP server listening.");
     server.serve().await;
-
-    tasks.close();
-    let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
-    ctx.set_state(AdapterState::Stopped, None);
+    // The hub waits for the tasks of `ctx.spawn` and reports `Stopped`.
     Ok(())
 }

@@ -55,7 +55,6 @@ pub fn start(
     ctx: &AdapterContext,
     settings: &Arc<Settings>,
     endpoint: PushEndpoint,
-    tasks: &tokio_util::task::TaskTracker,
 ) -> PushQueue {
     let (tx, rx) = mpsc::channel(settings.push_queue_depth);
     let endpoint = Arc::new(endpoint);
@@ -66,7 +65,7 @@ pub fn start(
         ids: MessageIds::default(),
         socket: None,
     };
-    tasks.spawn(pusher.run(rx));
+    ctx.spawn(pusher.run(rx));
     PushQueue { endpoint, tx }
 }
 

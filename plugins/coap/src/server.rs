@@ -168,7 +168,6 @@ pub struct Server {
     pending: Mutex<HashMap<(SocketAddr, u16), oneshot::Sender<Reply>>>,
     /// Requests whose publish waits for the hub off the receive loop.
     waiting: AtomicUsize,
-    tasks: tokio_util::task::TaskTracker,
 }
 
 /// Releases a place among the waiting requests when dropped.
@@ -196,8 +195,7 @@ impl Server {
         ctx: AdapterContext,
         settings: Arc<Settings>,
         socket: Arc<UdpSocket>,
-        tasks: tokio_util::task::TaskTracker,
-    ) -> Arc<Self> {
+        ) -> Arc<Self> {
         let limits = settings.limits;
         Arc::new(Server {
             state: Mutex::new(State {
@@ -224,7 +222,6 @@ impl Server {
             socket,
             ids: MessageIds::default(),
             pending: Mutex::new(HashMap::new()),
-            tasks,
         })
     }
 
@@ -380,7 +377,7 @@ impl Server {
                 }
                 let slot = WaitSlot(self.clone());
                 let me = self.clone();
-                self.tasks.spawn(async move {
+                self.ctx.spawn(async move {
                     let _slot = slot;
                     me.answer_when_published(packet, publish, resp, peer).await;
                 });
@@ -916,7 +913,7 @@ impl Server {
         let token = self.ctx.shutdown().child_token();
         st.filters.insert(filter.clone(), token.clone());
         let me = self.clone();
-        self.tasks.spawn(async move {
+        self.ctx.spawn(async move {
             let mut sub = sub;
             loop {
                 tokio::select! {
@@ -1052,7 +1049,7 @@ impl Server {
             let rx = self.expect_reply(peer, mid);
             self.try_send(&bytes, peer);
             let me = self.clone();
-            self.tasks.spawn(async move {
+            self.ctx.spawn(async move {
                 let ok = me.retransmit(bytes, peer, mid, rx, true).await;
                 let mut st = me.state.lock();
                 if ok {

@@ -9,8 +9,6 @@ use axum::serve::ListenerExt;
 use polyhub_sdk::{Adapter, AdapterContext, AdapterError, AdapterState, SubscribeOptions};
 use tokio::net::TcpListener;
 use tokio_rustls::rustls;
-use tokio_util::task::TaskTracker;
-use tracing::Instrument;
 
 use crate::api::{self, ApiState};
 use crate::config::{HttpConfig, Webhook};
@@ -44,7 +42,6 @@ impl Adapter for HttpAdapter {
             })?;
         let local_addr = tcp.local_addr()?;
 
-        let tasks = TaskTracker::new();
         if !webhooks.is_empty() {
             let client = reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
@@ -64,10 +61,7 @@ impl Adapter for HttpAdapter {
                     .map_err(|e| {
                         AdapterError::protocol(format!("cannot subscribe webhook: {e}"))
                     })?;
-                tasks.spawn(
-                    webhook::run(hook, client.clone(), sub, ctx.clone())
-                        .instrument(ctx.span().clone()),
-                );
+                ctx.spawn(webhook::run(hook, client.clone(), sub, ctx.clone()));
             }
         }
 
@@ -99,16 +93,12 @@ impl Adapter for HttpAdapter {
                 let listener = TlsListener::new(
                     tcp,
                     tls,
-                    Arc::from(name.as_str()),
-                    ctx.metrics().clone(),
+                    &ctx,
                     serve::ConnectionGate::new(config.max_connections),
-                    shutdown.clone(),
                 )?;
                 serve::serve(listener, app, state, limits(), shutdown).await;
             }
         }
-        tasks.close();
-        tasks.wait().await;
         tracing::info!(adapter = %name, "HTTP server stopped.");
         Ok(())
     }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use polyhub_sdk::{AdapterMetrics, ConfigError};
+use polyhub_sdk::{AdapterContext, ConfigError};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::rustls;
@@ -14,7 +14,6 @@ use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::TlsConfig;
 use crate::serve::ConnectionGate;
@@ -70,15 +69,17 @@ impl TlsListener {
     pub fn new(
         tcp: TcpListener,
         config: Arc<rustls::ServerConfig>,
-        adapter: Arc<str>,
-        metrics: Arc<AdapterMetrics>,
+        ctx: &AdapterContext,
         handshakes: Arc<ConnectionGate>,
-        shutdown: CancellationToken,
     ) -> std::io::Result<Self> {
         let local = tcp.local_addr()?;
         let (tx, rx) = mpsc::channel(ACCEPT_BACKLOG);
         let acceptor = TlsAcceptor::from(config);
-        tokio::spawn(async move {
+        let adapter: Arc<str> = Arc::from(ctx.name());
+        let metrics = ctx.metrics().clone();
+        let shutdown = ctx.shutdown().clone();
+        let spawner = ctx.clone();
+        ctx.spawn(async move {
             loop {
                 let (stream, peer) = tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -103,7 +104,7 @@ impl TlsListener {
                 let tx = tx.clone();
                 let adapter = adapter.clone();
                 let metrics = metrics.clone();
-                tokio::spawn(async move {
+                spawner.spawn(async move {
                     let _slot = slot;
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {

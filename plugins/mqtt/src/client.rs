@@ -220,14 +220,15 @@ pub(crate) async fn run(
         overflowed: 0,
     }));
 
-    let stop_forwarder = CancellationToken::new();
+    // Stops with the event loop, also when that ends on an error.
+    let stop_forwarder = ctx.shutdown().child_token();
     let forwarder = if forward.is_empty() {
         None
     } else {
         let sub = ctx
             .subscribe(forward.iter().cloned())
             .map_err(|_| AdapterError::HubClosed)?;
-        Some(tokio::spawn(forward_loop(
+        Some(ctx.spawn(forward_loop(
             ctx.clone(),
             sub,
             client.clone(),

@@ -103,7 +103,7 @@ fn reconnector(
         let fatal = fatal.clone();
         let ctx = ctx.clone();
         let supervisor = supervisor.clone();
-        tokio::spawn(async move {
+        ctx.clone().spawn(async move {
             let mut supervisor = supervisor.lock().await;
             let token: CancellationToken = ctx.shutdown().clone();
             loop {

@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use polyhub_sdk::{AdapterContext, Envelope, Topic, TopicFilter};
 use tokio::sync::mpsc;
-use tracing::Instrument;
 use xmpp_parsers::jid::BareJid;
 
 /// An envelope to send to one subscriber.
@@ -99,7 +98,7 @@ impl Subscribers {
             let info = polyhub_sdk::ClientInfo::new("xmpp").with_client_id(jid.to_string());
             let client = std::sync::Arc::new(self.ctx.client_connected(info));
             let fwd = forward(sub, rx, jid.clone(), self.out.clone(), client.clone());
-            tokio::spawn(fwd.instrument(self.ctx.span().clone()));
+            self.ctx.spawn(fwd);
             self.map.insert(
                 jid.clone(),
                 Entry {

@@ -284,10 +284,12 @@ unsafe extern "C" fn start(
         });
 
         let final_link = link.clone();
+        let tasks = ctx.clone();
         rt.spawn(async move {
             let outcome = AssertUnwindSafe(adapter.run(ctx).instrument(span))
                 .catch_unwind()
                 .await;
+            tasks.drain_tasks().await;
             stop_ticking.cancel();
             final_link.flush_metrics();
             drop(final_link);
