@@ -9,10 +9,10 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use tokio_rustls::rustls;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use rustls::{ClientConfig, RootCertStore};
+pub use tokio_rustls::rustls;
 
 /// Why no TLS client configuration could be built.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -23,8 +23,7 @@ use lapin::{
     PublisherConfirm,
 };
 use polyhub_sdk::{
-    Adapter, AdapterContext, AdapterError, Envelope, Origin, PublishError, QoS,
-    Subscription,
+    Adapter, AdapterContext, AdapterError, Envelope, Origin, PublishError, QoS, Subscription,
 };
 use tracing::{debug, warn};
 

@@ -51,11 +51,7 @@ impl PushQueue {
 }
 
 /// Starts the task of one push target; returns its queue.
-pub fn start(
-    ctx: &AdapterContext,
-    settings: &Arc<Settings>,
-    endpoint: PushEndpoint,
-) -> PushQueue {
+pub fn start(ctx: &AdapterContext, settings: &Arc<Settings>, endpoint: PushEndpoint) -> PushQueue {
     let (tx, rx) = mpsc::channel(settings.push_queue_depth);
     let endpoint = Arc::new(endpoint);
     let pusher = Pusher {

@@ -191,11 +191,7 @@ type PublishFuture = Pin<Box<dyn Future<Output = Result<(), PublishError>> + Sen
 
 impl Server {
     /// A server on a bound socket.
-    pub fn new(
-        ctx: AdapterContext,
-        settings: Arc<Settings>,
-        socket: Arc<UdpSocket>,
-        ) -> Arc<Self> {
+    pub fn new(ctx: AdapterContext, settings: Arc<Settings>, socket: Arc<UdpSocket>) -> Arc<Self> {
         let limits = settings.limits;
         Arc::new(Server {
             state: Mutex::new(State {

@@ -12,9 +12,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use polyhub_sdk::{
-    AdapterContext, AdapterError, PublishError, Subscription, TopicFilter,
-};
+use polyhub_sdk::{AdapterContext, AdapterError, PublishError, Subscription, TopicFilter};
 use rumqttc::v5::mqttbytes::v5::{
     ConnectReturnCode, Filter, Packet, PubAck, PubAckReason, PubRec, PubRecReason, Publish,
     RetainForwardRule, Subscribe, SubscribeReasonCode,

@@ -1,7 +1,6 @@
 //! The crate's error type: what can stop an MQTT adapter, beyond the
 //! sdk's own [`AdapterError`] kinds.
 
-
 use polyhub_sdk::AdapterError;
 use thiserror::Error;
 

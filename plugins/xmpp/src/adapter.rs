@@ -109,7 +109,7 @@ fn reconnector(
             loop {
                 let attempt = tokio::select! {
                     r = connector.connect() => r,
-                    _ = token.cancelled() => return park(slot).await,
+                    _ = token.cancelled() => return park(slot),
                 };
                 match attempt {
                     Ok(conn) => {
@@ -119,10 +119,10 @@ fn reconnector(
                     }
                     Err(e) => match supervisor.lost(&e).await {
                         Ok(Next::Retry) => {}
-                        Ok(Next::Shutdown) => return park(slot).await,
+                        Ok(Next::Shutdown) => return park(slot),
                         Err(stop) => {
                             let _ = fatal.try_send(stop);
-                            return park(slot).await;
+                            return park(slot);
                         }
                     },
                 }
@@ -132,10 +132,12 @@ fn reconnector(
 }
 
 /// On shutdown while reconnecting: hold the slot until tokio-xmpp drops its
-/// end (dropping ours would make its worker panic).
-async fn park(slot: oneshot::Sender<Connection>) {
+/// end (dropping ours would make its worker panic). Its worker may outlive
+/// the adapter's run loop, so this holder is the one task not drained by
+/// the hub: it does nothing but wait, and ends with the worker.
+fn park(slot: oneshot::Sender<Connection>) {
     let mut slot = slot;
-    slot.closed().await;
+    tokio::spawn(async move { slot.closed().await });
 }
 
 struct Session {

@@ -98,7 +98,6 @@ fn default_true() -> bool {
     true
 }
 
-
 /// How the connection to the server is secured.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]

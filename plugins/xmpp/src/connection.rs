@@ -253,5 +253,7 @@ fn channel_binding<S>(tls: &tokio_rustls::client::TlsStream<S>) -> ChannelBindin
 
 /// The system's roots plus `ca_file` (the sdk's one TLS client builder).
 fn tls_config(settings: &Settings) -> Result<ClientConfig, XmppError> {
-    Ok(polyhub_sdk::tls::client_config(settings.ca_file.as_deref())?)
+    Ok(polyhub_sdk::tls::client_config(
+        settings.ca_file.as_deref(),
+    )?)
 }
