@@ -8,7 +8,9 @@
 //!   --cafile`, `-V 311` and `-V 5`, reach each other and plain-TCP devices;
 //!   with `ca_file` a device without a client certificate (or with one of
 //!   another CA) is refused and counted, one with a certificate signed by
-//!   that CA gets in.
+//!   that CA gets in;
+//! - `wss_listen`: paho-mqtt over WebSocket over TLS (v3.1.1, v5) reaches a
+//!   TCP device and back.
 
 mod common;
 mod mqtt_devices;
@@ -434,6 +436,44 @@ async fn embedded_broker_with_ca_file_admits_only_devices_with_a_certificate_of_
         assert_eq!(
             (m.topic.as_str(), m.payload.as_str()),
             (topic.as_str(), "signed")
+        );
+    }
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn embedded_broker_wss_listen_serves_paho_over_websocket_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    make_ca(d, "ca");
+    make_server_cert(d, "ca");
+    let (port, tls_port, wss) = (free_tcp_port(), free_tcp_port(), free_tcp_port());
+    let hub = start_hub(&embedded_tls(
+        port,
+        tls_port,
+        d,
+        &format!("wss_listen = \"127.0.0.1:{wss}\""),
+    ))
+    .await;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mqtt_broker/paho_cases.py");
+    for case in ["v311:websocket", "v5:websocket"] {
+        let mut cmd = Command::new("python3");
+        cmd.arg(&script)
+            .args([case, &port.to_string(), "wss", &wss.to_string()])
+            .arg(d.join("ca.pem"));
+        let out = within_for(
+            Duration::from_secs(60),
+            case,
+            tokio::task::spawn_blocking(move || cmd.output()),
+        )
+        .await
+        .unwrap()
+        .expect("python3 with paho-mqtt");
+        assert!(
+            out.status.success(),
+            "{case} over wss failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
         );
     }
     hub.shutdown().await.unwrap();

@@ -274,6 +274,9 @@ struct Link {
     wr: WriteHalf<Box<dyn Io>>,
     inbuf: BytesMut,
     out: BytesMut,
+    /// Written since the last flush (TLS and WebSocket streams hold bytes
+    /// until flushed).
+    unflushed: bool,
     keepalive: Option<Duration>,
     last_rx: Instant,
     receive_max: usize,
@@ -303,6 +306,19 @@ impl Link {
             let _ = self.wr.shutdown().await;
         })
         .await;
+    }
+}
+
+/// Writes some of `out`, or with `out` empty flushes what was written:
+/// `Some(bytes written)` or `None` once flushed.
+async fn write_or_flush(
+    wr: &mut WriteHalf<Box<dyn Io>>,
+    out: &mut BytesMut,
+) -> std::io::Result<Option<usize>> {
+    if out.is_empty() {
+        wr.flush().await.map(|()| None)
+    } else {
+        wr.write_buf(out).await.map(Some)
     }
 }
 
@@ -531,6 +547,7 @@ impl Session {
             wr,
             inbuf: buf,
             out: BytesMut::new(),
+            unflushed: false,
             keepalive: (connect.keep_alive > 0)
                 .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500)),
             last_rx: Instant::now(),
@@ -606,6 +623,11 @@ impl Session {
     }
 
     async fn connected(&mut self, link: &mut Link) -> End {
+        // Packets that came with the CONNECT (a device need not wait for
+        // CONNACK before it subscribes).
+        if let Some(end) = self.incoming(link).await {
+            return end;
+        }
         loop {
             self.pump(link);
             if link.inbuf.is_empty() && link.inbuf.capacity() > 0 {
@@ -632,9 +654,11 @@ impl Session {
                         }
                     }
                 },
-                r = link.wr.write_buf(&mut link.out), if writing => match r {
-                    Ok(0) | Err(_) => return End::Lost(None),
-                    Ok(_) => {
+                r = write_or_flush(&mut link.wr, &mut link.out), if writing || link.unflushed => match r {
+                    Ok(Some(0)) | Err(_) => return End::Lost(None),
+                    Ok(None) => link.unflushed = false,
+                    Ok(Some(_)) => {
+                        link.unflushed = true;
                         if link.out.is_empty() && link.out.capacity() > 4 * HIGH_WATER {
                             link.out = BytesMut::new();
                         }
