@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use polyhub_sdk::{
-    Envelope, PublishError, QoS as HubQoS, SubscribeOptions, Subscription, Topic, TopicFilter,
+    ClientHandle, ClientInfo, Envelope, PublishError, QoS as HubQoS, SubscribeOptions,
+    Subscription, Topic, TopicFilter,
 };
 use rumqttc::v5::mqttbytes::v5::{
     ConnAckProperties, Connect, ConnectReturnCode, Disconnect, DisconnectReasonCode, LastWill,
@@ -70,6 +71,8 @@ pub(crate) struct Conn {
     will: Option<LastWill>,
     assigned: bool,
     peer: Peer,
+    /// The user name it logged in with, if any.
+    user: Option<String>,
     guard: ConnGuard,
 }
 
@@ -191,6 +194,7 @@ pub(crate) async fn serve(broker: Arc<Broker>, mut io: Box<dyn Io>, peer: Peer, 
         will,
         assigned,
         peer,
+        user: login.map(|l| l.username).filter(|u| !u.is_empty()),
         guard,
     };
     attach(broker, Box::new(conn)).await;
@@ -287,6 +291,9 @@ struct Link {
     alias_max: u16,
     will: Option<LastWill>,
     peer: Peer,
+    /// Its entry in the hub's list of connected devices (`/api/clients`),
+    /// removed when the connection ends.
+    client: ClientHandle,
     _guard: ConnGuard,
 }
 
@@ -523,6 +530,7 @@ impl Session {
             will,
             assigned,
             peer,
+            user,
             guard,
         } = conn;
         let props = connect.properties.clone().unwrap_or_default_props();
@@ -540,8 +548,14 @@ impl Session {
                 s => Some(Duration::from_secs(u64::from(s))),
             },
         };
+        let mut info = ClientInfo::new("mqtt")
+            .with_client_id(self.id.as_ref())
+            .with_peer(peer.to_string());
+        info.user = user;
+        let client = self.broker.ctx.client_connected(info);
         let (rd, wr) = tokio::io::split(io);
         let mut link = Link {
+            client,
             version,
             rd,
             wr,
@@ -805,6 +819,7 @@ impl Session {
                 );
             }
         }
+        link.client.record_in();
         let env = envelope(
             &self.broker,
             &self.id,
@@ -1126,6 +1141,7 @@ impl Session {
                 }
             }
             link.send(&Packet::Publish(p));
+            link.client.record_out();
             if out.qos != QoS::AtMostOnce {
                 self.inflight.insert(pkid, Inflight::Publish(out));
             }
