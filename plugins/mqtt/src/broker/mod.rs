@@ -92,6 +92,28 @@ impl Broker {
     }
 }
 
+/// Reads `bytes` as one device connection's stream the way a connection
+/// does: the CONNECT's protocol level, then up to `max_packets` packets with
+/// the broker's codec (`max_size` its packet limit), each written back in
+/// that version. Gives packets or errors, never panics. For the fuzz target.
+#[doc(hidden)]
+pub fn fuzz_device_stream(bytes: &[u8], max_size: usize, max_packets: usize) {
+    let mut buf = bytes::BytesMut::from(bytes);
+    let Ok(Some(version)) = codec::connect_level(&buf) else {
+        return;
+    };
+    let mut out = bytes::BytesMut::new();
+    for _ in 0..max_packets {
+        match codec::read(version, &mut buf, max_size) {
+            Ok(Some(p)) => {
+                out.clear();
+                let _ = codec::write(version, &p, &mut out);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+}
+
 /// Checks that `addr` can be bound, with an error that says what to do
 /// when it cannot.
 fn bind_error(addr: SocketAddr, key: &str, e: io::Error) -> AdapterError {

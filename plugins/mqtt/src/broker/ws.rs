@@ -53,6 +53,9 @@ fn refuse(status: StatusCode, why: &str) -> ErrorResponse {
 /// Accepts the upgrade at [`PATH`] and picks our subprotocol among the
 /// device's. A device that names none is let in (some do not); one that
 /// names only others is refused, since it would not speak MQTT.
+// The signature is tungstenite's handshake callback; the refusal is an HTTP
+// response, built once per refused upgrade.
+#[allow(clippy::result_large_err)]
 fn check_request(req: &Request, mut resp: Response) -> Result<Response, ErrorResponse> {
     if req.uri().path() != PATH {
         return Err(refuse(
