@@ -394,3 +394,21 @@ async fn websocket_connections_count_against_max_connections() {
     assert_eq!(rejected, 2);
     hub.shutdown().await.unwrap();
 }
+
+/// Paho's `server_keep_alive` case on a broker with `max_keep_alive_secs = 2`.
+async fn paho_capped(case: &str) {
+    let port = free_tcp_port();
+    let hub = start_hub(&embedded(port, "max_keep_alive_secs = 2")).await;
+    paho_on(case, port).await;
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn paho_v5_server_keep_alive_caps_the_devices_keepalive() {
+    paho_capped("v5:server_keep_alive").await;
+}
+
+#[tokio::test]
+async fn paho_v311_keepalive_over_the_maximum_is_refused() {
+    paho_capped("v311:server_keep_alive").await;
+}

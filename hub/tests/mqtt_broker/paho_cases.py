@@ -469,6 +469,41 @@ def subscribe_options(v):
     b.bye()
 
 
+def server_keep_alive(v):
+    """Run with max_keep_alive_secs = 2: v5 devices asking for more are told
+    2 (Server Keep Alive), v3.1.1 ones are refused (CONNACK 2); a silent
+    device is closed after 1.5 x the keepalive in force."""
+    a = Dev(P + "ska", v, keepalive=120)
+    flags, rc, props = a.connect(expect_ok=False)
+    if v:
+        check(rc == 0, f"CONNACK {rc}")
+        check(getattr(props, "ServerKeepAlive", None) == 2,
+              f"Server Keep Alive {getattr(props, 'ServerKeepAlive', None)}")
+        a.bye()
+    else:
+        check(rc == 2, f"a 3.1.1 keepalive over the maximum got CONNACK {rc}, not 2")
+        a.c.loop_stop()
+        b = Dev(P + "ska-ok", v, keepalive=2)
+        b.connect()
+        b.bye()
+    # A device that never pings: keepalive 0 (v5, replaced by 2) or 2 (3.1.1).
+    cid = (P + "ska-raw").encode()
+    if v:
+        body = b"\x00\x04MQTT\x05\x02\x00\x00\x00" + len(cid).to_bytes(2, "big") + cid
+    else:
+        body = b"\x00\x04MQTT\x04\x02\x00\x02" + len(cid).to_bytes(2, "big") + cid
+    s = socket.create_connection((HOST, PORT), timeout=WAIT)
+    s.sendall(b"\x10" + bytes([len(body)]) + body)
+    ack = s.recv(64)
+    check(ack[:1] == b"\x20", f"CONNACK expected, got {ack!r}")
+    start = time.monotonic()
+    while s.recv(64):
+        pass  # a v5 DISCONNECT 0x8D, then the close
+    took = time.monotonic() - start
+    s.close()
+    check(2.5 <= took <= 6, f"silent device closed after {took:.1f} s, not about 3 s")
+
+
 def websocket(v):
     """A WebSocket device (path /mqtt) and a TCP device reach each other."""
     check(WS_PORT, "the websocket case needs WS_PORT")

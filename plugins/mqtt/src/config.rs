@@ -84,6 +84,12 @@ pub struct MqttConfig {
     /// `ca_file`). Default: none.
     #[serde(default)]
     pub wss_listen: Option<String>,
+    /// Embedded broker: longest keepalive a device may use, in seconds. An
+    /// MQTT 5 device asking for more (or for none, 0) is told this one
+    /// (CONNACK Server Keep Alive); an MQTT 3.1.1 device, which cannot be
+    /// told, is refused (CONNACK 2). Default: none, the device's own stands.
+    #[serde(default)]
+    pub max_keep_alive_secs: Option<u16>,
     /// Embedded broker: devices connected at once; past it a connection is
     /// closed at once and counted. Default 10000.
     #[serde(default = "default_max_connections")]
@@ -183,6 +189,8 @@ pub struct BrokerSettings {
     pub max_packet: usize,
     /// Connections at once.
     pub max_connections: usize,
+    /// Longest keepalive a device may use, in seconds.
+    pub max_keep_alive: Option<u16>,
     /// Messages queued per session.
     pub max_queued_messages: usize,
 }
@@ -303,6 +311,7 @@ fn client_settings(name: &str, url: &str, raw: &MqttConfig) -> Result<ClientSett
         ("tls_listen", raw.tls_listen.is_some()),
         ("ws_listen", raw.ws_listen.is_some()),
         ("wss_listen", raw.wss_listen.is_some()),
+        ("max_keep_alive_secs", raw.max_keep_alive_secs.is_some()),
         ("cert", raw.cert.is_some()),
         ("key", raw.key.is_some()),
         ("max_packet_size", raw.max_packet_size.is_some()),
@@ -392,6 +401,12 @@ fn broker_settings(listen: &str, raw: &MqttConfig) -> Result<BrokerSettings, Con
     if raw.max_connections == 0 {
         return Err(ConfigError::key("max_connections", "must be at least 1"));
     }
+    if raw.max_keep_alive_secs == Some(0) {
+        return Err(ConfigError::key(
+            "max_keep_alive_secs",
+            "must be 1 to 65535 seconds (leave it out for no limit)",
+        ));
+    }
     if raw.max_queued_messages == 0 {
         return Err(ConfigError::key(
             "max_queued_messages",
@@ -461,6 +476,7 @@ fn broker_settings(listen: &str, raw: &MqttConfig) -> Result<BrokerSettings, Con
         users: raw.users.clone(),
         max_packet,
         max_connections: raw.max_connections,
+        max_keep_alive: raw.max_keep_alive_secs,
         max_queued_messages: raw.max_queued_messages,
     })
 }

@@ -161,6 +161,16 @@ pub(crate) async fn serve(broker: Arc<Broker>, mut io: Box<dyn Io>, peer: Peer, 
         send_now(&mut io, version, &p).await;
         return;
     }
+    if let Some(max) = broker.settings.max_keep_alive {
+        if version == Version::V311 && (connect.keep_alive == 0 || connect.keep_alive > max) {
+            // 3.1.1 has no way to tell the device a shorter keepalive.
+            broker.rejected("keep_alive_too_long");
+            info!(adapter = %broker.ctx.name(), %peer, client_id = %connect.client_id, keep_alive = connect.keep_alive, max, "Refused an MQTT 3.1.1 device: keepalive over max_keep_alive_secs.");
+            let p = refuse_code(version, ConnectReturnCode::ClientIdentifierNotValid);
+            send_now(&mut io, version, &p).await;
+            return;
+        }
+    }
     if let Some(w) = &will {
         let ok = std::str::from_utf8(&w.topic)
             .ok()
@@ -553,6 +563,14 @@ impl Session {
             .with_peer(peer.to_string());
         info.user = user;
         let client = self.broker.ctx.client_connected(info);
+        // MQTT 5: a keepalive over the broker's maximum (or none) is
+        // replaced by the maximum, told in CONNACK.
+        let server_keep_alive = self
+            .broker
+            .settings
+            .max_keep_alive
+            .filter(|&max| connect.keep_alive == 0 || connect.keep_alive > max);
+        let keep_alive = server_keep_alive.unwrap_or(connect.keep_alive);
         let (rd, wr) = tokio::io::split(io);
         let mut link = Link {
             client,
@@ -562,8 +580,8 @@ impl Session {
             inbuf: buf,
             out: BytesMut::new(),
             unflushed: false,
-            keepalive: (connect.keep_alive > 0)
-                .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500)),
+            keepalive: (keep_alive > 0)
+                .then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
             last_rx: Instant::now(),
             receive_max: usize::from(props.receive_maximum.unwrap_or(u16::MAX).max(1)),
             max_packet: props
@@ -589,7 +607,7 @@ impl Session {
             max_qos: None,
             reason_string: None,
             user_properties: Vec::new(),
-            server_keep_alive: None,
+            server_keep_alive,
             response_information: None,
             server_reference: None,
             authentication_method: None,
