@@ -239,6 +239,18 @@ mod raw_ws {
         ws.send(Message::binary(bytes.to_vec())).await.unwrap();
     }
 
+    /// Sends a text message and waits for the broker to close the
+    /// connection (MQTT over WebSocket is binary only).
+    pub async fn text_closes(ws: &mut Ws) {
+        ws.send(Message::text("not MQTT")).await.unwrap();
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
     /// Reads binary messages until `n` bytes arrived (as one stream).
     pub async fn read(ws: &mut Ws, n: usize) -> Vec<u8> {
         let mut got = Vec::new();
@@ -345,6 +357,9 @@ async fn websocket_packets_may_span_messages_and_messages_may_hold_several_packe
     )
     .await;
     assert_eq!(got, back);
+
+    // A text message closes the connection.
+    within("closed after a text message", raw_ws::text_closes(&mut ws)).await;
     hub.shutdown().await.unwrap();
 }
 
