@@ -167,16 +167,14 @@ fn main() -> ExitCode {
     #[cfg(not(feature = "compare"))]
     let quiet = false;
     // Ordinary events some libraries log at ERROR, off unless RUST_LOG or
-    // --log-level ask for them: the embedded broker (rumqttd) logs each
-    // device disconnect ("no-connection id N is already gone" in its router,
-    // "router-drop error=Recv(Disconnected)" in its connection loop); lapin
-    // logs a clean close ("invalid channel state: Closing") and dumps the
-    // server's close frames (`ShortString(...)`), which the AMQP adapter
-    // reports itself, with the broker's address, at WARN.
+    // --log-level ask for them: lapin logs a clean close ("invalid channel
+    // state: Closing") and dumps the server's close frames
+    // (`ShortString(...)`), which the AMQP adapter reports itself, with the
+    // broker's address, at WARN.
     let default = if quiet {
-        "warn,lapin=off,rumqttd=off"
+        "warn,lapin=off"
     } else {
-        "info,lapin=off,rumqttd::router::routing=off,rumqttd::server::broker=off"
+        "info,lapin=off"
     };
     if let Err(e) = init_logging(default, cli.verbose, cli.log_level.as_deref()) {
         eprintln!("error: {e}");

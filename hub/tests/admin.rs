@@ -1,8 +1,10 @@
 //! The `[admin]` API: each endpoint's shape, paging of topics, clients and
 //! subscriptions, publish, `/metrics` and `/health` without an HTTP adapter,
-//! and the HTTP adapter's `GET /topics` listing.
+//! and the HTTP adapter's `GET /topics` listing; devices of the embedded
+//! MQTT broker (`mosquitto_sub`, `mosquitto_pub -l`) in `/api/clients`.
 
 mod common;
+mod mqtt_devices;
 
 use std::time::Duration;
 
@@ -425,4 +427,119 @@ async fn an_admin_port_in_use_fails_the_start_with_the_address() {
         e.contains(&format!("[admin] cannot listen on 127.0.0.1:{port}")),
         "{e}"
     );
+}
+
+fn mqtt_listed(hub: &polyhub::Hub, client_id: &str) -> Option<polyhub_sdk::ClientSnapshot> {
+    hub.clients()
+        .page(None, 1000)
+        .into_iter()
+        .find(|c| c.info.client_id.as_deref() == Some(client_id))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_broker_devices_are_listed_while_connected_with_their_messages() {
+    use std::io::Write;
+
+    let mqtt = free_tcp_port();
+    let hub = start_hub(&format!(
+        "[admin]\nbind = \"127.0.0.1:0\"\n\
+         [[adapters]]\nname = \"mqtt\"\ntype = \"mqtt\"\n[adapters.config]\n\
+         listen = \"127.0.0.1:{mqtt}\"\nusers = {{ dev = \"pw\" }}\n"
+    ))
+    .await;
+    let base = format!("http://{}", hub.admin_addr().unwrap());
+    let login = ["-u", "dev", "-P", "pw"];
+    let mut sub = mqtt_devices::Sub::start(
+        mqtt,
+        "adm/#",
+        &[&login[..], &["-i", "sensor-7", "-V", "5"]].concat(),
+    )
+    .await;
+    // A publisher that stays connected: `mosquitto_pub -l` sends a line of
+    // its stdin per message.
+    let mut publisher = std::process::Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &mqtt.to_string(),
+            "-t",
+            "adm/x",
+            "-l",
+        ])
+        .args(["-i", "lamp-3", "-q", "1", "-V", "311"])
+        .args(login)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("mosquitto_pub runs");
+    wait_until("both devices listed", TIMEOUT, || {
+        mqtt_listed(&hub, "sensor-7").is_some() && mqtt_listed(&hub, "lamp-3").is_some()
+    })
+    .await;
+    let stdin = publisher.stdin.as_mut().unwrap();
+    stdin.write_all(b"one\ntwo\n").unwrap();
+    stdin.flush().unwrap();
+    for want in ["one", "two"] {
+        assert_eq!(sub.next().await.payload, want);
+    }
+    wait_until("messages counted on both devices", TIMEOUT, || {
+        mqtt_listed(&hub, "lamp-3").is_some_and(|c| c.messages_in == 2)
+            && mqtt_listed(&hub, "sensor-7").is_some_and(|c| c.messages_out == 2)
+    })
+    .await;
+
+    let (code, c) = get(&format!("{base}/api/clients")).await;
+    assert_eq!(code, 200);
+    let listed = c["clients"].as_array().unwrap();
+    let by_id = |id: &str| {
+        listed
+            .iter()
+            .find(|x| x["client_id"] == id)
+            .unwrap_or_else(|| panic!("{id} not in {c}"))
+            .clone()
+    };
+    let s7 = by_id("sensor-7");
+    assert_eq!(
+        (&s7["adapter"], &s7["protocol"], &s7["user"]),
+        (
+            &Value::from("mqtt"),
+            &Value::from("mqtt"),
+            &Value::from("dev")
+        )
+    );
+    assert!(
+        s7["peer"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{s7}"
+    );
+    assert!(s7["since"].as_u64().is_some_and(|t| t > 0), "{s7}");
+    assert_eq!(
+        (&s7["messages_in"], &s7["messages_out"]),
+        (&Value::from(0), &Value::from(2))
+    );
+    let l3 = by_id("lamp-3");
+    assert_eq!(
+        (&l3["messages_in"], &l3["messages_out"]),
+        (&Value::from(2), &Value::from(0))
+    );
+
+    // Gone from the list when they disconnect: the publisher cleanly (end
+    // of its stdin), the subscriber killed.
+    drop(publisher.stdin.take());
+    let _ = within(
+        "mosquitto_pub exits",
+        tokio::task::spawn_blocking(move || publisher.wait()),
+    )
+    .await;
+    wait_until("publisher gone", TIMEOUT, || {
+        mqtt_listed(&hub, "lamp-3").is_none()
+    })
+    .await;
+    drop(sub);
+    wait_until("subscriber gone", TIMEOUT, || {
+        mqtt_listed(&hub, "sensor-7").is_none()
+    })
+    .await;
+    let (_, c) = get(&format!("{base}/api/clients")).await;
+    assert_eq!(c["total"], 0, "{c}");
+    hub.shutdown().await.unwrap();
 }

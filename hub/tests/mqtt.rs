@@ -1,4 +1,4 @@
-//! The MQTT adapter against real peers: the embedded broker (rumqttd) and the
+//! The MQTT adapter against real peers: the embedded broker and the
 //! shared Mosquitto on 127.0.0.1:1883, with the stock `mosquitto_pub` and
 //! `mosquitto_sub` as devices and in-process hub clients on the other side.
 

@@ -33,8 +33,15 @@ async fn paho(case: &str) {
 }
 
 async fn paho_on(case: &str, port: u16) {
+    paho_with(case, port, &[]).await
+}
+
+async fn paho_with(case: &str, port: u16, extra: &[String]) {
     let mut cmd = std::process::Command::new("python3");
-    cmd.arg(cases_script()).arg(case).arg(port.to_string());
+    cmd.arg(cases_script())
+        .arg(case)
+        .arg(port.to_string())
+        .args(extra);
     let out = within_for(
         Duration::from_secs(60),
         case,
@@ -172,4 +179,251 @@ async fn device_to_device_passes_the_router_and_retained_is_one_store() {
     let (code, body) = http_get(http, "/topics/d2d/state").await;
     assert_eq!((code, body.as_str()), (200, "on"));
     hub.shutdown().await.unwrap();
+}
+
+/// Paho's `websocket` case: a WebSocket device and a TCP device, each way.
+async fn paho_ws(case: &str) {
+    let (port, ws) = (free_tcp_port(), free_tcp_port());
+    let hub = start_hub(&embedded(port, &format!("ws_listen = \"127.0.0.1:{ws}\""))).await;
+    paho_with(case, port, &["paho".to_owned(), ws.to_string()]).await;
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn paho_v311_over_websocket_reaches_tcp_devices_and_back() {
+    paho_ws("v311:websocket").await;
+}
+
+#[tokio::test]
+async fn paho_v5_over_websocket_reaches_tcp_devices_and_back() {
+    paho_ws("v5:websocket").await;
+}
+
+mod raw_ws {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::http::HeaderValue;
+    use tokio_tungstenite::tungstenite::Message;
+
+    pub type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+    /// Opens `ws://127.0.0.1:port{path}` offering `protocols`; the answer's
+    /// subprotocol, or the refusal.
+    pub async fn open(
+        port: u16,
+        path: &str,
+        protocols: &str,
+    ) -> Result<(Ws, Option<String>), String> {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut req = format!("ws://127.0.0.1:{port}{path}")
+            .into_client_request()
+            .unwrap();
+        req.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_str(protocols).unwrap(),
+        );
+        let (ws, resp) = tokio_tungstenite::client_async(req, tcp)
+            .await
+            .map_err(|e| e.to_string())?;
+        let proto = resp
+            .headers()
+            .get("Sec-WebSocket-Protocol")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        Ok((ws, proto))
+    }
+
+    pub async fn send(ws: &mut Ws, bytes: &[u8]) {
+        ws.send(Message::binary(bytes.to_vec())).await.unwrap();
+    }
+
+    /// Sends a text message and waits for the broker to close the
+    /// connection (MQTT over WebSocket is binary only).
+    pub async fn text_closes(ws: &mut Ws) {
+        ws.send(Message::text("not MQTT")).await.unwrap();
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// Reads binary messages until `n` bytes arrived (as one stream).
+    pub async fn read(ws: &mut Ws, n: usize) -> Vec<u8> {
+        let mut got = Vec::new();
+        while got.len() < n {
+            match ws.next().await {
+                Some(Ok(Message::Binary(b))) => got.extend_from_slice(&b),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                other => panic!("expected binary MQTT bytes, got {other:?} after {got:?}"),
+            }
+        }
+        got
+    }
+}
+
+/// MQTT 3.1.1 packets, written out byte by byte.
+fn v311_connect(id: &str) -> Vec<u8> {
+    let mut p = vec![0x10, (12 + id.len()) as u8, 0, 4];
+    p.extend_from_slice(b"MQTT");
+    p.extend_from_slice(&[4, 0x02, 0, 60, 0, id.len() as u8]);
+    p.extend_from_slice(id.as_bytes());
+    p
+}
+
+fn v311_subscribe(topic: &str) -> Vec<u8> {
+    let mut p = vec![0x82, (5 + topic.len()) as u8, 0, 1, 0, topic.len() as u8];
+    p.extend_from_slice(topic.as_bytes());
+    p.push(0);
+    p
+}
+
+fn v311_publish(topic: &str, payload: &[u8]) -> Vec<u8> {
+    let mut p = vec![
+        0x30,
+        (2 + topic.len() + payload.len()) as u8,
+        0,
+        topic.len() as u8,
+    ];
+    p.extend_from_slice(topic.as_bytes());
+    p.extend_from_slice(payload);
+    p
+}
+
+#[tokio::test]
+async fn websocket_packets_may_span_messages_and_messages_may_hold_several_packets() {
+    let (port, ws_port) = (free_tcp_port(), free_tcp_port());
+    let hub = start_hub(&embedded(
+        port,
+        &format!("ws_listen = \"127.0.0.1:{ws_port}\""),
+    ))
+    .await;
+
+    // Wrong path: 404; only foreign subprotocols: refused; both counted.
+    let e = raw_ws::open(ws_port, "/other", "mqtt").await.err().unwrap();
+    assert!(e.contains("404"), "{e}");
+    let e = raw_ws::open(ws_port, "/mqtt", "chat, stomp")
+        .await
+        .err()
+        .unwrap();
+    assert!(e.contains("400"), "{e}");
+    wait_until("refused upgrades counted", TIMEOUT, || {
+        hub.snapshot()
+            .adapters
+            .iter()
+            .find(|a| a.name == "mqtt")
+            .map(|a| a.metrics.rejected("ws_handshake"))
+            == Some(2)
+    })
+    .await;
+
+    // The older subprotocol name is accepted and answered as offered.
+    let (_old, proto) = raw_ws::open(ws_port, "/mqtt", "mqttv3.1").await.unwrap();
+    assert_eq!(proto.as_deref(), Some("mqttv3.1"));
+
+    let (mut ws, proto) = raw_ws::open(ws_port, "/mqtt", "mqtt").await.unwrap();
+    assert_eq!(proto.as_deref(), Some("mqtt"));
+    // CONNECT and SUBSCRIBE in one message: CONNACK and SUBACK come back.
+    let mut both = v311_connect("raw-ws");
+    both.extend(v311_subscribe("raw/t"));
+    raw_ws::send(&mut ws, &both).await;
+    let acks = within("CONNACK and SUBACK", raw_ws::read(&mut ws, 9)).await;
+    assert_eq!(acks, [0x20, 2, 0, 0, 0x90, 3, 0, 1, 0]);
+
+    // A PUBLISH cut in three messages (inside the fixed header, inside the
+    // topic) reaches a TCP device and comes back to this one whole.
+    let mut tcp = Sub::start(port, "raw/#", &["-V", "311"]).await;
+    let split = v311_publish("raw/t", b"split across frames");
+    for part in [&split[..1], &split[1..5], &split[5..]] {
+        raw_ws::send(&mut ws, part).await;
+    }
+    let m = tcp.next().await;
+    assert_eq!(
+        (m.topic.as_str(), m.payload.as_str()),
+        ("raw/t", "split across frames")
+    );
+    let echo = within("PUBLISH back", raw_ws::read(&mut ws, split.len())).await;
+    assert_eq!(echo, split);
+
+    // A TCP device's publish reaches the WebSocket device.
+    publish(port, "raw/t", "from tcp", &["-V", "311"]).await;
+    let back = v311_publish("raw/t", b"from tcp");
+    let got = within(
+        "TCP publish at the WebSocket device",
+        raw_ws::read(&mut ws, back.len()),
+    )
+    .await;
+    assert_eq!(got, back);
+
+    // A text message closes the connection.
+    within("closed after a text message", raw_ws::text_closes(&mut ws)).await;
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn websocket_connections_count_against_max_connections() {
+    let (port, ws_port) = (free_tcp_port(), free_tcp_port());
+    let hub = start_hub(&embedded(
+        port,
+        &format!("ws_listen = \"127.0.0.1:{ws_port}\"\nmax_connections = 1"),
+    ))
+    .await;
+    let (mut first, _) = raw_ws::open(ws_port, "/mqtt", "mqtt").await.unwrap();
+    raw_ws::send(&mut first, &v311_connect("only-one")).await;
+    let ack = within("CONNACK", raw_ws::read(&mut first, 4)).await;
+    assert_eq!(ack, [0x20, 2, 0, 0]);
+    // The second, over WebSocket or TCP, is closed at once and counted.
+    assert!(raw_ws::open(ws_port, "/mqtt", "mqtt").await.is_err());
+    let mut cmd = std::process::Command::new("mosquitto_pub");
+    cmd.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-t",
+        "x",
+        "-m",
+        "y",
+    ]);
+    let out = within(
+        "mosquitto_pub",
+        tokio::task::spawn_blocking(move || cmd.output()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        !out.status.success(),
+        "a TCP device past max_connections got in"
+    );
+    let rejected = hub
+        .snapshot()
+        .adapters
+        .iter()
+        .find(|a| a.name == "mqtt")
+        .map(|a| a.metrics.rejected("max_connections"))
+        .unwrap_or(0);
+    assert_eq!(rejected, 2);
+    hub.shutdown().await.unwrap();
+}
+
+/// Paho's `server_keep_alive` case on a broker with `max_keep_alive_secs = 2`.
+async fn paho_capped(case: &str) {
+    let port = free_tcp_port();
+    let hub = start_hub(&embedded(port, "max_keep_alive_secs = 2")).await;
+    paho_on(case, port).await;
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn paho_v5_server_keep_alive_caps_the_devices_keepalive() {
+    paho_capped("v5:server_keep_alive").await;
+}
+
+#[tokio::test]
+async fn paho_v311_keepalive_over_the_maximum_is_refused() {
+    paho_capped("v311:server_keep_alive").await;
 }

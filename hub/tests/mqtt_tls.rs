@@ -1,7 +1,16 @@
-//! `mqtts://` with a private CA: a private Mosquitto serves TLS with a
-//! certificate signed by a CA made for the test (openssl); the adapter that
-//! trusts that CA (`ca_file`) connects and carries messages both ways, one
-//! that trusts another CA stays down with the TLS error as its reason.
+//! TLS with a private CA made for the test (openssl), both sides of the
+//! MQTT adapter:
+//! - client (`url = "mqtts://…"`): a private Mosquitto serves TLS with a
+//!   certificate signed by that CA; the adapter that trusts it (`ca_file`)
+//!   connects and carries messages both ways, one that trusts another CA
+//!   stays down with the TLS error as its reason;
+//! - embedded broker (`tls_listen`): `mosquitto_pub`/`mosquitto_sub
+//!   --cafile`, `-V 311` and `-V 5`, reach each other and plain-TCP devices;
+//!   with `ca_file` a device without a client certificate (or with one of
+//!   another CA) is refused and counted, one with a certificate signed by
+//!   that CA gets in;
+//! - `wss_listen`: paho-mqtt over WebSocket over TLS (v3.1.1, v5) reaches a
+//!   TCP device and back.
 
 mod common;
 mod mqtt_devices;
@@ -102,6 +111,56 @@ fn make_server_cert(dir: &Path, ca: &str) {
     }
 }
 
+/// A client certificate `{name}.pem` / `{name}.key` signed by `ca`.
+fn make_client_cert(dir: &Path, ca: &str, name: &str) {
+    std::fs::write(
+        dir.join("client-ext.cnf"),
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n\
+         extendedKeyUsage=clientAuth\n",
+    )
+    .unwrap();
+    let (key, csr, pem) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.pem"),
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            &format!("/CN={name}"),
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &format!("{ca}.pem"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "1",
+            "-extfile",
+            "client-ext.cnf",
+        ],
+    );
+}
+
 fn adapter(name: &str, port: u16, ca: &Path) -> String {
     format!(
         "[[adapters]]\nname = \"{name}\"\ntype = \"mqtt\"\n[adapters.config]\n\
@@ -188,5 +247,234 @@ async fn mqtts_with_private_ca_carries_messages_and_wrong_ca_is_refused() {
         (m.topic.as_str(), m.payload.as_str()),
         ("tls/out/led", "on")
     );
+    hub.shutdown().await.unwrap();
+}
+
+/// An embedded broker on `port` (plain) and `tls_port` (TLS, certificate of
+/// `dir`), `extra` more config lines.
+fn embedded_tls(port: u16, tls_port: u16, dir: &Path, extra: &str) -> String {
+    format!(
+        "[[adapters]]\nname = \"mqtt\"\ntype = \"mqtt\"\n[adapters.config]\n\
+         listen = \"127.0.0.1:{port}\"\ntls_listen = \"127.0.0.1:{tls_port}\"\n\
+         cert = \"{d}/server.pem\"\nkey = \"{d}/server.key\"\n{extra}\n",
+        d = dir.display()
+    )
+}
+
+fn rejected(hub: &polyhub::Hub, reason: &str) -> u64 {
+    hub.snapshot()
+        .adapters
+        .iter()
+        .find(|a| a.name == "mqtt")
+        .map(|a| a.metrics.rejected(reason))
+        .unwrap_or(0)
+}
+
+/// Runs `mosquitto_pub` once at QoS 1 (so it waits for the broker's
+/// acknowledgement) and tells whether it succeeded, with its stderr.
+async fn try_publish(port: u16, topic: &str, args: &[&str]) -> (bool, String) {
+    let mut cmd = Command::new("mosquitto_pub");
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", topic])
+        .args(["-m", "x", "-q", "1"])
+        .args(args);
+    let out = within(
+        "mosquitto_pub",
+        tokio::task::spawn_blocking(move || cmd.output()),
+    )
+    .await
+    .expect("join")
+    .expect("mosquitto_pub runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn embedded_broker_tls_listen_serves_mosquitto_clients_v311_and_v5() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    make_ca(d, "ca");
+    make_ca(d, "other-ca");
+    make_server_cert(d, "ca");
+    let (port, tls_port) = (free_tcp_port(), free_tcp_port());
+    let hub = start_hub(&embedded_tls(port, tls_port, d, "")).await;
+    let cafile = d.join("ca.pem").display().to_string();
+    let ca = ["--cafile", cafile.as_str()];
+
+    let mut v5 = Sub::start(tls_port, "sec/#", &[&ca[..], &["-V", "5"]].concat()).await;
+    let mut v311 = Sub::start(tls_port, "sec/#", &[&ca[..], &["-V", "311"]].concat()).await;
+    let mut plain = Sub::start(port, "sec/#", &["-V", "5"]).await;
+    publish(
+        tls_port,
+        "sec/a",
+        "tls5",
+        &[&ca[..], &["-V", "5", "-q", "1"]].concat(),
+    )
+    .await;
+    publish(
+        tls_port,
+        "sec/b",
+        "tls311",
+        &[&ca[..], &["-V", "311", "-q", "2"]].concat(),
+    )
+    .await;
+    publish(port, "sec/c", "plain", &["-V", "311", "-q", "1"]).await;
+    for sub in [&mut v5, &mut v311, &mut plain] {
+        let got: Vec<(String, String)> = [sub.next().await, sub.next().await, sub.next().await]
+            .into_iter()
+            .map(|m| (m.topic, m.payload))
+            .collect();
+        assert_eq!(
+            got,
+            [("sec/a", "tls5"), ("sec/b", "tls311"), ("sec/c", "plain")]
+                .map(|(t, p)| (t.to_owned(), p.to_owned()))
+        );
+    }
+
+    // A device that trusts another CA refuses the broker's certificate; a
+    // device speaking plain MQTT to the TLS port fails the handshake, which
+    // the broker counts.
+    let other = d.join("other-ca.pem").display().to_string();
+    let before = rejected(&hub, "tls_handshake");
+    let (ok, err) = try_publish(tls_port, "sec/x", &["--cafile", other.as_str()]).await;
+    assert!(!ok, "a device trusting another CA must not connect: {err}");
+    wait_until("handshake the device aborted counted", TIMEOUT, || {
+        rejected(&hub, "tls_handshake") > before
+    })
+    .await;
+    let before = rejected(&hub, "tls_handshake");
+    let (ok, _) = try_publish(tls_port, "sec/x", &[]).await;
+    assert!(!ok, "plain MQTT on the TLS port must not connect");
+    wait_until("plain MQTT on the TLS port counted", TIMEOUT, || {
+        rejected(&hub, "tls_handshake") > before
+    })
+    .await;
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn embedded_broker_with_ca_file_admits_only_devices_with_a_certificate_of_that_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    make_ca(d, "ca");
+    make_ca(d, "other-ca");
+    make_server_cert(d, "ca");
+    make_client_cert(d, "ca", "device");
+    make_client_cert(d, "other-ca", "stranger");
+    let (port, tls_port) = (free_tcp_port(), free_tcp_port());
+    let hub = start_hub(&embedded_tls(
+        port,
+        tls_port,
+        d,
+        &format!("ca_file = \"{}/ca.pem\"", d.display()),
+    ))
+    .await;
+    let path = |f: &str| d.join(f).display().to_string();
+    let (cafile, cert, key) = (path("ca.pem"), path("device.pem"), path("device.key"));
+    let (s_cert, s_key) = (path("stranger.pem"), path("stranger.key"));
+    let with_cert = [
+        "--cafile",
+        cafile.as_str(),
+        "--cert",
+        cert.as_str(),
+        "--key",
+        key.as_str(),
+    ];
+
+    for version in ["311", "5"] {
+        let before = rejected(&hub, "tls_handshake");
+        let (ok, err) = try_publish(
+            tls_port,
+            "cert/x",
+            &["--cafile", cafile.as_str(), "-V", version],
+        )
+        .await;
+        assert!(
+            !ok,
+            "-V {version}: a device without a certificate got in: {err}"
+        );
+        wait_until(
+            "refused device without a certificate counted",
+            TIMEOUT,
+            || rejected(&hub, "tls_handshake") > before,
+        )
+        .await;
+
+        let before = rejected(&hub, "tls_handshake");
+        let stranger = [
+            "--cafile",
+            cafile.as_str(),
+            "--cert",
+            s_cert.as_str(),
+            "--key",
+            s_key.as_str(),
+            "-V",
+            version,
+        ];
+        let (ok, err) = try_publish(tls_port, "cert/x", &stranger).await;
+        assert!(
+            !ok,
+            "-V {version}: a certificate of another CA got in: {err}"
+        );
+        wait_until("refused certificate of another CA counted", TIMEOUT, || {
+            rejected(&hub, "tls_handshake") > before
+        })
+        .await;
+
+        let args = [&with_cert[..], &["-V", version]].concat();
+        let mut sub = Sub::start(tls_port, "cert/#", &args).await;
+        let topic = format!("cert/v{version}");
+        publish(
+            tls_port,
+            &topic,
+            "signed",
+            &[&args[..], &["-q", "1"]].concat(),
+        )
+        .await;
+        let m = sub.next().await;
+        assert_eq!(
+            (m.topic.as_str(), m.payload.as_str()),
+            (topic.as_str(), "signed")
+        );
+    }
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn embedded_broker_wss_listen_serves_paho_over_websocket_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    make_ca(d, "ca");
+    make_server_cert(d, "ca");
+    let (port, tls_port, wss) = (free_tcp_port(), free_tcp_port(), free_tcp_port());
+    let hub = start_hub(&embedded_tls(
+        port,
+        tls_port,
+        d,
+        &format!("wss_listen = \"127.0.0.1:{wss}\""),
+    ))
+    .await;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mqtt_broker/paho_cases.py");
+    for case in ["v311:websocket", "v5:websocket"] {
+        let mut cmd = Command::new("python3");
+        cmd.arg(&script)
+            .args([case, &port.to_string(), "wss", &wss.to_string()])
+            .arg(d.join("ca.pem"));
+        let out = within_for(
+            Duration::from_secs(60),
+            case,
+            tokio::task::spawn_blocking(move || cmd.output()),
+        )
+        .await
+        .unwrap()
+        .expect("python3 with paho-mqtt");
+        assert!(
+            out.status.success(),
+            "{case} over wss failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     hub.shutdown().await.unwrap();
 }

@@ -2,7 +2,9 @@
 (1.6) as the real client: the cases of the Eclipse Paho interoperability
 suite (client_test.py, client_test5.py), written for this project.
 
-Usage: paho_cases.py CASE PORT [PREFIX] [TRANSPORT]
+Usage: paho_cases.py CASE PORT [PREFIX] [WS_PORT [CA_FILE]]
+(WS_PORT: the broker's MQTT-over-WebSocket port, for the websocket case;
+with CA_FILE, WebSocket over TLS trusting that CA.)
 Exits 0 when the case passed; prints what went wrong otherwise. Every wait
 has a timeout.
 """
@@ -34,7 +36,7 @@ class Dev:
     """One paho client with its events in queues."""
 
     def __init__(self, cid, v5, clean=True, keepalive=60, will=None,
-                 props=None, transport="tcp", port=None):
+                 props=None, transport="tcp", port=None, ca_file=None):
         self.v5 = v5
         self.port = port or PORT
         proto = mqtt.MQTTv5 if v5 else mqtt.MQTTv311
@@ -45,6 +47,8 @@ class Dev:
                                  transport=transport)
         if transport == "websockets":
             self.c.ws_set_options(path="/mqtt")
+        if ca_file:
+            self.c.tls_set(ca_certs=ca_file)
         self.clean = clean
         self.keepalive = keepalive
         self.props = props
@@ -465,13 +469,65 @@ def subscribe_options(v):
     b.bye()
 
 
+def server_keep_alive(v):
+    """Run with max_keep_alive_secs = 2: v5 devices asking for more are told
+    2 (Server Keep Alive), v3.1.1 ones are refused (CONNACK 2); a silent
+    device is closed after 1.5 x the keepalive in force."""
+    a = Dev(P + "ska", v, keepalive=120)
+    flags, rc, props = a.connect(expect_ok=False)
+    if v:
+        check(rc == 0, f"CONNACK {rc}")
+        check(getattr(props, "ServerKeepAlive", None) == 2,
+              f"Server Keep Alive {getattr(props, 'ServerKeepAlive', None)}")
+        a.bye()
+    else:
+        check(rc == 2, f"a 3.1.1 keepalive over the maximum got CONNACK {rc}, not 2")
+        a.c.loop_stop()
+        b = Dev(P + "ska-ok", v, keepalive=2)
+        b.connect()
+        b.bye()
+    # A device that never pings: keepalive 0 (v5, replaced by 2) or 2 (3.1.1).
+    cid = (P + "ska-raw").encode()
+    if v:
+        body = b"\x00\x04MQTT\x05\x02\x00\x00\x00" + len(cid).to_bytes(2, "big") + cid
+    else:
+        body = b"\x00\x04MQTT\x04\x02\x00\x02" + len(cid).to_bytes(2, "big") + cid
+    s = socket.create_connection((HOST, PORT), timeout=WAIT)
+    s.sendall(b"\x10" + bytes([len(body)]) + body)
+    ack = s.recv(64)
+    check(ack[:1] == b"\x20", f"CONNACK expected, got {ack!r}")
+    start = time.monotonic()
+    while s.recv(64):
+        pass  # a v5 DISCONNECT 0x8D, then the close
+    took = time.monotonic() - start
+    s.close()
+    check(2.5 <= took <= 6, f"silent device closed after {took:.1f} s, not about 3 s")
+
+
 def websocket(v):
-    a = Dev(P + "ws", v, transport="websockets")
+    """A WebSocket device (path /mqtt) and a TCP device reach each other."""
+    check(WS_PORT, "the websocket case needs WS_PORT")
+    a = Dev(P + "ws", v, transport="websockets", port=WS_PORT, ca_file=CA_FILE)
     a.connect()
-    a.sub(P + "ws/t", 1)
-    a.pub(P + "ws/t", "over ws", 1)
-    check(a.get().payload == b"over ws", "ws round trip")
+    b = Dev(P + "tcp", v)
+    b.connect()
+    a.sub(P + "ws/back", 2)
+    b.sub(P + "ws/there", 1)
+    a.pub(P + "ws/there", "from ws", 1)
+    m = b.get()
+    check((m.topic, m.payload) == (P + "ws/there", b"from ws"), f"ws -> tcp got {m.topic} {m.payload}")
+    b.pub(P + "ws/back", "from tcp", 2)
+    m = a.get()
+    check((m.topic, m.payload, m.qos) == (P + "ws/back", b"from tcp", 2),
+          f"tcp -> ws got {m.topic} {m.payload} qos {m.qos}")
+    # A payload larger than one TCP segment, both ways.
+    big = bytes(range(256)) * 400
+    a.pub(P + "ws/there", big, 1)
+    check(b.get().payload == big, "large ws -> tcp")
+    b.pub(P + "ws/back", big, 1)
+    check(a.get().payload == big, "large tcp -> ws")
     a.bye()
+    b.bye()
 
 
 CASES = {n: f for n, f in globals().items() if callable(f) and f.__module__ == "__main__"
@@ -481,6 +537,8 @@ if __name__ == "__main__":
     name = sys.argv[1]
     PORT = int(sys.argv[2])
     P = (sys.argv[3] if len(sys.argv) > 3 else "paho") + "/"
+    WS_PORT = int(sys.argv[4]) if len(sys.argv) > 4 else None
+    CA_FILE = sys.argv[5] if len(sys.argv) > 5 else None
     version = name.split(":")[0]
     case = name.split(":")[1]
     try:

@@ -76,6 +76,21 @@ pub struct MqttConfig {
     /// PEM private key of `tls_listen`.
     #[serde(default)]
     pub key: Option<PathBuf>,
+    /// Embedded broker: address of an MQTT-over-WebSocket listener, such as
+    /// `0.0.0.0:8083` (path `/mqtt`, subprotocol `mqtt`). Default: none.
+    #[serde(default)]
+    pub ws_listen: Option<String>,
+    /// Embedded broker: address of an MQTT-over-WebSocket-over-TLS listener,
+    /// such as `0.0.0.0:8084`; needs `tls_listen` (its `cert`, `key` and
+    /// `ca_file`). Default: none.
+    #[serde(default)]
+    pub wss_listen: Option<String>,
+    /// Embedded broker: longest keepalive a device may use, in seconds. An
+    /// MQTT 5 device asking for more (or for none, 0) is told this one
+    /// (CONNACK Server Keep Alive); an MQTT 3.1.1 device, which cannot be
+    /// told, is refused (CONNACK 2). Default: none, the device's own stands.
+    #[serde(default)]
+    pub max_keep_alive_secs: Option<u16>,
     /// Embedded broker: devices connected at once; past it a connection is
     /// closed at once and counted. Default 10000.
     #[serde(default = "default_max_connections")]
@@ -157,12 +172,18 @@ pub struct BrokerSettings {
     pub listen: SocketAddr,
     /// The TLS listener, if any.
     pub tls: Option<TlsSettings>,
+    /// The WebSocket listener, if any.
+    pub ws: Option<SocketAddr>,
+    /// The WebSocket-over-TLS listener (with `tls`'s certificate), if any.
+    pub wss: Option<SocketAddr>,
     /// Allowed users; empty means anonymous access.
     pub users: BTreeMap<String, String>,
     /// Largest accepted packet.
     pub max_packet: usize,
     /// Connections at once.
     pub max_connections: usize,
+    /// Longest keepalive a device may use, in seconds.
+    pub max_keep_alive: Option<u16>,
     /// Messages queued per session.
     pub max_queued_messages: usize,
 }
@@ -281,6 +302,9 @@ fn client_settings(name: &str, url: &str, raw: &MqttConfig) -> Result<ClientSett
     }
     for (key, set) in [
         ("tls_listen", raw.tls_listen.is_some()),
+        ("ws_listen", raw.ws_listen.is_some()),
+        ("wss_listen", raw.wss_listen.is_some()),
+        ("max_keep_alive_secs", raw.max_keep_alive_secs.is_some()),
         ("cert", raw.cert.is_some()),
         ("key", raw.key.is_some()),
         ("max_packet_size", raw.max_packet_size.is_some()),
@@ -365,6 +389,12 @@ fn broker_settings(listen: &str, raw: &MqttConfig) -> Result<BrokerSettings, Con
     if raw.max_connections == 0 {
         return Err(ConfigError::key("max_connections", "must be at least 1"));
     }
+    if raw.max_keep_alive_secs == Some(0) {
+        return Err(ConfigError::key(
+            "max_keep_alive_secs",
+            "must be 1 to 65535 seconds (leave it out for no limit)",
+        ));
+    }
     if raw.max_queued_messages == 0 {
         return Err(ConfigError::key(
             "max_queued_messages",
@@ -412,12 +442,29 @@ fn broker_settings(listen: &str, raw: &MqttConfig) -> Result<BrokerSettings, Con
             })
         }
     };
+    let ws = match &raw.ws_listen {
+        Some(a) => Some(socket_addr("ws_listen", a)?),
+        None => None,
+    };
+    let wss = match &raw.wss_listen {
+        Some(_) if tls.is_none() => {
+            return Err(ConfigError::key(
+                "wss_listen",
+                "`wss_listen` needs `tls_listen` with `cert` and `key` (it serves the same certificate)",
+            ))
+        }
+        Some(a) => Some(socket_addr("wss_listen", a)?),
+        None => None,
+    };
     Ok(BrokerSettings {
         listen,
         tls,
+        ws,
+        wss,
         users: raw.users.clone(),
         max_packet,
         max_connections: raw.max_connections,
+        max_keep_alive: raw.max_keep_alive_secs,
         max_queued_messages: raw.max_queued_messages,
     })
 }
@@ -496,5 +543,21 @@ mod tests {
         assert_eq!(b.listen.port(), 1883);
         assert_eq!(b.users.get("a").map(String::as_str), Some("b"));
         assert_eq!(s.forward, vec![TopicFilter::new("x/+").unwrap()]);
+    }
+
+    #[test]
+    fn websocket_listeners_are_parsed_and_wss_needs_tls_listen() {
+        let s = settings("listen = \"127.0.0.1:1883\"\nws_listen = \"0.0.0.0:8083\"").unwrap();
+        let Mode::Broker(b) = s.mode else {
+            panic!("broker mode")
+        };
+        assert_eq!(b.ws, Some("0.0.0.0:8083".parse().unwrap()));
+        assert_eq!(b.wss, None);
+        let e = settings("listen = \"127.0.0.1:1883\"\nwss_listen = \"0.0.0.0:8084\"").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("wss_listen"));
+        let e = settings("listen = \"127.0.0.1:1883\"\nws_listen = \"nowhere\"").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("ws_listen"));
+        let e = settings("url = \"mqtt://h\"\nws_listen = \"0.0.0.0:8083\"").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("ws_listen"));
     }
 }

@@ -14,19 +14,6 @@ pub enum MqttError {
     /// TLS could not be set up.
     #[error("TLS setup: {0}")]
     Tls(String),
-    /// The embedded broker's in-process link failed (boxed: rumqttd's error
-    /// carries a whole router event).
-    #[error("embedded broker link: {0}")]
-    Link(Box<rumqttd::local::LinkError>),
-    /// The embedded broker stopped serving.
-    #[error("embedded broker: {0}")]
-    Broker(String),
-}
-
-impl From<rumqttd::local::LinkError> for MqttError {
-    fn from(e: rumqttd::local::LinkError) -> Self {
-        MqttError::Link(Box::new(e))
-    }
 }
 
 impl From<MqttError> for AdapterError {

@@ -12,36 +12,33 @@
 //!   A broker that only speaks MQTT 3.1.1 is refused with an error that says
 //!   so, rather than bridged without no-local: without it the hub's own
 //!   publishes would come back (use the embedded broker for 3.1.1 devices).
-//! * `listen = "0.0.0.0:1883"`: the adapter runs an embedded broker (rumqttd)
-//!   in the hub process; MQTT 3.1.1 devices connect to it directly (optional
-//!   `users` for password login). The adapter is attached to it through
-//!   rumqttd's in-process link. rumqttd has no no-local, so the adapter marks
-//!   each of its publishes with a user property and skips what comes back
-//!   with that mark: exact however many are in flight, where a memory of
-//!   what was sent overflowed into duplicates. rumqttd also forwards at the
-//!   subscription's QoS, so its codec marks each device publish with the QoS
-//!   it was sent with; both marks are stripped before a device sees them.
+//! * `listen = "0.0.0.0:1883"`: the adapter is an embedded MQTT 3.1.1 and
+//!   5.0 broker in the hub process (module `broker`, on rumqttc's packet
+//!   codecs and tokio). Devices connect to it directly, over TCP and
+//!   optionally TLS (`tls_listen`), WebSocket (`ws_listen`) or WebSocket
+//!   over TLS (`wss_listen`); optional `users` for password login. There is
+//!   no broker-side router or retained store: a device's PUBLISH is
+//!   `ctx.publish`, each session's subscriptions are one hub subscription,
+//!   retained messages come from the hub's store, and each connected device
+//!   is listed in the hub's client registry (`/api/clients`). Sessions,
+//!   wills, QoS 1/2, shared subscriptions, MQTT 5 properties and the limits
+//!   (`max_connections`, `max_queued_messages`, `max_packet_size`) are
+//!   described in the crate's README.
 //!
 //! `subscribe` (MQTT → hub) and `forward` (hub → MQTT) are topic-filter
 //! lists, default `["#"]`. Topics map unchanged; QoS and retain are carried
-//! both ways, and with an external MQTT 5 broker also the content type, user
-//! properties, response topic and correlation data. (The embedded broker
-//! hands live messages to subscribers with retain cleared, as MQTT says, so
-//! only its retained-on-subscribe messages reach the hub flagged retained.)
+//! both ways exactly, and the MQTT 5 content type, user properties, response
+//! topic and correlation data ride on the envelope.
 //!
-//! Refusals are counted in `polyhub_rejected_total{reason}`: `invalid_topic`
-//! (a publish whose topic is not a valid UTF-8 topic name), `malformed_packet`
-//! and `payload_too_large` (bytes the embedded broker's codec refused; the
-//! device is disconnected), `quota_exceeded` (a retained publish the hub
-//! refused because its store holds `max_topics` retained values: dropped as
-//! Mosquitto drops a denied publish). Other counters: `buffer_overflow` (hub
-//! messages dropped because the disconnected buffer was full), plus `errors`,
+//! Refusals are counted in `polyhub_rejected_total{reason}`: on the client
+//! side `invalid_topic` (a publish whose topic is not a valid UTF-8 topic
+//! name) and `quota_exceeded` (a retained publish the hub refused because its
+//! store holds `max_topics` retained values); the embedded broker's reasons
+//! (`malformed_packet`, `packet_too_large`, `bad_credentials`,
+//! `max_connections`, `tls_handshake`, `ws_handshake`, ...) are listed in
+//! the README. Other counters: `buffer_overflow` (hub messages dropped
+//! because the client's disconnected buffer was full), plus `errors`,
 //! `dropped` and `reconnects`.
-//!
-//! Limits: an embedded broker's router thread (rumqttd runs its router on a
-//! thread that has no stop signal) stays parked after the adapter stops; its
-//! listeners and connections are closed. Each topic filter's in-memory log in
-//! the embedded broker is capped at 4 × 4 MiB.
 
 mod adapter;
 mod broker;
@@ -54,6 +51,9 @@ use polyhub_sdk::{Adapter, AdapterConfig, AdapterFactory, ConfigError};
 
 pub use config::{MqttConfig, Settings};
 pub use error::MqttError;
+
+#[doc(hidden)]
+pub use broker::fuzz_device_stream;
 
 /// Builds `type = "mqtt"` adapters.
 #[derive(Debug, Default)]

@@ -1,4 +1,5 @@
-//! Listeners: plain TCP and TLS (rustls). Each accepted connection counts
+//! Listeners: plain TCP, TLS (rustls), and WebSocket over either ([`ws`]).
+//! Each accepted connection counts
 //! against `max_connections` from accept until it closes; past the limit a
 //! connection is closed at once and counted.
 
@@ -16,7 +17,7 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
-use super::{session, Broker};
+use super::{session, ws, Broker};
 use crate::config::TlsSettings;
 use crate::error::MqttError;
 
@@ -110,6 +111,55 @@ pub(crate) async fn tls_loop(
                     broker.rejected("tls_handshake");
                 }
                 Err(_) => broker.rejected("tls_handshake"),
+            }
+        });
+    }
+}
+
+/// Accepts MQTT-over-WebSocket connections (over TLS with `tls`) until the
+/// listener fails; handshakes run off the accept path. A failed upgrade is
+/// counted as `ws_handshake` (or `tls_handshake` for the TLS under it).
+pub(crate) async fn ws_loop(
+    broker: Arc<Broker>,
+    l: TcpListener,
+    tls: Option<TlsAcceptor>,
+) -> Result<(), AdapterError> {
+    loop {
+        let (stream, peer, guard) = accept_admitted(&broker, &l).await;
+        let tls = tls.clone();
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            let max = broker.settings.max_packet;
+            let upgrade = async {
+                let io: Box<dyn Io> = match tls {
+                    Some(acceptor) => {
+                        let tls = acceptor
+                            .accept(stream)
+                            .await
+                            .map_err(|e| ("tls_handshake", e.to_string()))?;
+                        Box::new(
+                            ws::accept(tls, max)
+                                .await
+                                .map_err(|e| ("ws_handshake", e.to_string()))?,
+                        )
+                    }
+                    None => Box::new(
+                        ws::accept(stream, max)
+                            .await
+                            .map_err(|e| ("ws_handshake", e.to_string()))?,
+                    ),
+                };
+                Ok::<_, (&str, String)>(io)
+            };
+            let io = tokio::time::timeout(HANDSHAKE_TIMEOUT, upgrade)
+                .await
+                .unwrap_or_else(|_| Err(("ws_handshake", "timed out".to_owned())));
+            match io {
+                Ok(io) => session::serve(broker, io, peer, guard).await,
+                Err((reason, e)) => {
+                    debug!(adapter = %broker.ctx.name(), %peer, error = %e, "WebSocket upgrade failed.");
+                    broker.rejected(reason);
+                }
             }
         });
     }

@@ -9,11 +9,16 @@
 //! connection is handed to it after CONNECT. Shared subscriptions
 //! (`$share/GROUP/FILTER`) are one hub subscription per group whose task
 //! hands each message to one member ([`shared`]).
+//!
+//! Devices connect over TCP, TLS, WebSocket or WebSocket over TLS
+//! ([`listen`], [`ws`]); past the handshake every one is the same byte
+//! stream to the session code.
 
 mod codec;
 mod listen;
 mod session;
 mod shared;
+mod ws;
 
 use std::collections::HashMap;
 use std::io;
@@ -87,6 +92,28 @@ impl Broker {
     }
 }
 
+/// Reads `bytes` as one device connection's stream the way a connection
+/// does: the CONNECT's protocol level, then up to `max_packets` packets with
+/// the broker's codec (`max_size` its packet limit), each written back in
+/// that version. Gives packets or errors, never panics. For the fuzz target.
+#[doc(hidden)]
+pub fn fuzz_device_stream(bytes: &[u8], max_size: usize, max_packets: usize) {
+    let mut buf = bytes::BytesMut::from(bytes);
+    let Ok(Some(version)) = codec::connect_level(&buf) else {
+        return;
+    };
+    let mut out = bytes::BytesMut::new();
+    for _ in 0..max_packets {
+        match codec::read(version, &mut buf, max_size) {
+            Ok(Some(p)) => {
+                out.clear();
+                let _ = codec::write(version, &p, &mut out);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+}
+
 /// Checks that `addr` can be bound, with an error that says what to do
 /// when it cannot.
 fn bind_error(addr: SocketAddr, key: &str, e: io::Error) -> AdapterError {
@@ -131,6 +158,23 @@ pub(crate) async fn run(
         }
         None => None,
     };
+    let ws = match s.ws {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| bind_error(addr, "ws_listen", e))?,
+        ),
+        None => None,
+    };
+    let wss = match (s.wss, &tls) {
+        (Some(addr), Some((_, acceptor))) => Some((
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| bind_error(addr, "wss_listen", e))?,
+            acceptor.clone(),
+        )),
+        _ => None,
+    };
     let broker = Arc::new(Broker {
         groups: shared::Groups::default(),
         sessions: Mutex::new(HashMap::new()),
@@ -146,6 +190,8 @@ pub(crate) async fn run(
         adapter = %ctx.name(),
         listen = %broker.settings.listen,
         tls_listen = ?broker.settings.tls.as_ref().map(|t| t.listen),
+        ws_listen = ?broker.settings.ws,
+        wss_listen = ?broker.settings.wss,
         "Embedded MQTT broker listening."
     );
     ctx.set_state(AdapterState::Up, None);
@@ -154,6 +200,12 @@ pub(crate) async fn run(
     tasks.spawn(listen::tcp_loop(broker.clone(), tcp));
     if let Some((l, acceptor)) = tls {
         tasks.spawn(listen::tls_loop(broker.clone(), l, acceptor));
+    }
+    if let Some(l) = ws {
+        tasks.spawn(listen::ws_loop(broker.clone(), l, None));
+    }
+    if let Some((l, acceptor)) = wss {
+        tasks.spawn(listen::ws_loop(broker.clone(), l, Some(acceptor)));
     }
     let result = tokio::select! {
         _ = ctx.shutdown().cancelled() => Ok(()),

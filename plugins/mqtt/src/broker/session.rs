@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use polyhub_sdk::{
-    Envelope, PublishError, QoS as HubQoS, SubscribeOptions, Subscription, Topic, TopicFilter,
+    ClientHandle, ClientInfo, Envelope, PublishError, QoS as HubQoS, SubscribeOptions,
+    Subscription, Topic, TopicFilter,
 };
 use rumqttc::v5::mqttbytes::v5::{
     ConnAckProperties, Connect, ConnectReturnCode, Disconnect, DisconnectReasonCode, LastWill,
@@ -70,6 +71,8 @@ pub(crate) struct Conn {
     will: Option<LastWill>,
     assigned: bool,
     peer: Peer,
+    /// The user name it logged in with, if any.
+    user: Option<String>,
     guard: ConnGuard,
 }
 
@@ -158,6 +161,16 @@ pub(crate) async fn serve(broker: Arc<Broker>, mut io: Box<dyn Io>, peer: Peer, 
         send_now(&mut io, version, &p).await;
         return;
     }
+    if let Some(max) = broker.settings.max_keep_alive {
+        if version == Version::V311 && (connect.keep_alive == 0 || connect.keep_alive > max) {
+            // 3.1.1 has no way to tell the device a shorter keepalive.
+            broker.rejected("keep_alive_too_long");
+            info!(adapter = %broker.ctx.name(), %peer, client_id = %connect.client_id, keep_alive = connect.keep_alive, max, "Refused an MQTT 3.1.1 device: keepalive over max_keep_alive_secs.");
+            let p = refuse_code(version, ConnectReturnCode::ClientIdentifierNotValid);
+            send_now(&mut io, version, &p).await;
+            return;
+        }
+    }
     if let Some(w) = &will {
         let ok = std::str::from_utf8(&w.topic)
             .ok()
@@ -191,6 +204,7 @@ pub(crate) async fn serve(broker: Arc<Broker>, mut io: Box<dyn Io>, peer: Peer, 
         will,
         assigned,
         peer,
+        user: login.map(|l| l.username).filter(|u| !u.is_empty()),
         guard,
     };
     attach(broker, Box::new(conn)).await;
@@ -274,6 +288,9 @@ struct Link {
     wr: WriteHalf<Box<dyn Io>>,
     inbuf: BytesMut,
     out: BytesMut,
+    /// Written since the last flush (TLS and WebSocket streams hold bytes
+    /// until flushed).
+    unflushed: bool,
     keepalive: Option<Duration>,
     last_rx: Instant,
     receive_max: usize,
@@ -284,6 +301,9 @@ struct Link {
     alias_max: u16,
     will: Option<LastWill>,
     peer: Peer,
+    /// Its entry in the hub's list of connected devices (`/api/clients`),
+    /// removed when the connection ends.
+    client: ClientHandle,
     _guard: ConnGuard,
 }
 
@@ -303,6 +323,19 @@ impl Link {
             let _ = self.wr.shutdown().await;
         })
         .await;
+    }
+}
+
+/// Writes some of `out`, or with `out` empty flushes what was written:
+/// `Some(bytes written)` or `None` once flushed.
+async fn write_or_flush(
+    wr: &mut WriteHalf<Box<dyn Io>>,
+    out: &mut BytesMut,
+) -> std::io::Result<Option<usize>> {
+    if out.is_empty() {
+        wr.flush().await.map(|()| None)
+    } else {
+        wr.write_buf(out).await.map(Some)
     }
 }
 
@@ -405,6 +438,11 @@ fn envelope(
     expiry: Option<u32>,
     format: Option<u8>,
 ) -> Envelope {
+    // The codec's payload is a slice of the connection's read buffer: kept
+    // as it is, a topic's last value would pin the whole buffer (and the
+    // packets around it) for as long as the store holds it.
+    let payload = Bytes::copy_from_slice(&payload);
+    let correlation = correlation.map(|c| Bytes::copy_from_slice(&c));
     let mut env = Envelope::new(topic, payload)
         .with_qos(hub_qos(qos))
         .with_retain(retain)
@@ -507,6 +545,7 @@ impl Session {
             will,
             assigned,
             peer,
+            user,
             guard,
         } = conn;
         let props = connect.properties.clone().unwrap_or_default_props();
@@ -524,15 +563,30 @@ impl Session {
                 s => Some(Duration::from_secs(u64::from(s))),
             },
         };
+        let mut info = ClientInfo::new("mqtt")
+            .with_client_id(self.id.as_ref())
+            .with_peer(peer.to_string());
+        info.user = user;
+        let client = self.broker.ctx.client_connected(info);
+        // MQTT 5: a keepalive over the broker's maximum (or none) is
+        // replaced by the maximum, told in CONNACK.
+        let server_keep_alive = self
+            .broker
+            .settings
+            .max_keep_alive
+            .filter(|&max| connect.keep_alive == 0 || connect.keep_alive > max);
+        let keep_alive = server_keep_alive.unwrap_or(connect.keep_alive);
         let (rd, wr) = tokio::io::split(io);
         let mut link = Link {
+            client,
             version,
             rd,
             wr,
             inbuf: buf,
             out: BytesMut::new(),
-            keepalive: (connect.keep_alive > 0)
-                .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500)),
+            unflushed: false,
+            keepalive: (keep_alive > 0)
+                .then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
             last_rx: Instant::now(),
             receive_max: usize::from(props.receive_maximum.unwrap_or(u16::MAX).max(1)),
             max_packet: props
@@ -558,7 +612,7 @@ impl Session {
             max_qos: None,
             reason_string: None,
             user_properties: Vec::new(),
-            server_keep_alive: None,
+            server_keep_alive,
             response_information: None,
             server_reference: None,
             authentication_method: None,
@@ -606,6 +660,11 @@ impl Session {
     }
 
     async fn connected(&mut self, link: &mut Link) -> End {
+        // Packets that came with the CONNECT (a device need not wait for
+        // CONNACK before it subscribes).
+        if let Some(end) = self.incoming(link).await {
+            return end;
+        }
         loop {
             self.pump(link);
             if link.inbuf.is_empty() && link.inbuf.capacity() > 0 {
@@ -632,9 +691,11 @@ impl Session {
                         }
                     }
                 },
-                r = link.wr.write_buf(&mut link.out), if writing => match r {
-                    Ok(0) | Err(_) => return End::Lost(None),
-                    Ok(_) => {
+                r = write_or_flush(&mut link.wr, &mut link.out), if writing || link.unflushed => match r {
+                    Ok(Some(0)) | Err(_) => return End::Lost(None),
+                    Ok(None) => link.unflushed = false,
+                    Ok(Some(_)) => {
+                        link.unflushed = true;
                         if link.out.is_empty() && link.out.capacity() > 4 * HIGH_WATER {
                             link.out = BytesMut::new();
                         }
@@ -781,6 +842,7 @@ impl Session {
                 );
             }
         }
+        link.client.record_in();
         let env = envelope(
             &self.broker,
             &self.id,
@@ -1102,6 +1164,7 @@ impl Session {
                 }
             }
             link.send(&Packet::Publish(p));
+            link.client.record_out();
             if out.qos != QoS::AtMostOnce {
                 self.inflight.insert(pkid, Inflight::Publish(out));
             }
