@@ -5,6 +5,11 @@
 # what to do after changing a parser. Crashes land in fuzz/artifacts/TARGET/.
 # cargo-fuzz needs nightly features: RUSTC_BOOTSTRAP lets the stable
 # toolchain (the only one on the build machines) accept them.
+#
+# POLYHUB_FUZZ_BUILD=dev builds the targets unoptimized (what test.sh's short
+# run uses: a clean build takes a fraction of the optimized one, which is a
+# second full release build of every dependency with sanitizer flags); the
+# default is optimized with debug assertions, for the long runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
@@ -22,9 +27,13 @@ if ((${#targets[@]} == 0)); then
 fi
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
+case ${POLYHUB_FUZZ_BUILD:-release} in
+  dev) build=(--dev) ;;
+  *) build=(-O --debug-assertions) ;;
+esac
 for t in "${targets[@]}"; do
   mkdir -p "fuzz/corpus/$t"
-  if ! cargo fuzz run -O --debug-assertions "$t" "fuzz/corpus/$t" -- \
+  if ! cargo fuzz run "${build[@]}" "$t" "fuzz/corpus/$t" -- \
     -max_total_time="$secs" -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1; then
     tail -n 60 "$log" >&2
     echo "[fuzz] $t FAILED: the input that broke it is in fuzz/artifacts/$t/" >&2

@@ -67,11 +67,12 @@ log "cargo test --workspace"
 status=0
 cargo test --workspace --locked --no-fail-fast "$@" || status=$?
 
-# Hostile input: a short bounded run of every libFuzzer target (a longer
-# run is ./scripts/fuzz.sh 600). POLYHUB_FUZZ_SECS=0 skips it.
+# Hostile input: a short bounded run of every libFuzzer target, built
+# unoptimized to keep the suite's time down (a longer, optimized run is
+# ./scripts/fuzz.sh 600). POLYHUB_FUZZ_SECS=0 skips it.
 fuzz_secs=${POLYHUB_FUZZ_SECS:-10}
 if ((fuzz_secs > 0)); then
   log "fuzz: every target for ${fuzz_secs}s"
-  ./scripts/fuzz.sh "$fuzz_secs" || status=$?
+  POLYHUB_FUZZ_BUILD=${POLYHUB_FUZZ_BUILD:-dev} ./scripts/fuzz.sh "$fuzz_secs" || status=$?
 fi
 exit "$status"
