@@ -245,10 +245,47 @@ impl CursorCache {
         self.bytes += bytes;
         self.order.push_back((key, now));
         while self.entries.len() > self.max_entries || self.bytes > self.max_bytes {
-            if !self.pop_oldest() {
+            if !self.thin() && !self.pop_oldest() {
                 break;
             }
         }
+    }
+
+    /// Evicts, among the oldest few cursors, one that a neighbour can stand
+    /// in for: the cursors on either side of it are at most `MAX_SKIP / 2`
+    /// apart, so any block it served is still reachable with a skip within
+    /// budget. Thinning rather than dropping the oldest keeps every walk
+    /// under way (many peers at different places of one long listing, more
+    /// blocks than the cache holds) able to go on, at a bounded cost per
+    /// block. False when none of the oldest qualifies.
+    fn thin(&mut self) -> bool {
+        const LOOK: usize = 64;
+        for i in 0..self.order.len().min(LOOK) {
+            let (key, at) = &self.order[i];
+            if self.entries.get(key).map(|(_, t)| t) != Some(at) {
+                continue;
+            }
+            let (scope, offset) = key;
+            let before = self
+                .entries
+                .range((scope.clone(), 0)..(scope.clone(), *offset))
+                .next_back()
+                .map_or(0, |((_, o), _)| *o);
+            let after = self
+                .entries
+                .range((scope.clone(), offset + 1)..=(scope.clone(), usize::MAX))
+                .next()
+                .map(|((_, o), _)| *o);
+            let Some(after) = after else { continue };
+            if after - before <= MAX_SKIP / 2 {
+                let (key, _) = self.order.remove(i).expect("index in range");
+                if let Some((c, _)) = self.entries.remove(&key) {
+                    self.bytes -= c.bytes();
+                }
+                return true;
+            }
+        }
+        false
     }
 
     fn expire(&mut self, now: Instant) {
@@ -478,6 +515,50 @@ mod tests {
                     .count(),
                 1
             );
+        }
+    }
+
+    /// Many peers walking one listing longer than the cache, each at its own
+    /// pace: every walk completes (the cache thins its cursors instead of
+    /// dropping the slow walkers' ones) and the cache stays bounded.
+    #[test]
+    fn interleaved_walks_longer_than_the_cache_all_complete() {
+        // A listing of ~120 kB, beyond MAX_SKIP, in ~480 blocks.
+        let names: Vec<String> = (0..3_000).map(|i| format!("fleet/{i:06}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let s = store(&refs);
+        let p = pager(&s);
+        let whole = convert::link_format(refs.iter().map(|t| (*t, None)), &[]);
+        let mut cache = CursorCache::new(8, 1 << 20, Duration::from_secs(60));
+        let scope = Scope::Prefix(String::new());
+        let now = Instant::now();
+        let size = 256;
+        // Walker k asks k + 1 blocks per round, and the fast ones start
+        // over when done (peers keep coming): the slowest one's cursors are
+        // always the oldest in the cache.
+        let mut walkers: Vec<(Vec<u8>, usize)> = vec![(Vec::new(), 0); 6];
+        let mut completed = 0;
+        loop {
+            for (k, (doc, num)) in walkers.iter_mut().enumerate() {
+                for _ in 0..=k {
+                    let b = cache
+                        .block(&p, &scope, *num * size, size, now)
+                        .unwrap_or_else(|e| panic!("walker {k} at block {num}: {e:?}"));
+                    doc.extend(b.payload);
+                    *num += 1;
+                    if !b.more {
+                        assert_eq!(std::str::from_utf8(doc).unwrap(), whole, "walker {k}");
+                        if k == 0 {
+                            assert!(completed > 10, "the fast walkers went round");
+                            return;
+                        }
+                        completed += 1;
+                        (*doc, *num) = (Vec::new(), 0);
+                        break;
+                    }
+                }
+                assert!(cache.len() <= 8);
+            }
         }
     }
 
