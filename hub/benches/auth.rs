@@ -22,7 +22,9 @@ fn lab(dir: &std::path::Path) -> Auth {
         if i % 2 == 0 {
             acl.push_str(&format!("user user{i}\ntopic readwrite sensor/+/data\n"));
         } else {
-            acl.push_str(&format!("user user{i}\ntopic write sensor/temperature/data\n"));
+            acl.push_str(&format!(
+                "user user{i}\ntopic write sensor/temperature/data\n"
+            ));
         }
     }
     std::fs::write(dir.join("acl"), acl).unwrap();
@@ -45,7 +47,10 @@ fn bench(c: &mut Criterion) {
         .map(|i| match i % 4 {
             0 => ("sensor/fanspeed/data".to_owned(), Action::Write),
             1 => ("sensor/temperature/data".to_owned(), Action::Read),
-            2 => (format!("sensor/user{}/temperature/data", (i * 7919) % USERS), Action::Write),
+            2 => (
+                format!("sensor/user{}/temperature/data", (i * 7919) % USERS),
+                Action::Write,
+            ),
             _ => ("other/topic".to_owned(), Action::Read),
         })
         .collect();

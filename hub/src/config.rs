@@ -329,17 +329,20 @@ impl Config {
             },
         };
 
-        let auth = raw.auth.as_ref().and_then(|a| match load_auth(a, base_dir) {
-            Ok(auth) => Some(auth),
-            Err((key, e)) => {
-                problems.push(Problem {
-                    adapter: None,
-                    key: Some(key.into()),
-                    message: e.to_string(),
-                });
-                None
-            }
-        });
+        let auth = raw
+            .auth
+            .as_ref()
+            .and_then(|a| match load_auth(a, base_dir) {
+                Ok(auth) => Some(auth),
+                Err((key, e)) => {
+                    problems.push(Problem {
+                        adapter: None,
+                        key: Some(key.into()),
+                        message: e.to_string(),
+                    });
+                    None
+                }
+            });
 
         let mut names = HashSet::new();
         let mut adapters = Vec::new();

@@ -423,12 +423,20 @@ impl Hub {
     /// Re-reads the `[auth]` files (on SIGHUP) and logs the outcome; the
     /// old users and rules stay in force when either file is wrong.
     /// `None` without `[auth]`.
-    pub fn reload_auth(&self) -> Option<Result<crate::auth::ReloadSummary, crate::auth::AuthError>> {
+    pub fn reload_auth(
+        &self,
+    ) -> Option<Result<crate::auth::ReloadSummary, crate::auth::AuthError>> {
         let auth = self.shared.auth.as_ref()?;
         let outcome = auth.reload();
         match &outcome {
-            Ok(s) => tracing::info!(users = s.users, acl_users = s.acl_users, "Reloaded the [auth] password and ACL files."),
-            Err(e) => tracing::error!(error = %e, "Kept the previous [auth] users and rules: the new files are wrong."),
+            Ok(s) => tracing::info!(
+                users = s.users,
+                acl_users = s.acl_users,
+                "Reloaded the [auth] password and ACL files."
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "Kept the previous [auth] users and rules: the new files are wrong.")
+            }
         }
         Some(outcome)
     }

@@ -218,7 +218,11 @@ fn main() -> ExitCode {
                         "; [auth]: {} user(s), ACL for {} user(s), anonymous {}",
                         s.users,
                         s.acl_users,
-                        if a.settings().allow_anonymous { "allowed" } else { "refused" }
+                        if a.settings().allow_anonymous {
+                            "allowed"
+                        } else {
+                            "refused"
+                        }
                     )
                 });
                 println!(
@@ -266,7 +270,12 @@ fn main() -> ExitCode {
 }
 
 /// `polyhub passwd FILE USER`.
-fn passwd(file: &std::path::Path, user: &str, password: Option<String>, iterations: u32) -> ExitCode {
+fn passwd(
+    file: &std::path::Path,
+    user: &str,
+    password: Option<String>,
+    iterations: u32,
+) -> ExitCode {
     use std::io::IsTerminal;
     if let Err(e) = polyhub::auth::password::check_username(user) {
         eprintln!("error: {e}");
@@ -350,7 +359,10 @@ async fn wait_for_signal() -> &'static str {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match (signal(SignalKind::terminate()), signal(SignalKind::hangup())) {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) {
             (Ok(mut term), Ok(mut hup)) => tokio::select! {
                 _ = tokio::signal::ctrl_c() => "SIGINT",
                 _ = term.recv() => "SIGTERM",

@@ -89,9 +89,11 @@ impl Mosquitto {
             .kill_on_drop(true)
             .spawn()
             .expect("mosquitto (Debian package `mosquitto`) must be installed");
-        wait_until("private mosquitto listening", Duration::from_secs(10), || {
-            common::service_up(port)
-        })
+        wait_until(
+            "private mosquitto listening",
+            Duration::from_secs(10),
+            || common::service_up(port),
+        )
         .await;
         Mosquitto { child, port }
     }
@@ -121,9 +123,17 @@ impl Mosquitto {
     /// `mosquitto_sub -v -q 1` on `filters`, its lines on a channel.
     fn subscribe(&self, user: Option<&str>, client: &str, filters: &[&str]) -> Sub {
         let mut cmd = Command::new("mosquitto_sub");
-        cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-q", "1", "-v"])
-            .args(["-i", client])
-            .args(Self::credentials(user));
+        cmd.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-q",
+            "1",
+            "-v",
+        ])
+        .args(["-i", client])
+        .args(Self::credentials(user));
         for f in filters {
             cmd.args(["-t", f]);
         }
@@ -268,7 +278,10 @@ fn extended_rows() -> Vec<Row> {
         // `%c`: a client's own device tree only.
         as_client(publish(u2, "devices/dev42/state"), "dev42"),
         as_client(publish(u2, "devices/dev43/state"), "dev42"),
-        as_client(subscribe(u2, "devices/dev42/#", "devices/dev42/cmd"), "dev42"),
+        as_client(
+            subscribe(u2, "devices/dev42/#", "devices/dev42/cmd"),
+            "dev42",
+        ),
         as_client(publish(None, "devices/anon7/state"), "anon7"),
         // A client id with `+` cannot use patterns, only its own rules.
         as_client(publish(u2, "sensor/user2/temperature/data"), "a+b"),
@@ -315,7 +328,11 @@ fn polyhub_passwd(file: &Path, user: &str, password: &str) {
         .arg(user)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn mosquitto_passwd(file: &Path, options: &[&str], user: &str, password: &str) {
@@ -330,7 +347,11 @@ fn mosquitto_passwd(file: &Path, options: &[&str], user: &str, password: &str) {
         .args([user, password])
         .output()
         .expect("mosquitto_passwd (Debian package `mosquitto`) must be installed");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn polyhub_auth(dir: &Path, anonymous: bool) -> Auth {
@@ -354,7 +375,11 @@ async fn ask_mosquitto(broker: &Mosquitto, admin: &mut Sub, row: &Row, n: usize)
                 return false;
             }
             let sync = format!("lab/sync/{n}");
-            assert!(broker.publish(Some("labadmin"), "lab-admin-pub", &sync, "sync").await);
+            assert!(
+                broker
+                    .publish(Some("labadmin"), "lab-admin-pub", &sync, "sync")
+                    .await
+            );
             let lines = admin
                 .lines_until(&format!("{sync} sync"))
                 .await
@@ -369,7 +394,16 @@ async fn ask_mosquitto(broker: &Mosquitto, admin: &mut Sub, row: &Row, n: usize)
             let mut k = 0;
             let ready = loop {
                 k += 1;
-                assert!(broker.publish(Some("labadmin"), "lab-admin-pub", &sentinel, &format!("ready-{k}")).await);
+                assert!(
+                    broker
+                        .publish(
+                            Some("labadmin"),
+                            "lab-admin-pub",
+                            &sentinel,
+                            &format!("ready-{k}")
+                        )
+                        .await
+                );
                 match tokio::time::timeout(Duration::from_millis(200), sub.rx.recv()).await {
                     Ok(Some(line)) if line.starts_with(&sentinel) => break true,
                     Ok(Some(_)) => {}
@@ -378,12 +412,22 @@ async fn ask_mosquitto(broker: &Mosquitto, admin: &mut Sub, row: &Row, n: usize)
                 }
             };
             if !ready {
-                let status = within("mosquitto_sub exit", sub.child.wait()).await.unwrap();
+                let status = within("mosquitto_sub exit", sub.child.wait())
+                    .await
+                    .unwrap();
                 assert!(!status.success(), "mosquitto_sub ended without error");
                 return false;
             }
-            assert!(broker.publish(Some("labadmin"), "lab-admin-pub", topic, &marker).await);
-            assert!(broker.publish(Some("labadmin"), "lab-admin-pub", &sentinel, "done").await);
+            assert!(
+                broker
+                    .publish(Some("labadmin"), "lab-admin-pub", topic, &marker)
+                    .await
+            );
+            assert!(
+                broker
+                    .publish(Some("labadmin"), "lab-admin-pub", &sentinel, "done")
+                    .await
+            );
             let lines = sub
                 .lines_until(&format!("{sentinel} done"))
                 .await
@@ -401,12 +445,20 @@ fn ask_polyhub(auth: &Auth, row: &Row, n: usize) -> bool {
     let Ok(identity) = auth.authenticate(row.user, password.as_deref().map(str::as_bytes)) else {
         return false;
     };
-    assert_eq!(identity, row.user.map_or_else(Identity::anonymous, Identity::user));
+    assert_eq!(
+        identity,
+        row.user.map_or_else(Identity::anonymous, Identity::user)
+    );
     match row.ask {
-        Ask::Publish(topic) => auth.authorize(&identity, &client, topic, Action::Write).is_ok(),
+        Ask::Publish(topic) => auth
+            .authorize(&identity, &client, topic, Action::Write)
+            .is_ok(),
         Ask::Subscribe(filter, topic) => {
-            auth.authorize(&identity, &client, filter, Action::Subscribe).is_ok()
-                && auth.authorize(&identity, &client, topic, Action::Read).is_ok()
+            auth.authorize(&identity, &client, filter, Action::Subscribe)
+                .is_ok()
+                && auth
+                    .authorize(&identity, &client, topic, Action::Read)
+                    .is_ok()
         }
     }
 }
@@ -431,8 +483,13 @@ async fn compare(title: &str, acl: &str, anonymous: bool, rows: &[Row]) {
     loop {
         k += 1;
         let probe = format!("lab/probe/{k}");
-        assert!(broker.publish(Some("labadmin"), "lab-admin-pub", &probe, "probe").await);
-        if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(200), admin.rx.recv()).await {
+        assert!(
+            broker
+                .publish(Some("labadmin"), "lab-admin-pub", &probe, "probe")
+                .await
+        );
+        if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(200), admin.rx.recv()).await
+        {
             break;
         }
         assert!(k < 50, "admin subscriber never became ready");
@@ -462,14 +519,26 @@ async fn compare(title: &str, acl: &str, anonymous: bool, rows: &[Row]) {
             "{topic:<46} {user:<13} {action:<10} {:<9} {:<9}{}",
             verdict(mosquitto),
             verdict(polyhub),
-            if mosquitto == polyhub { "" } else { "  <-- differs" }
+            if mosquitto == polyhub {
+                ""
+            } else {
+                "  <-- differs"
+            }
         );
         if mosquitto != polyhub {
-            problems.push(format!("row {n} ({topic}, {user}, {action}): mosquitto {}, polyhub {}", verdict(mosquitto), verdict(polyhub)));
+            problems.push(format!(
+                "row {n} ({topic}, {user}, {action}): mosquitto {}, polyhub {}",
+                verdict(mosquitto),
+                verdict(polyhub)
+            ));
         }
         if let Some(expected) = row.expected {
             if expected != mosquitto {
-                problems.push(format!("row {n} ({topic}, {user}, {action}): the lab sheet says {}, mosquitto {}", verdict(expected), verdict(mosquitto)));
+                problems.push(format!(
+                    "row {n} ({topic}, {user}, {action}): the lab sheet says {}, mosquitto {}",
+                    verdict(expected),
+                    verdict(mosquitto)
+                ));
             }
         }
     }
@@ -568,7 +637,12 @@ fn polyhub_passwd_reads_the_password_from_stdin() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(b"from-stdin\n").unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"from-stdin\n")
+        .unwrap();
     assert!(child.wait().unwrap().success());
     let auth = Auth::load(AuthSettings {
         password_file: Some(pw.clone()),
@@ -576,7 +650,9 @@ fn polyhub_passwd_reads_the_password_from_stdin() {
         allow_anonymous: false,
     })
     .unwrap();
-    assert!(auth.authenticate(Some("carol"), Some(b"from-stdin")).is_ok());
+    assert!(auth
+        .authenticate(Some("carol"), Some(b"from-stdin"))
+        .is_ok());
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_polyhub"))
         .args(["passwd", "-b", "x"])
         .arg(&pw)

@@ -84,7 +84,10 @@ async fn sighup_reloads_the_auth_files_and_keeps_the_old_ones_when_wrong() {
     .unwrap();
     signal(pid, "HUP");
     let line = until(&mut lines, "Reloaded the [auth] password and ACL files.").await;
-    assert!(line.contains("users=1") && line.contains("acl_users=2"), "{line}");
+    assert!(
+        line.contains("users=1") && line.contains("acl_users=2"),
+        "{line}"
+    );
 
     signal(pid, "TERM");
     let status = within("polyhub exit", child.wait()).await.unwrap();
@@ -109,14 +112,20 @@ fn check_names_the_file_and_line_of_a_bad_password_or_acl_file() {
     };
     let (ok, out) = check();
     assert!(ok, "{out}");
-    assert!(out.contains("[auth]: 1 user(s), ACL for 1 user(s), anonymous refused"), "{out}");
+    assert!(
+        out.contains("[auth]: 1 user(s), ACL for 1 user(s), anonymous refused"),
+        "{out}"
+    );
 
     std::fs::write(dir.path().join("acl"), "user user1\n\ntopic read a/+b\n").unwrap();
     let (ok, out) = check();
     assert!(!ok);
     let acl = dir.path().join("acl");
     assert!(
-        out.contains(&format!("key `auth.acl_file`: {}:3: `a/+b`: invalid topic filter", acl.display())),
+        out.contains(&format!(
+            "key `auth.acl_file`: {}:3: `a/+b`: invalid topic filter",
+            acl.display()
+        )),
         "{out}"
     );
 
@@ -125,7 +134,10 @@ fn check_names_the_file_and_line_of_a_bad_password_or_acl_file() {
     let (ok, out) = check();
     assert!(!ok);
     assert!(out.contains("key `auth.password_file`"), "{out}");
-    assert!(out.contains("passwords:1: user `user1`: the password is not hashed"), "{out}");
+    assert!(
+        out.contains("passwords:1: user `user1`: the password is not hashed"),
+        "{out}"
+    );
 
     std::fs::remove_file(dir.path().join("passwords")).unwrap();
     let (ok, out) = check();
@@ -153,7 +165,9 @@ async fn adapters_authorize_through_their_context_and_denials_are_counted() {
         .authenticate(Some("user1"), Some(b"user6pw"), Some("peer-1"))
         .unwrap();
     assert_eq!(user1, Identity::user("user1"));
-    assert!(ctx.authenticate(Some("user1"), Some(b"nope"), None).is_err());
+    assert!(ctx
+        .authenticate(Some("user1"), Some(b"nope"), None)
+        .is_err());
     assert!(ctx.authenticate(None, None, None).is_err());
     assert!(ctx.authorize(&user1, "c1", "a/b", Action::Write));
     assert!(!ctx.authorize(&user1, "c1", "b/c", Action::Write));
@@ -167,12 +181,18 @@ async fn adapters_authorize_through_their_context_and_denials_are_counted() {
         .unwrap()
         .metrics;
     assert_eq!(
-        (m.denied("connect"), m.denied("write"), m.denied("subscribe")),
+        (
+            m.denied("connect"),
+            m.denied("write"),
+            m.denied("subscribe")
+        ),
         (2, 2, 1)
     );
     let text = polyhub_sdk::status::prometheus(&snapshot);
     assert!(
-        text.contains("polyhub_auth_denied_total{hub=\"polyhub\",adapter=\"dev\",action=\"write\"} 2"),
+        text.contains(
+            "polyhub_auth_denied_total{hub=\"polyhub\",adapter=\"dev\",action=\"write\"} 2"
+        ),
         "{text}"
     );
     hub.shutdown().await.unwrap();

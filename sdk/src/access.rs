@@ -158,11 +158,15 @@ pub const DENIAL_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_s
 /// are counted but not logged until some are.
 const DENIAL_LOG_CAPACITY: usize = 4096;
 
+/// A denial's key: user (or anonymous) and topic.
+type DenialKey = (Option<Arc<str>>, Box<str>);
+
 /// Decides which denials are logged: once per (user, topic) per
 /// [`DENIAL_LOG_INTERVAL`], in bounded memory.
 #[derive(Debug, Default)]
 pub(crate) struct DenialLog {
-    seen: parking_lot::Mutex<std::collections::HashMap<(Option<Arc<str>>, Box<str>), std::time::Instant>>,
+    /// When each (user, topic) was last logged.
+    seen: parking_lot::Mutex<std::collections::HashMap<DenialKey, std::time::Instant>>,
 }
 
 impl DenialLog {

@@ -191,7 +191,11 @@ impl Patterns {
             return Err(Denied::DenyRule);
         }
         let grants = self.templates.iter().skip(denies.count());
-        if fixed == Some(true) || grants.filter(|t| t.access & bit != 0).any(|t| hit(t, false)) {
+        if fixed == Some(true)
+            || grants
+                .filter(|t| t.access & bit != 0)
+                .any(|t| hit(t, false))
+        {
             return Ok(());
         }
         Err(Denied::NoRule)
@@ -346,7 +350,11 @@ impl Acl {
                 if topic.is_empty() || topic.contains(['+', '#']) {
                     return Err(Denied::NoRule);
                 }
-                (topic, if action == Action::Read { READ } else { WRITE }, false)
+                (
+                    topic,
+                    if action == Action::Read { READ } else { WRITE },
+                    false,
+                )
             }
             Action::Subscribe => (unshare(topic).ok_or(Denied::NoRule)?, READ, true),
         };
@@ -385,8 +393,7 @@ pub fn unshare(filter: &str) -> Option<&str> {
         None => (!filter.is_empty()).then_some(filter),
         Some(rest) => {
             let (group, inner) = rest.split_once('/')?;
-            (!group.is_empty() && !group.contains(['+', '#']) && !inner.is_empty())
-                .then_some(inner)
+            (!group.is_empty() && !group.contains(['+', '#']) && !inner.is_empty()).then_some(inner)
         }
     }
 }
@@ -417,13 +424,23 @@ topic write sensor/temperature/data
         for u in ["user1", "user2", "user3"] {
             assert!(check(&acl, Some(u), "sensor/temperature/data", s), "{u}");
             assert!(check(&acl, Some(u), "sensor/fanspeed/data", Action::Read));
-            assert!(check(&acl, Some(u), &format!("sensor/{u}/temperature/data"), w));
+            assert!(check(
+                &acl,
+                Some(u),
+                &format!("sensor/{u}/temperature/data"),
+                w
+            ));
         }
         assert!(check(&acl, Some("user1"), "sensor/fanspeed/data", w));
         assert!(!check(&acl, Some("user2"), "sensor/fanspeed/data", w));
         assert!(!check(&acl, Some("user3"), "sensor/fanspeed/data", w));
         assert!(check(&acl, Some("user2"), "sensor/temperature/data", w));
-        assert!(!check(&acl, Some("user2"), "sensor/user1/temperature/data", w));
+        assert!(!check(
+            &acl,
+            Some("user2"),
+            "sensor/user1/temperature/data",
+            w
+        ));
         // A pattern without %u applies to anonymous clients, one with does not.
         assert!(check(&acl, None, "sensor/fanspeed/data", Action::Read));
         assert!(!check(&acl, None, "sensor/%u/temperature/data", w));
@@ -487,7 +504,11 @@ topic write sensor/temperature/data
         assert!(check(&acl, Some("u"), "read", Action::Write));
         assert!(check(&acl, Some("u"), "a b", Action::Write));
         // Two blocks of one user add up; user names keep inner spaces.
-        let acl = Acl::parse("user u\ntopic x\nuser v w\ntopic y\nuser u\ntopic z\n", "acl").unwrap();
+        let acl = Acl::parse(
+            "user u\ntopic x\nuser v w\ntopic y\nuser u\ntopic z\n",
+            "acl",
+        )
+        .unwrap();
         assert!(check(&acl, Some("u"), "z", Action::Read));
         assert!(check(&acl, Some("u"), "x", Action::Read));
         assert!(check(&acl, Some("v w"), "y", Action::Read));

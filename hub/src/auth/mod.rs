@@ -290,7 +290,10 @@ mod tests {
             auth.authenticate(Some("u1"), Some(b"no")),
             Err(Refused::WrongPassword)
         );
-        assert_eq!(auth.authenticate(Some("u1"), None), Err(Refused::MissingPassword));
+        assert_eq!(
+            auth.authenticate(Some("u1"), None),
+            Err(Refused::MissingPassword)
+        );
         assert_eq!(
             auth.authenticate(Some("u117"), Some(b"pw1")),
             Err(Refused::UnknownUser)
@@ -313,10 +316,7 @@ mod tests {
             allow_anonymous: true,
         })
         .unwrap();
-        assert_eq!(
-            open.authenticate(Some("u"), None),
-            Ok(Identity::user("u"))
-        );
+        assert_eq!(open.authenticate(Some("u"), None), Ok(Identity::user("u")));
         assert!(open
             .authorize(&Identity::anonymous(), "c", "a/b", Action::Write)
             .is_ok());
@@ -325,7 +325,12 @@ mod tests {
             Err(Denied::Reserved)
         );
         assert!(open
-            .authorize(&Identity::anonymous(), "c", "$SYS/broker/connection/b/state", Action::Write)
+            .authorize(
+                &Identity::anonymous(),
+                "c",
+                "$SYS/broker/connection/b/state",
+                Action::Write
+            )
             .is_ok());
     }
 
@@ -340,7 +345,10 @@ mod tests {
         std::fs::write(dir.path().join("acl"), "user u1\ntopic b\nbogus\n").unwrap();
         let e = auth.reload().unwrap_err().to_string();
         assert!(e.ends_with("acl:3: unknown keyword `bogus`; expected `user NAME`, `topic [ACCESS] FILTER` or `pattern [ACCESS] FILTER`"), "{e}");
-        assert!(auth.authorize(&u1, "c", "a", Action::Write).is_ok(), "old rules");
+        assert!(
+            auth.authorize(&u1, "c", "a", Action::Write).is_ok(),
+            "old rules"
+        );
         std::fs::write(dir.path().join("acl"), "user u1\ntopic b\n").unwrap();
         password::set_password(&dir.path().join("pw"), "u2", b"pw2", 101).unwrap();
         let clone = auth.clone();

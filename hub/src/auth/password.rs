@@ -158,11 +158,7 @@ impl PasswordHash {
                 iterations,
                 salt,
                 hash,
-            } => format!(
-                "$7${iterations}${}${}",
-                B64.encode(salt),
-                B64.encode(hash)
-            ),
+            } => format!("$7${iterations}${}${}", B64.encode(salt), B64.encode(hash)),
         }
     }
 }
@@ -211,7 +207,8 @@ impl PasswordFile {
             if hash.is_empty() {
                 return Err(err(format!("user `{user}` has no password hash after `:`")));
             }
-            let parsed = PasswordHash::parse(hash).map_err(|m| err(format!("user `{user}`: {m}")))?;
+            let parsed =
+                PasswordHash::parse(hash).map_err(|m| err(format!("user `{user}`: {m}")))?;
             if let Some(first) = lines_of.insert(Box::from(user), n) {
                 return Err(err(format!(
                     "user `{user}` is already on line {first}; keep one line per user"
@@ -466,7 +463,9 @@ mod tests {
             let mode = std::fs::metadata(&path).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
-        let e = set_password(&path, "x:y", b"1", 101).unwrap_err().to_string();
+        let e = set_password(&path, "x:y", b"1", 101)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("`:`"), "{e}");
     }
 }
