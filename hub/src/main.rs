@@ -328,6 +328,16 @@ fn passwd(
 }
 
 async fn run(config: Config) -> ExitCode {
+    // Listen before starting: a signal that comes while the hub starts, or
+    // while a reload runs, is then waiting here instead of lost (or, for
+    // SIGHUP, ending the process).
+    let mut signals = match Signals::new() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: cannot listen for signals: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let hub = match Hub::start(config).await {
         Ok(h) => h,
         Err(e) => {
@@ -336,7 +346,7 @@ async fn run(config: Config) -> ExitCode {
         }
     };
     let signal = loop {
-        match wait_for_signal().await {
+        match signals.next().await {
             "SIGHUP" => {
                 if hub.reload_auth().is_none() {
                     tracing::info!("Received SIGHUP; there is no [auth] to reload.");
@@ -355,28 +365,45 @@ async fn run(config: Config) -> ExitCode {
     }
 }
 
-async fn wait_for_signal() -> &'static str {
+/// Ctrl-C, SIGTERM and SIGHUP (reload), listened to for the whole run.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::hangup()),
-        ) {
-            (Ok(mut term), Ok(mut hup)) => tokio::select! {
-                _ = tokio::signal::ctrl_c() => "SIGINT",
-                _ = term.recv() => "SIGTERM",
-                _ = hup.recv() => "SIGHUP",
-            },
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
-                "SIGINT"
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    hup: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Signals {
+                term: signal(SignalKind::terminate())?,
+                hup: signal(SignalKind::hangup())?,
+                int: signal(SignalKind::interrupt())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Signals {})
+    }
+
+    /// The next signal's name.
+    async fn next(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.int.recv() => "SIGINT",
+                _ = self.term.recv() => "SIGTERM",
+                _ = self.hup.recv() => "SIGHUP",
             }
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-        "Ctrl-C"
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        }
     }
 }
