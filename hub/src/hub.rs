@@ -420,14 +420,21 @@ impl Hub {
         self.shared.auth.as_ref()
     }
 
-    /// Re-reads the `[auth]` files (on SIGHUP) and logs the outcome; the
-    /// old users and rules stay in force when either file is wrong.
-    /// `None` without `[auth]`.
-    pub fn reload_auth(
+    /// Re-reads the `[auth]` files (on SIGHUP), off the async threads, and
+    /// logs the outcome; the old users and rules stay in force when either
+    /// file is wrong. `None` without `[auth]`.
+    pub async fn reload_auth(
         &self,
     ) -> Option<Result<crate::auth::ReloadSummary, crate::auth::AuthError>> {
-        let auth = self.shared.auth.as_ref()?;
-        let outcome = auth.reload();
+        let auth = self.shared.auth.clone()?;
+        let outcome = tokio::task::spawn_blocking(move || auth.reload())
+            .await
+            .unwrap_or_else(|e| {
+                Err(crate::auth::AuthError::Invalid {
+                    file: "[auth]".into(),
+                    message: format!("the reload did not finish: {e}"),
+                })
+            });
         match &outcome {
             Ok(s) => tracing::info!(
                 users = s.users,

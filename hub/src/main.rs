@@ -348,7 +348,7 @@ async fn run(config: Config) -> ExitCode {
     let signal = loop {
         match signals.next().await {
             "SIGHUP" => {
-                if hub.reload_auth().is_none() {
+                if hub.reload_auth().await.is_none() {
                     tracing::info!("Received SIGHUP; there is no [auth] to reload.");
                 }
             }
