@@ -81,6 +81,22 @@ fn default_admin_bind() -> String {
     "127.0.0.1:9090".to_owned()
 }
 
+/// `[auth]`: who may connect and what each user may do, in Mosquitto's own
+/// file formats (docs/security.md).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    /// Users and password hashes, as `mosquitto_passwd` (or `polyhub
+    /// passwd`) writes them. Relative to the config file's directory.
+    pub password_file: Option<PathBuf>,
+    /// Mosquitto `acl_file`: `user`, `topic` and `pattern` rules. Relative to
+    /// the config file's directory. Without it every user may do everything.
+    pub acl_file: Option<PathBuf>,
+    /// Whether clients without a user name are let in. Default: true only
+    /// when neither file is set.
+    pub allow_anonymous: Option<bool>,
+}
+
 /// Name of the internal client the admin publishes as.
 pub const ADMIN_ADAPTER: &str = "admin";
 
@@ -137,6 +153,9 @@ pub struct RawConfig {
     /// `[admin]`, optional.
     #[serde(default)]
     pub admin: Option<AdminSection>,
+    /// `[auth]`, optional.
+    #[serde(default)]
+    pub auth: Option<AuthSection>,
 }
 
 /// An adapter ready to start.
@@ -171,6 +190,8 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// The admin listener's address, when `[admin]` is present.
     pub admin: Option<std::net::SocketAddr>,
+    /// Users and ACL, when `[auth]` is present (files read and checked).
+    pub auth: Option<crate::auth::Auth>,
 }
 
 /// One problem found in a config file.
@@ -308,6 +329,21 @@ impl Config {
             },
         };
 
+        let auth = raw
+            .auth
+            .as_ref()
+            .and_then(|a| match load_auth(a, base_dir) {
+                Ok(auth) => Some(auth),
+                Err((key, e)) => {
+                    problems.push(Problem {
+                        adapter: None,
+                        key: Some(key.into()),
+                        message: e.to_string(),
+                    });
+                    None
+                }
+            });
+
         let mut names = HashSet::new();
         let mut adapters = Vec::new();
         for (i, entry) in raw.adapters.into_iter().enumerate() {
@@ -439,6 +475,7 @@ impl Config {
                 adapters,
                 routes,
                 admin,
+                auth,
             })
         } else {
             Err(ConfigFileError::Invalid {
@@ -447,6 +484,32 @@ impl Config {
             })
         }
     }
+}
+
+/// Reads the files `[auth]` names; on error, the key of the file at fault.
+fn load_auth(
+    section: &AuthSection,
+    base_dir: Option<&Path>,
+) -> Result<crate::auth::Auth, (&'static str, crate::auth::AuthError)> {
+    use crate::auth::{resolve, Acl, Auth, AuthSettings, PasswordFile};
+    let settings = AuthSettings {
+        password_file: section
+            .password_file
+            .as_deref()
+            .map(|p| resolve(p, base_dir)),
+        acl_file: section.acl_file.as_deref().map(|p| resolve(p, base_dir)),
+        allow_anonymous: section
+            .allow_anonymous
+            .unwrap_or(section.password_file.is_none() && section.acl_file.is_none()),
+    };
+    // Each file on its own first, so that the error names the right key.
+    if let Some(p) = &settings.password_file {
+        PasswordFile::load(p).map_err(|e| ("auth.password_file", e))?;
+    }
+    if let Some(p) = &settings.acl_file {
+        Acl::load(p).map_err(|e| ("auth.acl_file", e))?;
+    }
+    Auth::load(settings).map_err(|e| ("auth", e))
 }
 
 /// One listening socket a config asks for.

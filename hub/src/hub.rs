@@ -102,6 +102,8 @@ pub(crate) struct Shared {
     pub(crate) router: Arc<Router>,
     slots: RwLock<Vec<Arc<Slot>>>,
     pub(crate) clients: Arc<ClientRegistry>,
+    /// `[auth]`, when configured.
+    auth: Option<crate::auth::Auth>,
 }
 
 impl Shared {
@@ -240,6 +242,13 @@ impl HubLink for Link {
     fn clients(&self) -> Option<Arc<ClientRegistry>> {
         Some(self.shared.clients.clone())
     }
+
+    fn access(&self) -> Option<Arc<dyn polyhub_sdk::Access>> {
+        self.shared
+            .auth
+            .clone()
+            .map(|a| Arc::new(a) as Arc<dyn polyhub_sdk::Access>)
+    }
 }
 
 /// A running hub.
@@ -266,6 +275,7 @@ impl Hub {
             router,
             slots: RwLock::new(Vec::new()),
             clients: Arc::new(ClientRegistry::new()),
+            auth: config.auth.clone(),
         });
         let mut hub = Hub {
             shared,
@@ -407,6 +417,39 @@ impl Hub {
     /// Every connected device that adapters reported.
     pub fn clients(&self) -> &Arc<ClientRegistry> {
         &self.shared.clients
+    }
+
+    /// The users and ACL, when `[auth]` is configured.
+    pub fn auth(&self) -> Option<&crate::auth::Auth> {
+        self.shared.auth.as_ref()
+    }
+
+    /// Re-reads the `[auth]` files (on SIGHUP), off the async threads, and
+    /// logs the outcome; the old users and rules stay in force when either
+    /// file is wrong. `None` without `[auth]`.
+    pub async fn reload_auth(
+        &self,
+    ) -> Option<Result<crate::auth::ReloadSummary, crate::auth::AuthError>> {
+        let auth = self.shared.auth.clone()?;
+        let outcome = tokio::task::spawn_blocking(move || auth.reload())
+            .await
+            .unwrap_or_else(|e| {
+                Err(crate::auth::AuthError::Invalid {
+                    file: "[auth]".into(),
+                    message: format!("the reload did not finish: {e}"),
+                })
+            });
+        match &outcome {
+            Ok(s) => tracing::info!(
+                users = s.users,
+                acl_users = s.acl_users,
+                "Reloaded the [auth] password and ACL files."
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "Kept the previous [auth] users and rules: the new files are wrong.")
+            }
+        }
+        Some(outcome)
     }
 
     /// The admin listener's bound address, when `[admin]` is configured.

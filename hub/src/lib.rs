@@ -6,6 +6,7 @@
 //! this library; `ARCHITECTURE.md` shows how an envelope flows.
 
 pub mod admin;
+pub mod auth;
 #[cfg(feature = "compare")]
 pub mod compare;
 pub mod config;
@@ -17,6 +18,7 @@ pub mod router;
 pub mod routes;
 pub mod trie;
 
+pub use auth::Auth;
 pub use config::{Config, ConfigFileError};
 pub use hub::{Hub, HubError};
 pub use registry::Registry;

@@ -1,4 +1,4 @@
-//! The `polyhub` command line: `run`, `check`.
+//! The `polyhub` command line: `run`, `check`, `passwd`, `compare`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,6 +40,24 @@ enum Command {
         /// Config file.
         #[arg(default_value = "polyhub.toml")]
         config: PathBuf,
+    },
+    /// Set a user's password in a password file (like `mosquitto_passwd`):
+    /// writes a `$7$` (PBKDF2-SHA512) line, replacing the user's old one,
+    /// creating the file (owner-only) if missing. The password is asked
+    /// twice on a terminal, else read from the first line of stdin.
+    Passwd {
+        /// The password file.
+        file: PathBuf,
+        /// The user name.
+        user: String,
+        /// The password, on the command line (like `mosquitto_passwd -b`;
+        /// visible to other local users in the process list).
+        #[arg(short = 'b', long = "batch", value_name = "PASSWORD")]
+        password: Option<String>,
+        /// PBKDF2 iterations (Mosquitto 2 writes 101).
+        #[arg(short = 'I', long, default_value_t = polyhub::auth::password::DEFAULT_ITERATIONS,
+              value_parser = clap::value_parser!(u32).range(1..))]
+        iterations: u32,
     },
     /// Measure MQTT, CoAP, HTTP, AMQP and XMPP side by side through the hub.
     #[cfg(feature = "compare")]
@@ -184,10 +202,29 @@ fn main() -> ExitCode {
     match cli.command {
         #[cfg(feature = "compare")]
         Command::Compare(args) => compare(args),
+        Command::Passwd {
+            file,
+            user,
+            password,
+            iterations,
+        } => passwd(&file, &user, password, iterations),
         Command::Check { config } => match Config::load(&config, &registry) {
             Ok(c) => {
+                let auth = c.auth.as_ref().map_or(String::new(), |a| {
+                    let s = a.summary();
+                    format!(
+                        "; [auth]: {} user(s), ACL for {} user(s), anonymous {}",
+                        s.users,
+                        s.acl_users,
+                        if a.settings().allow_anonymous {
+                            "allowed"
+                        } else {
+                            "refused"
+                        }
+                    )
+                });
                 println!(
-                    "{}: OK ({} adapter(s): {}; {} route(s))",
+                    "{}: OK ({} adapter(s): {}; {} route(s){auth})",
                     config.display(),
                     c.adapters.len(),
                     c.adapters
@@ -230,7 +267,75 @@ fn main() -> ExitCode {
     }
 }
 
+/// `polyhub passwd FILE USER`.
+fn passwd(
+    file: &std::path::Path,
+    user: &str,
+    password: Option<String>,
+    iterations: u32,
+) -> ExitCode {
+    use std::io::IsTerminal;
+    if let Err(e) = polyhub::auth::password::check_username(user) {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
+    let password = match password {
+        Some(p) => p,
+        None if std::io::stdin().is_terminal() => {
+            let first = rpassword::prompt_password("Password: ");
+            let second = rpassword::prompt_password("Reenter password: ");
+            match (first, second) {
+                (Ok(a), Ok(b)) if a == b => a,
+                (Ok(_), Ok(_)) => {
+                    eprintln!("error: the passwords do not match");
+                    return ExitCode::FAILURE;
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    eprintln!("error: cannot read the password: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        None => {
+            let mut line = String::new();
+            if let Err(e) = std::io::stdin().read_line(&mut line) {
+                eprintln!("error: cannot read the password from stdin: {e}");
+                return ExitCode::FAILURE;
+            }
+            line.trim_end_matches(['\n', '\r']).to_owned()
+        }
+    };
+    if password.is_empty() {
+        eprintln!("error: empty password");
+        return ExitCode::FAILURE;
+    }
+    match polyhub::auth::password::set_password(file, user, password.as_bytes(), iterations) {
+        Ok(replaced) => {
+            eprintln!(
+                "{}: {} user `{user}`",
+                file.display(),
+                if replaced { "updated" } else { "added" }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 async fn run(config: Config) -> ExitCode {
+    // Listen before starting: a signal that comes while the hub starts, or
+    // while a reload runs, is then waiting here instead of lost (or, for
+    // SIGHUP, ending the process).
+    let mut signals = match Signals::new() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: cannot listen for signals: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let hub = match Hub::start(config).await {
         Ok(h) => h,
         Err(e) => {
@@ -238,7 +343,16 @@ async fn run(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let signal = wait_for_signal().await;
+    let signal = loop {
+        match signals.next().await {
+            "SIGHUP" => {
+                if hub.reload_auth().await.is_none() {
+                    tracing::info!("Received SIGHUP; there is no [auth] to reload.");
+                }
+            }
+            other => break other,
+        }
+    };
     tracing::info!(signal, "Received signal; shutting down.");
     match hub.shutdown().await {
         Ok(()) => ExitCode::SUCCESS,
@@ -249,24 +363,45 @@ async fn run(config: Config) -> ExitCode {
     }
 }
 
-async fn wait_for_signal() -> &'static str {
+/// Ctrl-C, SIGTERM and SIGHUP (reload), listened to for the whole run.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => tokio::select! {
-                _ = tokio::signal::ctrl_c() => "SIGINT",
-                _ = term.recv() => "SIGTERM",
-            },
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                "SIGINT"
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    hup: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Signals {
+                term: signal(SignalKind::terminate())?,
+                hup: signal(SignalKind::hangup())?,
+                int: signal(SignalKind::interrupt())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Signals {})
+    }
+
+    /// The next signal's name.
+    async fn next(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.int.recv() => "SIGINT",
+                _ = self.term.recv() => "SIGTERM",
+                _ = self.hup.recv() => "SIGHUP",
             }
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-        "Ctrl-C"
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        }
     }
 }

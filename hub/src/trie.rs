@@ -133,13 +133,19 @@ impl<T> TopicTrie<T> {
     }
 
     /// Calls `f` with every entry whose filter matches `topic`.
-    pub fn for_each_match<'a>(&'a self, topic: &Topic, mut f: impl FnMut(&'a T)) {
+    pub fn for_each_match<'a>(&'a self, topic: &Topic, f: impl FnMut(&'a T)) {
+        self.for_each_match_str(topic.as_str(), f)
+    }
+
+    /// Calls `f` with every entry whose filter matches `topic`, given as a
+    /// string the caller has checked is a topic name (no `+` or `#`).
+    pub fn for_each_match_str<'a>(&'a self, topic: &str, mut f: impl FnMut(&'a T)) {
         // Most topics are short; avoid allocating for the level list.
         let mut levels: smallvec_lite::Levels<'_> = smallvec_lite::Levels::new();
-        for l in topic.levels() {
+        for l in topic.split('/') {
             levels.push(l);
         }
-        let system = topic.is_system();
+        let system = topic.starts_with('$');
         Self::walk(&self.root, levels.as_slice(), true, system, &mut f);
     }
 

@@ -80,10 +80,11 @@ fn documented() -> BTreeMap<String, BTreeSet<String>> {
 
 #[test]
 fn every_config_key_is_documented_and_every_documented_key_exists() {
-    use polyhub::config::{AdapterEntry, AdminSection, HubSection, RouteEntry};
+    use polyhub::config::{AdapterEntry, AdminSection, AuthSection, HubSection, RouteEntry};
     let structs: Vec<(&str, BTreeSet<String>)> = vec![
         ("[hub]", fields::<HubSection>()),
         ("[admin]", fields::<AdminSection>()),
+        ("[auth]", fields::<AuthSection>()),
         ("[[adapters]]", fields::<AdapterEntry>()),
         ("[[routes]]", fields::<RouteEntry>()),
         ("mqtt", fields::<polyhub_mqtt::MqttConfig>()),

@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::access::{Access, Action, DenialLog, Identity, Refused};
 use crate::clients::{ClientHandle, ClientInfo, ClientRegistry};
 use crate::config::{AdapterConfig, ConfigError};
 use crate::envelope::{Envelope, Origin, QoS};
@@ -242,6 +243,12 @@ pub trait HubLink: Send + Sync + 'static {
     fn clients(&self) -> Option<Arc<ClientRegistry>> {
         None
     }
+    /// The hub's users and ACL (`[auth]`); `None` when the hub has no
+    /// `[auth]` section, and everyone is anonymous and allowed everything.
+    /// Links across the plugin boundary do not carry it yet (ABI 1.1).
+    fn access(&self) -> Option<Arc<dyn Access>> {
+        None
+    }
 }
 
 /// What a running adapter gets from the hub.
@@ -254,6 +261,8 @@ pub struct AdapterContext {
     metrics: Arc<AdapterMetrics>,
     span: tracing::Span,
     tasks: TaskTracker,
+    access: Option<Arc<dyn Access>>,
+    denials: Arc<DenialLog>,
 }
 
 impl fmt::Debug for AdapterContext {
@@ -275,6 +284,7 @@ impl AdapterContext {
         metrics: Arc<AdapterMetrics>,
     ) -> Self {
         let span = tracing::info_span!("adapter", name = %name, kind = %kind);
+        let access = link.access();
         AdapterContext {
             name: Arc::from(name),
             kind: Arc::from(kind),
@@ -283,6 +293,8 @@ impl AdapterContext {
             metrics,
             span,
             tasks: TaskTracker::new(),
+            access,
+            denials: Arc::new(DenialLog::default()),
         }
     }
 
@@ -458,6 +470,86 @@ impl AdapterContext {
                 detail = %detail,
                 also_refused_since_last_line = unlogged,
                 "Refused input from a peer."
+            );
+        }
+    }
+
+    /// Whether the hub has an `[auth]` section. Without one, every peer is
+    /// anonymous and allowed everything, and adapters ask for no credentials.
+    pub fn auth_enabled(&self) -> bool {
+        self.access.is_some()
+    }
+
+    /// Checks a peer's user name and password against the hub's password
+    /// file (`None` user name: anonymous). A refusal is counted under
+    /// `polyhub_auth_denied_total{action="connect"}` and logged once per
+    /// user per minute. Costs one password hash (PBKDF2 with the file's
+    /// iteration count; 101 for files `mosquitto_passwd` wrote): call it once
+    /// per connection, not per message. Without `[auth]`, everyone is let in
+    /// (as the user they claim, which nothing checks).
+    pub fn authenticate(
+        &self,
+        username: Option<&str>,
+        password: Option<&[u8]>,
+        peer: Option<&str>,
+    ) -> Result<Identity, Refused> {
+        let Some(access) = &self.access else {
+            return Ok(username.map_or_else(Identity::anonymous, Identity::user));
+        };
+        let outcome = access.authenticate(username, password);
+        if let Err(refused) = &outcome {
+            let who = username.map_or_else(Identity::anonymous, Identity::user);
+            self.auth_denied(&who, "connect", "", peer, refused);
+        }
+        outcome
+    }
+
+    /// Whether `identity`, connected as `client_id`, may do `action` on
+    /// `topic` (a filter for [`Action::Subscribe`]). A denial is counted
+    /// under `polyhub_auth_denied_total{action}` and logged once per (user,
+    /// topic) per minute. Always true without `[auth]`.
+    pub fn authorize(
+        &self,
+        identity: &Identity,
+        client_id: &str,
+        topic: &str,
+        action: Action,
+    ) -> bool {
+        let Some(access) = &self.access else {
+            return true;
+        };
+        match access.authorize(identity, client_id, topic, action) {
+            Ok(()) => true,
+            Err(denied) => {
+                self.auth_denied(identity, action.as_str(), topic, Some(client_id), &denied);
+                false
+            }
+        }
+    }
+
+    /// Counts a peer refused by `[auth]` under `action` on
+    /// `polyhub_auth_denied_total` and logs it at WARN once per (user,
+    /// topic) per minute. [`AdapterContext::authenticate`] and
+    /// [`AdapterContext::authorize`] call it; an adapter calls it itself for
+    /// refusals it decides alone (an unknown bearer token).
+    pub fn auth_denied(
+        &self,
+        identity: &Identity,
+        action: &'static str,
+        topic: &str,
+        peer: Option<&str>,
+        why: &dyn fmt::Display,
+    ) {
+        self.metrics.record_denied(action);
+        if self.denials.should_log(identity, topic) {
+            tracing::warn!(
+                adapter = %self.name,
+                user = %identity,
+                action,
+                topic,
+                peer = peer.unwrap_or("-"),
+                reason = %why,
+                "Access denied (logged once a minute per user and topic)."
             );
         }
     }

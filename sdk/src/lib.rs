@@ -9,6 +9,7 @@
 //! crate exactly as third-party plugins are.
 #![deny(missing_docs)]
 
+pub mod access;
 pub mod adapter;
 pub mod clients;
 pub mod config;
@@ -21,6 +22,7 @@ pub mod testing;
 pub mod tls;
 pub mod topic;
 
+pub use access::{Access, Action, Denied, Identity, Refused};
 pub use adapter::{
     Adapter, AdapterContext, AdapterError, AdapterFactory, AdapterState, HubLink, PublishError,
     SubscribeError, SubscribeOptions, Subscription, SubscriptionId,

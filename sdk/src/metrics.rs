@@ -23,6 +23,7 @@ pub struct AdapterMetrics {
     reconnects: AtomicU64,
     named: Mutex<BTreeMap<String, u64>>,
     rejected: Mutex<BTreeMap<String, u64>>,
+    denied: Mutex<BTreeMap<&'static str, u64>>,
     /// Refusals not logged yet, and when the last refusal log line was
     /// written (milliseconds since the Unix epoch), for
     /// [`AdapterMetrics::should_log_rejection`].
@@ -103,6 +104,13 @@ impl AdapterMetrics {
         }
     }
 
+    /// One peer refused by `[auth]`, by action (`connect` for a failed
+    /// authentication, else [`crate::Action::as_str`]): shown as
+    /// `polyhub_auth_denied_total{adapter,action}`.
+    pub fn record_denied(&self, action: &'static str) {
+        *self.denied.lock().entry(action).or_insert(0) += 1;
+    }
+
     /// Bumps an adapter-specific counter (`malformed_datagrams`, `webhook_retries`).
     /// Takes a lock: for rare events, not per message.
     pub fn incr(&self, name: &str) {
@@ -140,6 +148,12 @@ impl AdapterMetrics {
                 .iter()
                 .map(|(k, v)| (k.clone(), *v))
                 .collect(),
+            denied: self
+                .denied
+                .lock()
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), *v))
+                .collect(),
         }
     }
 }
@@ -161,6 +175,9 @@ pub struct MetricsSnapshot {
     pub named: Vec<(String, u64)>,
     /// Refused peer input, by reason.
     pub rejected: Vec<(String, u64)>,
+    /// Peers refused by `[auth]`, by action (`connect`, `read`, `write`,
+    /// `subscribe`).
+    pub denied: Vec<(String, u64)>,
 }
 
 impl MetricsSnapshot {
@@ -169,6 +186,14 @@ impl MetricsSnapshot {
         self.rejected
             .iter()
             .find(|(r, _)| r == reason)
+            .map_or(0, |(_, n)| *n)
+    }
+
+    /// Denials by `[auth]` for `action` (0 if none).
+    pub fn denied(&self, action: &str) -> u64 {
+        self.denied
+            .iter()
+            .find(|(a, _)| a == action)
             .map_or(0, |(_, n)| *n)
     }
 

@@ -116,6 +116,23 @@ pub fn prometheus(snapshot: &HubSnapshot) -> String {
 
     header(
         &mut out,
+        "polyhub_auth_denied_total",
+        "Peers refused by [auth]: failed logins (action connect) and ACL denials, by action.",
+        "counter",
+    );
+    for a in &snapshot.adapters {
+        for (action, n) in &a.metrics.denied {
+            let _ = writeln!(
+                out,
+                "polyhub_auth_denied_total{{hub=\"{hub}\",adapter=\"{}\",action=\"{}\"}} {n}",
+                escape(&a.name),
+                escape(action)
+            );
+        }
+    }
+
+    header(
+        &mut out,
         "polyhub_adapter_up",
         "1 when the adapter is up, else 0.",
         "gauge",
@@ -233,6 +250,7 @@ mod tests {
                         reconnects: 0,
                         named: vec![("webhook_retries".into(), 7)],
                         rejected: vec![("body_too_large".into(), 2)],
+                        denied: vec![("write".into(), 3)],
                     },
                 },
                 AdapterSnapshot {
@@ -291,6 +309,8 @@ mod tests {
             "polyhub_topics{hub=\"hub-1\"} 5",
             "polyhub_rejected_total{hub=\"hub-1\",adapter=\"web\",reason=\"body_too_large\"} 2",
             "polyhub_last_value_evictions_total{hub=\"hub-1\"} 8",
+            "# TYPE polyhub_auth_denied_total counter",
+            "polyhub_auth_denied_total{hub=\"hub-1\",adapter=\"web\",action=\"write\"} 3",
             "polyhub_retained_quota_refusals_total{hub=\"hub-1\"} 9",
         ] {
             assert!(text.lines().any(|l| l == line), "missing `{line}` in\n{text}");

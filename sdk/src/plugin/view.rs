@@ -335,6 +335,8 @@ pub unsafe fn copy_snapshot(view: *const SnapshotView) -> HubSnapshot {
                             .into_iter()
                             .map(|(k, v)| (k[REJECTED_PREFIX.len()..].to_owned(), v))
                             .collect(),
+                        // Not carried across the plugin boundary yet.
+                        denied: Vec::new(),
                     }
                 },
             })
@@ -488,6 +490,7 @@ mod tests {
                     reconnects: 5,
                     named: vec![("x".into(), 6)],
                     rejected: vec![("too_big".into(), 9)],
+                    denied: Vec::new(),
                 },
             }],
             routing_latency: HistogramSnapshot {
