@@ -40,6 +40,13 @@ const RECEIVE_MAX: u16 = 1024;
 const TOPIC_ALIAS_MAX: u16 = 64;
 /// Bytes of encoded packets held for a device before deliveries wait.
 const HIGH_WATER: usize = 64 * 1024;
+/// Packets from a device handled before its session yields to the
+/// runtime. A fast publisher's socket is always readable, so without this
+/// its task would run through tokio's whole cooperative budget (~128 reads,
+/// thousands of packets) while the sessions it just woke wait on the same
+/// worker, their hub queues (`SESSION_QUEUE`) overflow and QoS 0 messages
+/// are dropped.
+const YIELD_EVERY: u32 = 32;
 /// Header carrying an MQTT 5 message expiry interval (seconds, from the
 /// envelope's timestamp) through the hub; not sent as a user property.
 pub(crate) const EXPIRY_HEADER: &str = "mqtt-message-expiry-interval";
@@ -336,6 +343,8 @@ struct Session {
     inflight: BTreeMap<u16, Inflight>,
     qos2_in: HashSet<u16>,
     next_pkid: u16,
+    /// Packets handled since this task last yielded (`YIELD_EVERY`).
+    unyielded: u32,
     /// `None`: never expires.
     expiry: Option<Duration>,
     will_at: Option<(Instant, LastWill)>,
@@ -451,6 +460,7 @@ impl Session {
             inflight: BTreeMap::new(),
             qos2_in: HashSet::new(),
             next_pkid: 0,
+            unyielded: 0,
             expiry: Some(Duration::ZERO),
             will_at: None,
         })
@@ -677,6 +687,11 @@ impl Session {
             };
             if let Some(end) = self.handle(link, packet).await {
                 return Some(end);
+            }
+            self.unyielded += 1;
+            if self.unyielded >= YIELD_EVERY {
+                self.unyielded = 0;
+                tokio::task::yield_now().await;
             }
         }
     }
