@@ -18,6 +18,8 @@ rate = received / (last arrival - publisher start); dropped = the increase
 of the hub's polyhub_dropped_total for the subscriber's adapter (mqtt, coap
 or http) on /metrics over the run. SSE streams and CoAP observers are
 at-most-once: a subscriber queue that is full drops QoS 0 messages.
+udp_rcvbuf = the increase of the kernel's UDP RcvbufErrors (machine-wide):
+notifications the hub sent that the observer's socket had no room for.
 
   bridge.py --mqtt-port P --coap-port P --http-port P [--count N]
             [--rounds R] [--kinds mqtt,coap,sse]
@@ -33,6 +35,14 @@ import urllib.request
 
 MARK = b"M!"
 WARM = b"W!"
+
+
+def udp_rcvbuf_errors():
+    """The kernel's count of UDP datagrams dropped because a socket's receive
+    buffer was full (machine-wide: /proc/net/snmp)."""
+    with open("/proc/net/snmp") as f:
+        rows = [line.split() for line in f if line.startswith("Udp:")]
+    return int(rows[1][rows[0].index("RcvbufErrors")])
 
 
 def dropped(http_port, adapter):
@@ -113,6 +123,7 @@ def run_one(kind, args, topic):
         if proc.poll() is not None:
             sys.exit(f"bridge.py: {' '.join(cmd)} exited with {proc.returncode}")
         before = dropped(args.http_port, adapter)
+        udp_before = udp_rcvbuf_errors()
         lines = b"".join(b"p%013dM!\n" % i for i in range(args.count))
         start = time.monotonic()
         subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(args.mqtt_port),
@@ -124,12 +135,13 @@ def run_one(kind, args, topic):
             c.wait(lambda: c.count >= args.count, args.idle)
         received, last = c.count, c.last
         drops = dropped(args.http_port, adapter) - before
+        udp = udp_rcvbuf_errors() - udp_before
     finally:
         proc.terminate()
         proc.wait(10)
     secs = (last - start) if last else float("nan")
     rate = received / secs if last else 0.0
-    return received, secs, rate, drops
+    return received, secs, rate, drops, udp
 
 
 def main():
@@ -150,13 +162,14 @@ def main():
             topic = f"bench/bridge/{kind}/{os.getpid()}/{r}"
             res = run_one(kind, args, topic)
             print(f"  {kind} round {r + 1}: received {res[0]} of {args.count} in "
-                  f"{res[1]:.2f} s = {res[2]:.0f} msg/s, dropped {res[3]:.0f}",
+                  f"{res[1]:.2f} s = {res[2]:.0f} msg/s, dropped {res[3]:.0f}, "
+                  f"UDP receive-buffer drops {res[4]}",
                   file=sys.stderr)
             if best is None or res[2] > best[2]:
                 best = res
-        received, secs, rate, drops = best
+        received, secs, rate, drops, udp = best
         print(f"{kind} received={received} of={args.count} secs={secs:.3f} "
-              f"rate={rate:.0f} dropped={drops:.0f}", flush=True)
+              f"rate={rate:.0f} dropped={drops:.0f} udp_rcvbuf={udp}", flush=True)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@
 #               (bench/mqtt/bridge.py)
 #
 # Settings (environment): N=100000 messages per throughput run, ROUNDS=3
-# (best of; brokers alternate), RATE=1000, SECS=10, DEVICES=10000,
+# (best of; brokers alternate), RATE=1000, SECS=10, LAT_ROUNDS=2 (lowest
+# p99 of; brokers alternate), DEVICES=10000,
 # BRIDGE_N=50000, BRIDGE_ROUNDS=2; HUB=path/to/polyhub to measure another
 # build (nothing is built then). Progress goes to stderr; the table is
 # printed as it fills and again as markdown at the end, on stdout.
@@ -33,6 +34,7 @@ SECS=${SECS:-10}
 DEVICES=${DEVICES:-10000}
 BRIDGE_N=${BRIDGE_N:-50000}
 BRIDGE_ROUNDS=${BRIDGE_ROUNDS:-2}
+LAT_ROUNDS=${LAT_ROUNDS:-2}
 PARTS=("$@")
 ((${#PARTS[@]})) || PARTS=(throughput latency idle bridge)
 for part in "${PARTS[@]}"; do
@@ -211,27 +213,34 @@ part_throughput() {
 
 # ---- 2. latency ------------------------------------------------------------
 
+p99_of() { sed -n 's/.*p99_us=\([0-9]*\).*/\1/p' <<<"$1"; }
+p50_of() { sed -n 's/.*p50_us=\([0-9]*\).*/\1/p' <<<"$1"; }
+
 part_latency() {
-  log "latency: $RATE msg/s for $SECS s (after 1 s warm-up), 16-byte payloads"
+  log "latency: $RATE msg/s for $SECS s (after 1 s warm-up), 16-byte payloads, best p99 of $LAT_ROUNDS, brokers alternating"
   start_mosquitto lat-mosquitto
   local mport=$MPORT mpid=$MPID
   start_hub lat-hub
   local pport=$PPORT ppid=$PPID_HUB
   for qos in 0 1; do
-    local mo po
-    mo=$("$LATENCY" "127.0.0.1:$mport" "$RATE" "$SECS" "$qos")
-    log "  QoS $qos Mosquitto: $mo"
-    po=$("$LATENCY" "127.0.0.1:$pport" "$RATE" "$SECS" "$qos")
-    log "  QoS $qos polyhub:   $po"
+    local mo po bm="" bp="" r
+    for r in $(seq 1 "$LAT_ROUNDS"); do
+      mo=$("$LATENCY" "127.0.0.1:$mport" "$RATE" "$SECS" "$qos")
+      log "  QoS $qos round $r Mosquitto: $mo"
+      po=$("$LATENCY" "127.0.0.1:$pport" "$RATE" "$SECS" "$qos")
+      log "  QoS $qos round $r polyhub:   $po"
+      if [[ -z $bm ]] || (($(p99_of "$mo") < $(p99_of "$bm"))); then bm=$mo; fi
+      if [[ -z $bp ]] || (($(p99_of "$po") < $(p99_of "$bp"))); then bp=$po; fi
+    done
     local m p ratio
-    m=$(sed -n 's/.*p99_us=\([0-9]*\).*/\1/p' <<<"$mo")
-    p=$(sed -n 's/.*p99_us=\([0-9]*\).*/\1/p' <<<"$po")
+    m=$(p99_of "$bm")
+    p=$(p99_of "$bp")
     ratio=$(calc "f'{$p/max($m,1):.2f}'")
     row "p99 latency QoS $qos at $RATE msg/s (µs)" "$p" "$m" "${ratio}x" "≤ 1.2x" "$(met "$ratio" '<=' 1.2)"
     local m50 p50
-    m50=$(sed -n 's/.*p50_us=\([0-9]*\).*/\1/p' <<<"$mo")
-    p50=$(sed -n 's/.*p50_us=\([0-9]*\).*/\1/p' <<<"$po")
-    row "  p50 latency QoS $qos (µs, no target)" "$p50" "$m50" "$(calc "f'{$p50/max($m50,1):.2f}'")x" "-" "-"
+    m50=$(p50_of "$bm")
+    p50=$(p50_of "$bp")
+    row "  p50 of the same runs (µs, no target)" "$p50" "$m50" "$(calc "f'{$p50/max($m50,1):.2f}'")x" "-" "-"
   done
   kill "$mpid" "$ppid"
 }
@@ -288,7 +297,9 @@ part_bridge() {
     r=$(f "$kind" rate)
     label="MQTT → CoAP observer (msg/s)"
     [[ $kind == sse ]] && label="MQTT → SSE /events (msg/s)"
-    row "$label" "$r" "$ref" "$(calc "f'{$r/max($ref,1):.2f}'")x" "-" "received $(f "$kind" received)/$BRIDGE_N, dropped $(f "$kind" dropped)"
+    local note="received $(f "$kind" received)/$BRIDGE_N, dropped $(f "$kind" dropped)"
+    [[ $kind == coap ]] && note+=", UDP receive-buffer drops $(f "$kind" udp_rcvbuf)"
+    row "$label" "$r" "$ref" "$(calc "f'{$r/max($ref,1):.2f}'")x" "-" "$note"
   done
 }
 
@@ -309,4 +320,4 @@ for r in "${rows[@]}"; do
   echo "| $a | $b | $c | $d | $e | $g |"
 done
 echo
-echo "$(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, load average at the end: $load; N=$N ROUNDS=$ROUNDS RATE=$RATE SECS=$SECS DEVICES=$DEVICES BRIDGE_N=$BRIDGE_N"
+echo "$(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, load average at the end: $load; N=$N ROUNDS=$ROUNDS RATE=$RATE SECS=$SECS LAT_ROUNDS=$LAT_ROUNDS DEVICES=$DEVICES BRIDGE_N=$BRIDGE_N BRIDGE_ROUNDS=$BRIDGE_ROUNDS"
