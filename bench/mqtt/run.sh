@@ -22,7 +22,8 @@
 # (best of; brokers alternate), RATE=1000, SECS=10, LAT_ROUNDS=2 (lowest
 # p99 of; brokers alternate), DEVICES=10000,
 # BRIDGE_N=50000, BRIDGE_ROUNDS=2; HUB=path/to/polyhub to measure another
-# build (nothing is built then). Progress goes to stderr; the table is
+# build (nothing is built then); MOSQUITTO_EXTRA="line" adds a line to
+# Mosquitto's configuration (e.g. "max_inflight_messages 0"). Progress goes to stderr; the table is
 # printed as it fills and again as markdown at the end, on stdout.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -108,6 +109,7 @@ start_mosquitto() {
 listener $MPORT 127.0.0.1
 allow_anonymous true
 max_queued_messages 1000000
+${MOSQUITTO_EXTRA:-}
 EOF
   mosquitto -c "$work/$1.conf" >"$work/$1.log" 2>&1 &
   MPID=$!
