@@ -17,14 +17,14 @@
 #               msg/s that arrive, against that hub's MQTT → MQTT
 #               (bench/mqtt/bridge.py)
 #
-# Settings (environment): N=100000 messages per throughput run (N1=50000 at
-# QoS 1), ROUNDS=3
-# (best of; brokers alternate), RATE=1000, SECS=10, LAT_ROUNDS=2 (lowest
-# p99 of; brokers alternate), DEVICES=10000,
-# BRIDGE_N=50000, BRIDGE_ROUNDS=2; HUB=path/to/polyhub to measure another
+# Settings (environment): N=100000 messages per throughput run (N1=50000
+# at QoS 1), ROUNDS=3 (best of; brokers alternate), RATE=1000, SECS=10,
+# LAT_ROUNDS=2 (lowest p99 of; brokers alternate), DEVICES=10000,
+# BRIDGE_N=50000, BRIDGE_ROUNDS=2; HUB=path/to/polyhub measures another
 # build (nothing is built then); MOSQUITTO_EXTRA="line" adds a line to
-# Mosquitto's configuration (e.g. "max_inflight_messages 0"). Progress goes to stderr; the table is
-# printed as it fills and again as markdown at the end, on stdout.
+# Mosquitto's configuration (e.g. "max_inflight_messages 0"). Progress goes
+# to stderr; the table is printed on stdout as it fills and again as
+# markdown at the end.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
