@@ -41,6 +41,18 @@ const RECEIVE_MAX: u16 = 1024;
 const TOPIC_ALIAS_MAX: u16 = 64;
 /// Bytes of encoded packets held for a device before deliveries wait.
 const HIGH_WATER: usize = 64 * 1024;
+/// Read buffer of a connection: starts at `READ_MIN` bytes (what an idle
+/// device holds), doubles up to `READ_MAX` while reads fill it and halves
+/// back while they use less than a quarter of it.
+const READ_MIN: usize = 256;
+const READ_MAX: usize = 4096;
+/// Packets from a device handled before its session yields to the
+/// runtime. A fast publisher's socket is always readable, so without this
+/// its task would run through tokio's whole cooperative budget (~128 reads,
+/// thousands of packets) while the sessions it just woke wait on the same
+/// worker, their hub queues (`SESSION_QUEUE`) overflow and QoS 0 messages
+/// are dropped.
+const YIELD_EVERY: u32 = 32;
 /// Header carrying an MQTT 5 message expiry interval (seconds, from the
 /// envelope's timestamp) through the hub; not sent as a user property.
 pub(crate) const EXPIRY_HEADER: &str = "mqtt-message-expiry-interval";
@@ -287,6 +299,8 @@ struct Link {
     rd: ReadHalf<Box<dyn Io>>,
     wr: WriteHalf<Box<dyn Io>>,
     inbuf: BytesMut,
+    /// Bytes the next read asks for (`READ_MIN`..=`READ_MAX`).
+    read_size: usize,
     out: BytesMut,
     /// Written since the last flush (TLS and WebSocket streams hold bytes
     /// until flushed).
@@ -369,6 +383,8 @@ struct Session {
     inflight: BTreeMap<u16, Inflight>,
     qos2_in: HashSet<u16>,
     next_pkid: u16,
+    /// Packets handled since this task last yielded (`YIELD_EVERY`).
+    unyielded: u32,
     /// `None`: never expires.
     expiry: Option<Duration>,
     will_at: Option<(Instant, LastWill)>,
@@ -489,6 +505,7 @@ impl Session {
             inflight: BTreeMap::new(),
             qos2_in: HashSet::new(),
             next_pkid: 0,
+            unyielded: 0,
             expiry: Some(Duration::ZERO),
             will_at: None,
         })
@@ -498,45 +515,54 @@ impl Session {
         let mut next = Some(first);
         let mut existed = false;
         while let Some(conn) = next.take() {
-            let mut link = self.open(*conn, existed);
+            let mut link = self.open(conn, existed);
             existed = true;
             let end = self.connected(&mut link).await;
-            let will = link.will.take();
-            match end {
-                End::Shutdown => {
-                    link.close(Some(DisconnectReasonCode::ServerShuttingDown))
-                        .await;
-                    break;
-                }
-                End::Takeover(conn) => {
-                    link.close(Some(DisconnectReasonCode::SessionTakenOver))
-                        .await;
-                    self.will_later(will).await;
-                    next = Some(conn);
-                    continue;
-                }
-                End::Lost(reason) => {
-                    link.close(reason).await;
-                    self.will_later(will).await;
-                }
-                End::Clean { send_will } => {
-                    link.close(None).await;
-                    if send_will {
-                        self.will_later(will).await;
-                    }
-                }
+            // Boxed, like `finish`: closing, the will and the offline wait
+            // (a will is a publish into the hub) would otherwise make this
+            // task's future, which every connected session holds, several
+            // KiB larger.
+            next = Box::pin(self.ended(link, end)).await;
+        }
+        Box::pin(self.finish()).await;
+    }
+
+    /// A connection ended: closes it, sends the will (now or later) and
+    /// waits offline while the session lives; the next connection, if any.
+    async fn ended(&mut self, mut link: Link, end: End) -> Option<Box<Conn>> {
+        let will = link.will.take();
+        match end {
+            End::Shutdown => {
+                link.close(Some(DisconnectReasonCode::ServerShuttingDown))
+                    .await;
+                return None;
             }
-            match self.offline().await {
-                Off::Attach(conn) => next = Some(conn),
-                Off::Expired | Off::Shutdown => break,
+            End::Takeover(conn) => {
+                link.close(Some(DisconnectReasonCode::SessionTakenOver))
+                    .await;
+                self.will_later(will).await;
+                return Some(conn);
+            }
+            End::Lost(reason) => {
+                link.close(reason).await;
+                self.will_later(will).await;
+            }
+            End::Clean { send_will } => {
+                link.close(None).await;
+                if send_will {
+                    self.will_later(will).await;
+                }
             }
         }
-        self.finish().await;
+        match self.offline().await {
+            Off::Attach(conn) => Some(conn),
+            Off::Expired | Off::Shutdown => None,
+        }
     }
 
     /// Starts a connection: session state per its clean start, CONNACK,
     /// redelivery of what was in flight.
-    fn open(&mut self, conn: Conn, existed: bool) -> Link {
+    fn open(&mut self, conn: Box<Conn>, existed: bool) -> Link {
         let Conn {
             io,
             buf,
@@ -547,7 +573,7 @@ impl Session {
             peer,
             user,
             guard,
-        } = conn;
+        } = *conn;
         let props = connect.properties.clone().unwrap_or_default_props();
         let session_present = existed && !connect.clean_start;
         if connect.clean_start {
@@ -583,6 +609,7 @@ impl Session {
             rd,
             wr,
             inbuf: buf,
+            read_size: READ_MIN,
             out: BytesMut::new(),
             unflushed: false,
             keepalive: (keep_alive > 0)
@@ -667,12 +694,13 @@ impl Session {
         }
         loop {
             self.pump(link);
-            if link.inbuf.is_empty() && link.inbuf.capacity() > 0 {
+            if link.inbuf.is_empty() && link.inbuf.capacity() > link.read_size {
                 link.inbuf = BytesMut::new();
             }
-            if link.inbuf.capacity() - link.inbuf.len() < 1024 {
-                link.inbuf.reserve(4096);
+            if link.inbuf.capacity() - link.inbuf.len() < link.read_size / 4 {
+                link.inbuf.reserve(link.read_size);
             }
+            let spare = link.inbuf.capacity() - link.inbuf.len();
             let writing = !link.out.is_empty();
             let ka = link.keepalive.map(|k| link.last_rx + k);
             tokio::select! {
@@ -684,9 +712,17 @@ impl Session {
                 },
                 r = link.rd.read_buf(&mut link.inbuf) => match r {
                     Ok(0) | Err(_) => return End::Lost(None),
-                    Ok(_) => {
+                    Ok(n) => {
                         link.last_rx = Instant::now();
-                        if let Some(end) = self.incoming(link).await {
+                        if n >= spare {
+                            link.read_size = (link.read_size * 2).min(READ_MAX);
+                        } else if n < link.read_size / 4 {
+                            link.read_size = (link.read_size / 2).max(READ_MIN);
+                        }
+                        // Boxed: packet handling (a PUBLISH into the hub
+                        // above all) is most of this task's future, which
+                        // every idle session would otherwise carry.
+                        if let Some(end) = Box::pin(self.incoming(link)).await {
                             return end;
                         }
                     }
@@ -738,6 +774,11 @@ impl Session {
             };
             if let Some(end) = self.handle(link, packet).await {
                 return Some(end);
+            }
+            self.unyielded += 1;
+            if self.unyielded >= YIELD_EVERY {
+                self.unyielded = 0;
+                tokio::task::yield_now().await;
             }
         }
     }
