@@ -29,24 +29,9 @@ trap cleanup EXIT
 metric() { # metric PORT NAME ADAPTER
   curl -s "http://127.0.0.1:$1/metrics" | awk -v m="$2{" -v a="adapter=\"$3\"" 'index($0, m) == 1 && index($0, a) {s += $NF} END {print s + 0}'
 }
-# post_distinct PORT N PREFIX: POSTs at least N distinct topics PREFIX/…
-# with wrk (4 connections), in 2-second rounds until the hub counted N.
-post_distinct() {
-  local port=$1 n=$2 prefix=$3 round=0
-  cat >"$work/distinct.lua" <<'LUA'
-local threads = {}
-function setup(thread) thread:set("id", #threads); table.insert(threads, thread) end
-function init(args) n = 0; base = args[1] .. "/" .. args[2] end
-function request()
-  n = n + 1
-  return wrk.format("POST", "/topics/" .. base .. "/" .. id .. "/" .. n, nil, "1")
-end
-LUA
-  while (($(metric "$port" polyhub_messages_in_total http) < n)); do
-    wrk -t4 -c4 -d2s -s "$work/distinct.lua" "http://127.0.0.1:$port" -- "$prefix" "$round" >/dev/null 2>&1
-    round=$((round + 1))
-  done
-}
+metric_in() { metric "$1" polyhub_messages_in_total http; }
+# shellcheck source=bench/limits/lib.sh
+source bench/limits/lib.sh  # (the script runs from the repository root)
 wait_http() { for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$1/health" && return 0; sleep 0.1; done; return 1; }
 wait_metric() { # wait_metric PORT NAME ADAPTER AT_LEAST SECS
   local end=$((SECONDS + $5))

@@ -44,24 +44,8 @@ rss() { awk '/^VmRSS:/ {print int($2 / 1024)}' "/proc/$hub_pid/status"; }
 metric() { curl -s "http://127.0.0.1:$port/metrics" | awk -v m="$1" 'index($0, m) == 1 {s += $NF} END {print s + 0}'; }
 for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$port/health" && break; sleep 0.1; done
 metric_in() { curl -s "http://127.0.0.1:$1/metrics" | awk 'index($0, "polyhub_messages_in_total{") == 1 && /adapter="http"/ {print $NF}'; }
-# post_distinct PORT N PREFIX: POSTs at least N distinct topics PREFIX/…
-# with wrk (4 connections), in 2-second rounds until the hub counted N.
-post_distinct() {
-  local port=$1 n=$2 prefix=$3 round=0
-  cat >"$work/distinct.lua" <<'LUA'
-local threads = {}
-function setup(thread) thread:set("id", #threads); table.insert(threads, thread) end
-function init(args) n = 0; base = args[1] .. "/" .. args[2] end
-function request()
-  n = n + 1
-  return wrk.format("POST", "/topics/" .. base .. "/" .. id .. "/" .. n, nil, "1")
-end
-LUA
-  while (($(metric_in "$port") < n)); do
-    wrk -t4 -c4 -d2s -s "$work/distinct.lua" "http://127.0.0.1:$port" -- "$prefix" "$round" >/dev/null 2>&1
-    round=$((round + 1))
-  done
-}
+# shellcheck source=bench/limits/lib.sh
+source bench/limits/lib.sh  # (the script runs from the repository root)
 
 # 1. Distinct topics.
 before=$(rss)
