@@ -71,8 +71,9 @@ impl Default for HubSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminSection {
-    /// Address of the admin listener (HTTP). Loopback by default: the admin
-    /// API has no authentication yet, so anyone who reaches it can publish.
+    /// Address of the admin listener (HTTP). Loopback by default. Without
+    /// `[auth]` the admin API asks for no credentials, so anyone who reaches
+    /// it can publish; with `[auth]`, only `admin_users` get in.
     #[serde(default = "default_admin_bind")]
     pub bind: String,
 }
@@ -95,6 +96,11 @@ pub struct AuthSection {
     /// Whether clients without a user name are let in. Default: true only
     /// when neither file is set.
     pub allow_anonymous: Option<bool>,
+    /// Users of the password file who may use the `[admin]` listener (HTTP
+    /// Basic). With `[auth]` present nobody else gets in, not even with
+    /// `allow_anonymous`. Default: none.
+    #[serde(default)]
+    pub admin_users: Vec<String>,
 }
 
 /// Name of the internal client the admin publishes as.
@@ -192,6 +198,9 @@ pub struct Config {
     pub admin: Option<std::net::SocketAddr>,
     /// Users and ACL, when `[auth]` is present (files read and checked).
     pub auth: Option<crate::auth::Auth>,
+    /// `[auth] admin_users`: who may use the admin listener when `[auth]`
+    /// is present.
+    pub admin_users: Vec<String>,
 }
 
 /// One problem found in a config file.
@@ -456,6 +465,23 @@ impl Config {
 
         problems.extend(port_conflicts(&adapters, admin));
 
+        let admin_users = raw
+            .auth
+            .as_ref()
+            .map(|a| a.admin_users.clone())
+            .unwrap_or_default();
+        for (i, user) in admin_users.iter().enumerate() {
+            if user.is_empty() || user.contains(':') {
+                problems.push(Problem {
+                    adapter: None,
+                    key: Some(format!("auth.admin_users[{i}]")),
+                    message: format!(
+                        "`{user}` is not a user name: names are non-empty and hold no `:`"
+                    ),
+                });
+            }
+        }
+
         let mut routes = Vec::new();
         for (i, r) in raw.routes.iter().enumerate() {
             match Route::new(&r.from, &r.to) {
@@ -476,6 +502,7 @@ impl Config {
                 routes,
                 admin,
                 auth,
+                admin_users,
             })
         } else {
             Err(ConfigFileError::Invalid {

@@ -103,7 +103,7 @@ pub(crate) struct Shared {
     slots: RwLock<Vec<Arc<Slot>>>,
     pub(crate) clients: Arc<ClientRegistry>,
     /// `[auth]`, when configured.
-    auth: Option<crate::auth::Auth>,
+    pub(crate) auth: Option<crate::auth::Auth>,
 }
 
 impl Shared {
@@ -363,9 +363,15 @@ impl Hub {
         }
         if let Some(addr) = config.admin {
             let ctx = hub.attach(crate::config::ADMIN_ADAPTER, "admin");
+            if config.auth.is_some() && config.admin_users.is_empty() {
+                tracing::warn!(
+                    "[admin] with [auth] but no `admin_users`: the admin listener refuses everyone. List the operators in [auth] admin_users."
+                );
+            }
             match crate::admin::start(
                 addr,
                 hub.shared.clone(),
+                config.admin_users.clone(),
                 ctx,
                 &hub.tracker,
                 hub.token.child_token(),

@@ -543,3 +543,135 @@ async fn embedded_broker_devices_are_listed_while_connected_with_their_messages(
     assert_eq!(c["total"], 0, "{c}");
     hub.shutdown().await.unwrap();
 }
+
+/// `curl` against the admin listener: (status code, headers and body).
+async fn curl(args: &[&str]) -> (u16, String) {
+    let out = within(
+        "curl",
+        tokio::process::Command::new("curl")
+            .args(["-s", "-i", "--max-time", "10"])
+            .args(args)
+            .output(),
+    )
+    .await
+    .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line from curl {args:?}: {text}"));
+    (code, text)
+}
+
+/// With `[auth]`, the admin listener lets in only `admin_users`, with their
+/// password-file passwords (HTTP Basic, `curl -u`): 401 with a Basic
+/// challenge without or with wrong credentials, 403 for a user not listed,
+/// even with `allow_anonymous`; every refusal counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_auth_only_admin_users_reach_the_admin_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("passwords");
+    for (user, password) in [("ops", "ops-secret"), ("device", "device-secret")] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_polyhub"))
+            .args(["passwd", "-b", password])
+            .arg(&pw)
+            .arg(user)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let hub = start_hub(&format!(
+        "[admin]\nbind = \"127.0.0.1:0\"\n\
+         [auth]\npassword_file = \"{}\"\nallow_anonymous = true\nadmin_users = [\"ops\"]\n",
+        pw.display()
+    ))
+    .await;
+    let base = format!("http://{}", hub.admin_addr().unwrap());
+    let adapters = format!("{base}/api/adapters");
+
+    for (what, args) in [
+        ("no credentials", vec![adapters.as_str()]),
+        (
+            "a wrong password",
+            vec!["-u", "ops:wrong", adapters.as_str()],
+        ),
+        ("an unknown user", vec!["-u", "nobody:x", adapters.as_str()]),
+    ] {
+        let (code, text) = curl(&args).await;
+        assert_eq!(code, 401, "{what}: {text}");
+        assert!(
+            text.to_ascii_lowercase()
+                .contains("www-authenticate: basic realm=\"polyhub admin\""),
+            "{what}: {text}"
+        );
+    }
+    // A good password, but not an admin.
+    let (code, text) = curl(&["-u", "device:device-secret", &adapters]).await;
+    assert_eq!(code, 403, "{text}");
+    assert!(text.contains("not one of [auth] admin_users"), "{text}");
+    // Nor can it publish, or read the dashboard or metrics.
+    for path in ["/", "/metrics", "/health", "/api/topics"] {
+        let (code, _) = curl(&["-u", "device:device-secret", &format!("{base}{path}")]).await;
+        assert_eq!(code, 403, "{path}");
+    }
+    let (code, text) = curl(&[
+        "-u",
+        "device:device-secret",
+        "-H",
+        "content-type: application/json",
+        "-d",
+        r#"{"topic":"a/b","payload":"x"}"#,
+        &format!("{base}/api/publish"),
+    ])
+    .await;
+    assert_eq!(code, 403, "{text}");
+    assert!(hub
+        .router()
+        .last_value(&Topic::new("a/b").unwrap())
+        .is_none());
+
+    // The admin gets everything.
+    let (code, text) = curl(&["-u", "ops:ops-secret", &adapters]).await;
+    assert_eq!(code, 200, "{text}");
+    let (code, text) = curl(&[
+        "-u",
+        "ops:ops-secret",
+        "-H",
+        "content-type: application/json",
+        "-d",
+        r#"{"topic":"a/b","payload":"from ops"}"#,
+        &format!("{base}/api/publish"),
+    ])
+    .await;
+    assert_eq!(code, 202, "{text}");
+    wait_until(
+        "the admin's publish is stored",
+        Duration::from_secs(5),
+        || {
+            hub.router()
+                .last_value(&Topic::new("a/b").unwrap())
+                .is_some()
+        },
+    )
+    .await;
+    let (code, metrics) = curl(&["-u", "ops:ops-secret", &format!("{base}/metrics")]).await;
+    assert_eq!(code, 200, "{metrics}");
+    let count = |action: &str| -> u64 {
+        let key = format!(
+            "polyhub_auth_denied_total{{hub=\"polyhub\",adapter=\"admin\",action=\"{action}\"}} "
+        );
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(count("connect"), 3, "{metrics}");
+    assert_eq!(count("admin"), 6, "{metrics}");
+    within("shutdown", hub.shutdown()).await.unwrap();
+}

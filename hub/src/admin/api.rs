@@ -5,18 +5,20 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
-use polyhub_sdk::{AdapterContext, Envelope, HubSnapshot, QoS, Topic};
+use polyhub_sdk::{AdapterContext, Envelope, HubSnapshot, Identity, QoS, Topic};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -35,6 +37,8 @@ const PREVIEW_BYTES: usize = 4096;
 /// What every admin handler shares.
 pub(crate) struct AdminState {
     pub hub: Arc<Shared>,
+    /// `[auth] admin_users`.
+    pub admin_users: Vec<String>,
     pub ctx: AdapterContext,
     pub sampler: Arc<Sampler>,
     pub token: CancellationToken,
@@ -61,7 +65,92 @@ pub(crate) fn router(state: Arc<AdminState>) -> Router {
                 format!("no such path `{}`; try /, /api/adapters, /api/clients, /api/subscriptions, /api/topics, /api/publish, /metrics or /health", uri.path()),
             )
         })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_admin,
+        ))
         .with_state(state)
+}
+
+/// The `WWW-Authenticate` challenge of a refused admin request.
+const ADMIN_CHALLENGE: &str = "Basic realm=\"polyhub admin\", charset=\"UTF-8\"";
+
+/// With `[auth]`, every admin route needs HTTP Basic credentials of a user
+/// in the password file who is listed in `admin_users`: 401 with a Basic
+/// challenge when they are missing or wrong, 403 for other users (both
+/// counted on `polyhub_auth_denied_total{adapter="admin"}`). Without
+/// `[auth]`, open.
+async fn require_admin(
+    State(s): St,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if s.hub.auth.is_none() {
+        return next.run(req).await;
+    }
+    let peer = peer.to_string();
+    let unauthorized = |message: &str| {
+        (
+            StatusCode::UNAUTHORIZED,
+            [(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(ADMIN_CHALLENGE),
+            )],
+            Json(json!({ "error": message })),
+        )
+            .into_response()
+    };
+    let Some((user, password)) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| basic_credentials(v.as_bytes()))
+    else {
+        s.ctx.auth_denied(
+            &Identity::anonymous(),
+            "connect",
+            "",
+            Some(&peer),
+            &"no Basic credentials",
+        );
+        return unauthorized("the admin API needs the user name and password of one of [auth] admin_users (HTTP Basic)");
+    };
+    let identity = match s
+        .ctx
+        .authenticate(Some(&user), Some(password.as_bytes()), Some(&peer))
+    {
+        Ok(identity) => identity,
+        Err(_) => return unauthorized("wrong user name or password"),
+    };
+    if !s.admin_users.iter().any(|a| *a == user) {
+        s.ctx.auth_denied(
+            &identity,
+            "admin",
+            "",
+            Some(&peer),
+            &"not in [auth] admin_users",
+        );
+        return error(
+            StatusCode::FORBIDDEN,
+            format!("user `{user}` is not one of [auth] admin_users"),
+        );
+    }
+    next.run(req).await
+}
+
+/// `Basic base64(user:password)` from an `Authorization` header value.
+fn basic_credentials(value: &[u8]) -> Option<(String, String)> {
+    let value = std::str::from_utf8(value).ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(token.trim())
+        .ok()?;
+    let decoded = String::from_utf8(decoded).ok()?;
+    let (user, password) = decoded.split_once(':')?;
+    Some((user.to_owned(), password.to_owned()))
 }
 
 fn error(code: StatusCode, message: impl Into<String>) -> Response {

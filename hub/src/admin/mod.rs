@@ -8,7 +8,9 @@
 //! `/api/events` Server-Sent Events stream; nothing on the routing hot path
 //! but one `#` subscription whose queue keeps the latest messages.
 //!
-//! No authentication yet: the listener binds loopback by default.
+//! Access: without `[auth]`, open (the listener binds loopback by
+//! default); with `[auth]`, HTTP Basic credentials of one of `[auth]
+//! admin_users` on every route.
 
 mod api;
 mod sampler;
@@ -29,6 +31,7 @@ use crate::hub::Shared;
 pub(crate) async fn start(
     addr: SocketAddr,
     hub: Arc<Shared>,
+    admin_users: Vec<String>,
     ctx: AdapterContext,
     tracker: &TaskTracker,
     token: CancellationToken,
@@ -38,12 +41,14 @@ pub(crate) async fn start(
     let sampler = sampler::Sampler::start(hub.clone(), &ctx, tracker, token.clone());
     let state = Arc::new(api::AdminState {
         hub,
+        admin_users,
         ctx,
         sampler,
         token: token.clone(),
     });
     let app = api::router(state);
     tracker.spawn(async move {
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let serve = axum::serve(listener, app).with_graceful_shutdown(token.cancelled_owned());
         if let Err(e) = serve.await {
             tracing::warn!(addr = %bound, error = %e, "Admin listener stopped.");
