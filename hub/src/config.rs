@@ -76,7 +76,28 @@ pub struct AdminSection {
     /// it can publish; with `[auth]`, only `admin_users` get in.
     #[serde(default = "default_admin_bind")]
     pub bind: String,
+    /// HTTPS for the admin listener: `tls = { cert = "cert.pem", key =
+    /// "key.pem" }` (PEM files, relative to the config file's directory).
+    /// Default: plain HTTP.
+    pub tls: Option<AdminTls>,
 }
+
+/// `[admin] tls`: the admin listener's certificate and key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminTls {
+    /// PEM file with the server certificate, then any intermediates.
+    pub cert: PathBuf,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// The admin listener's TLS server configuration, when `[admin] tls` is set.
+#[cfg(feature = "http")]
+pub type AdminTlsConfig = std::sync::Arc<polyhub_http::tls::ServerConfig>;
+/// Without the `http` feature there is no TLS for the admin listener.
+#[cfg(not(feature = "http"))]
+pub type AdminTlsConfig = std::convert::Infallible;
 
 fn default_admin_bind() -> String {
     "127.0.0.1:9090".to_owned()
@@ -201,6 +222,8 @@ pub struct Config {
     /// `[auth] admin_users`: who may use the admin listener when `[auth]`
     /// is present.
     pub admin_users: Vec<String>,
+    /// `[admin] tls`, loaded.
+    pub admin_tls: Option<AdminTlsConfig>,
 }
 
 /// One problem found in a config file.
@@ -442,6 +465,7 @@ impl Config {
             let adapter_config = AdapterConfig {
                 name: entry.name.clone(),
                 table: entry.config.clone(),
+                base_dir: base_dir.map(Path::to_path_buf),
             };
             match factory.create(&adapter_config) {
                 Ok(adapter) => {
@@ -464,6 +488,18 @@ impl Config {
         }
 
         problems.extend(port_conflicts(&adapters, admin));
+
+        let admin_tls = raw
+            .admin
+            .as_ref()
+            .and_then(|a| a.tls.as_ref())
+            .and_then(|tls| match load_admin_tls(tls, base_dir) {
+                Ok(config) => Some(config),
+                Err(p) => {
+                    problems.push(p);
+                    None
+                }
+            });
 
         let admin_users = raw
             .auth
@@ -503,6 +539,7 @@ impl Config {
                 admin,
                 auth,
                 admin_users,
+                admin_tls,
             })
         } else {
             Err(ConfigFileError::Invalid {
@@ -511,6 +548,32 @@ impl Config {
             })
         }
     }
+}
+
+/// Reads `[admin] tls`'s certificate and key.
+#[cfg(feature = "http")]
+fn load_admin_tls(tls: &AdminTls, base_dir: Option<&Path>) -> Result<AdminTlsConfig, Problem> {
+    let config = polyhub_http::TlsConfig {
+        cert: crate::auth::resolve(&tls.cert, base_dir),
+        key: crate::auth::resolve(&tls.key, base_dir),
+    };
+    polyhub_http::tls::load(&config).map_err(|e| Problem {
+        adapter: None,
+        key: Some(match &e.key {
+            Some(k) => format!("admin.{k}"),
+            None => "admin.tls".to_owned(),
+        }),
+        message: e.message,
+    })
+}
+
+#[cfg(not(feature = "http"))]
+fn load_admin_tls(_: &AdminTls, _: Option<&Path>) -> Result<AdminTlsConfig, Problem> {
+    Err(Problem {
+        adapter: None,
+        key: Some("admin.tls".into()),
+        message: "this polyhub was built without the `http` feature, which serves TLS".into(),
+    })
 }
 
 /// Reads the files `[auth]` names; on error, the key of the file at fault.

@@ -372,6 +372,7 @@ impl Hub {
                 addr,
                 hub.shared.clone(),
                 config.admin_users.clone(),
+                config.admin_tls.clone(),
                 ctx,
                 &hub.tracker,
                 hub.token.child_token(),
@@ -379,7 +380,12 @@ impl Hub {
             .await
             {
                 Ok(bound) => {
-                    tracing::info!(addr = %bound, "Admin dashboard listening: http://{bound}/");
+                    let scheme = if config.admin_tls.is_some() {
+                        "https"
+                    } else {
+                        "http"
+                    };
+                    tracing::info!(addr = %bound, "Admin dashboard listening: {scheme}://{bound}/");
                     hub.admin_addr = Some(bound);
                 }
                 Err(source) => {

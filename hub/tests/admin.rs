@@ -675,3 +675,84 @@ async fn with_auth_only_admin_users_reach_the_admin_api() {
     assert_eq!(count("admin"), 6, "{metrics}");
     within("shutdown", hub.shutdown()).await.unwrap();
 }
+
+/// `[admin] tls`: the dashboard and API over HTTPS (certificates from
+/// `examples/secure/make-certs.sh`, paths relative to the config file),
+/// trusted by `curl --cacert`; plain HTTP on that port gets nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_speaks_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/secure/make-certs.sh");
+    let out = std::process::Command::new(script)
+        .arg(dir.path().join("certs"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let file = dir.path().join("hub.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[admin]\nbind = \"127.0.0.1:0\"\ntls = {{ cert = \"certs/server.pem\", key = \"certs/server.key\" }}\n\
+             [[adapters]]\nname = \"web\"\ntype = \"http\"\n[adapters.config]\nbind = \"127.0.0.1:{}\"\n",
+            free_tcp_port()
+        ),
+    )
+    .unwrap();
+    let config = polyhub::Config::load(&file, &polyhub::Registry::builtin()).unwrap();
+    let hub = within("hub start", polyhub::Hub::start(config))
+        .await
+        .unwrap();
+    let port = hub.admin_addr().unwrap().port();
+    let ca = dir.path().join("certs/ca.pem");
+    let (code, text) = curl(&[
+        "--cacert",
+        ca.to_str().unwrap(),
+        &format!("https://localhost:{port}/api/adapters"),
+    ])
+    .await;
+    assert_eq!(code, 200, "{text}");
+    assert!(text.contains("\"hub\":\"polyhub\""), "{text}");
+    // Without the CA, curl refuses the certificate; plain HTTP gets no answer.
+    let out = within(
+        "curl without the CA",
+        tokio::process::Command::new("curl")
+            .args([
+                "-s",
+                "--max-time",
+                "5",
+                &format!("https://localhost:{port}/health"),
+            ])
+            .output(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(60),
+        "curl should refuse an unknown CA"
+    );
+    let out = within(
+        "plain HTTP to the TLS port",
+        tokio::process::Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "5",
+            ])
+            .arg(format!("http://127.0.0.1:{port}/health"))
+            .output(),
+    )
+    .await
+    .unwrap();
+    assert_ne!(String::from_utf8_lossy(&out.stdout), "200");
+    within("shutdown", hub.shutdown()).await.unwrap();
+}

@@ -56,6 +56,10 @@ pub struct AdapterConfig {
     pub name: String,
     /// The `[adapters.config]` table, empty when absent.
     pub table: toml::Table,
+    /// The directory relative file paths in the table are relative to: the
+    /// config file's. `None`: the working directory (inline configs, and
+    /// plugins loaded as shared libraries).
+    pub base_dir: Option<std::path::PathBuf>,
 }
 
 impl AdapterConfig {
@@ -68,7 +72,17 @@ impl AdapterConfig {
         Ok(AdapterConfig {
             name: name.to_owned(),
             table,
+            base_dir: None,
         })
+    }
+
+    /// A file path from the table, made relative to [`Self::base_dir`] when
+    /// it is relative (certificates, keys, CA and key files).
+    pub fn resolve(&self, path: &std::path::Path) -> std::path::PathBuf {
+        match &self.base_dir {
+            Some(dir) if path.is_relative() => dir.join(path),
+            _ => path.to_path_buf(),
+        }
     }
 
     /// The table as TOML text.

@@ -5,7 +5,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -82,7 +81,7 @@ const ADMIN_CHALLENGE: &str = "Basic realm=\"polyhub admin\", charset=\"UTF-8\""
 /// `[auth]`, open.
 async fn require_admin(
     State(s): St,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(super::PeerAddr(peer)): ConnectInfo<super::PeerAddr>,
     req: Request,
     next: Next,
 ) -> Response {
@@ -122,7 +121,7 @@ async fn require_admin(
         Ok(identity) => identity,
         Err(_) => return unauthorized("wrong user name or password"),
     };
-    if !s.admin_users.iter().any(|a| *a == user) {
+    if !s.admin_users.contains(&user) {
         s.ctx.auth_denied(
             &identity,
             "admin",
@@ -226,6 +225,7 @@ pub(crate) fn adapters_json(snap: &HubSnapshot, clients: &BTreeMap<String, usize
                 "reconnects": m.reconnects,
                 "events": events,
                 "rejected": m.rejected.iter().map(|(k, v)| (k.clone(), Value::from(*v))).collect::<serde_json::Map<String, Value>>(),
+                "denied": m.denied.iter().map(|(k, v)| (k.clone(), Value::from(*v))).collect::<serde_json::Map<String, Value>>(),
             })
         })
         .collect()

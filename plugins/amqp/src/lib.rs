@@ -64,7 +64,9 @@ impl AdapterFactory for Factory {
     }
 
     fn create(&self, config: &AdapterConfig) -> Result<Box<dyn Adapter>, ConfigError> {
-        let settings = Settings::validate(config.parse::<AmqpConfig>()?)?;
+        let mut raw = config.parse::<AmqpConfig>()?;
+        raw.ca_file = raw.ca_file.map(|p| config.resolve(&p));
+        let settings = Settings::validate(raw)?;
         Ok(Box::new(AmqpAdapter::new(settings)))
     }
 }

@@ -29,11 +29,12 @@ pub mod config;
 pub mod convert;
 pub mod hub_status;
 mod serve;
-mod tls;
+pub mod tls;
 mod webhook;
 
 pub use adapter::HttpAdapter;
 pub use config::{HttpConfig, TlsConfig, WebhookConfig};
+pub use serve::ConnectionGate;
 
 use polyhub_sdk::{Adapter, AdapterConfig, AdapterFactory, ConfigError};
 
@@ -47,7 +48,11 @@ impl AdapterFactory for Factory {
     }
 
     fn create(&self, config: &AdapterConfig) -> Result<Box<dyn Adapter>, ConfigError> {
-        let parsed: HttpConfig = config.parse()?;
+        let mut parsed: HttpConfig = config.parse()?;
+        if let Some(tls) = &mut parsed.tls {
+            tls.cert = config.resolve(&tls.cert);
+            tls.key = config.resolve(&tls.key);
+        }
         let (addr, webhooks) = parsed.validate()?;
         let tls = parsed.tls.as_ref().map(tls::load).transpose()?;
         Ok(Box::new(HttpAdapter {

@@ -34,13 +34,14 @@ use crate::api::{self, PeerName, Rejected, Shared};
 /// Counts open connections against `max_connections` (the TLS listener
 /// has one of its own for handshakes under way).
 #[derive(Debug)]
-pub(crate) struct ConnectionGate {
+pub struct ConnectionGate {
     open: AtomicUsize,
     max: usize,
 }
 
 impl ConnectionGate {
-    pub(crate) fn new(max: usize) -> Arc<Self> {
+    /// A gate letting `max` connections in at once.
+    pub fn new(max: usize) -> Arc<Self> {
         Arc::new(ConnectionGate {
             open: AtomicUsize::new(0),
             max,
@@ -49,7 +50,7 @@ impl ConnectionGate {
 
     /// A slot, held until the returned guard is dropped; `None` when
     /// `max_connections` are open already.
-    pub(crate) fn enter(self: &Arc<Self>) -> Option<Slot> {
+    pub fn enter(self: &Arc<Self>) -> Option<Slot> {
         self.open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < self.max).then_some(n + 1)
@@ -61,7 +62,7 @@ impl ConnectionGate {
 
 /// One open connection's place in its [`ConnectionGate`].
 #[derive(Debug)]
-pub(crate) struct Slot(Arc<ConnectionGate>);
+pub struct Slot(Arc<ConnectionGate>);
 
 impl Drop for Slot {
     fn drop(&mut self) {

@@ -15,6 +15,9 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
+/// The server configuration [`load`] makes.
+pub use tokio_rustls::rustls::ServerConfig;
+
 use crate::config::TlsConfig;
 use crate::serve::ConnectionGate;
 

@@ -204,7 +204,13 @@ pub struct TlsSettings {
 impl Settings {
     /// Parses and checks the adapter's table.
     pub fn from_config(config: &AdapterConfig) -> Result<Settings, ConfigError> {
-        let raw: MqttConfig = config.parse()?;
+        let mut raw: MqttConfig = config.parse()?;
+        for path in [&mut raw.cert, &mut raw.key, &mut raw.ca_file]
+            .into_iter()
+            .flatten()
+        {
+            *path = config.resolve(path);
+        }
         Settings::from_raw(&config.name, raw)
     }
 

@@ -152,7 +152,8 @@ impl Settings {
     /// Parses and checks an adapter's config table. Reads nothing from the
     /// network; checks that `ca_file` exists.
     pub fn from_config(config: &AdapterConfig) -> Result<Settings, ConfigError> {
-        let raw: XmppConfig = config.parse()?;
+        let mut raw: XmppConfig = config.parse()?;
+        raw.ca_file = raw.ca_file.map(|p| config.resolve(&p));
         let jid = Jid::new(&raw.jid).map_err(|e| {
             ConfigError::key("jid", format!("`{}` is not a valid JID: {e}", raw.jid))
         })?;
