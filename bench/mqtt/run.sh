@@ -16,6 +16,10 @@
 #   bridge      MQTT device → CoAP observer and → SSE client through one hub,
 #               msg/s that arrive, against that hub's MQTT → MQTT
 #               (bench/mqtt/bridge.py)
+#   auth        the throughput run against polyhub with [auth] (a password
+#               file and a 24-rule ACL; every PUBLISH and every delivery
+#               checked) and against the same hub without [auth], same
+#               clients with -u/-P (target ≥ 0.9×); not part of the default
 #
 # Settings (environment): N=100000 messages per throughput run (N1=50000
 # at QoS 1), ROUNDS=3 (best of; brokers alternate), RATE=1000, SECS=10,
@@ -44,8 +48,8 @@ LAT_ROUNDS=${LAT_ROUNDS:-2}
 PARTS=("$@")
 ((${#PARTS[@]})) || PARTS=(throughput latency idle bridge)
 for part in "${PARTS[@]}"; do
-  case $part in throughput | latency | idle | bridge) ;; *)
-    echo "unknown part '$part': throughput, latency, idle or bridge" >&2
+  case $part in throughput | latency | idle | bridge | auth) ;; *)
+    echo "unknown part '$part': throughput, latency, idle, bridge or auth" >&2
     exit 1
     ;;
   esac
@@ -152,6 +156,32 @@ type = "http"
 bind = "127.0.0.1:$HTTP_PORT"
 EOF
   fi
+  if [[ ${2:-} == auth ]]; then
+    # The bench user writes and reads bench/#; the other rules are there to
+    # be searched: users, patterns with %u and %c, a deny.
+    "$HUB" passwd -b bench-secret "$work/passwords" bench >/dev/null 2>&1
+    {
+      echo "pattern read sensor/+/data"
+      echo "pattern write sensor/%u/+/data"
+      echo "pattern readwrite devices/%c/#"
+      echo "pattern deny devices/%c/secret"
+      for u in $(seq 1 8); do
+        echo "user user$u"
+        echo "topic readwrite site$u/#"
+        echo "topic read alarms/+/site$u"
+      done
+      echo "user bench"
+      echo "topic deny bench/secret"
+      echo "topic readwrite bench/#"
+    } >"$work/acl"
+    cat >>"$work/$1.toml" <<EOF
+
+[auth]
+password_file = "$work/passwords"
+acl_file = "$work/acl"
+allow_anonymous = false
+EOF
+  fi
   RUST_LOG=warn "$HUB" run --config "$work/$1.toml" >"$work/$1.log" 2>&1 &
   PPID_HUB=$!
   pids+=("$PPID_HUB")
@@ -178,9 +208,12 @@ met() { python3 -c "print('met' if $1 $2 $3 else 'not met')"; }
 tp_once() {
   local port=$1 qos=$2 start end sub N=$N
   ((qos == 0)) || N=$((N1 < N ? N1 : N))
-  mosquitto_pub -h 127.0.0.1 -p "$port" -t bench/tp/ready -r -q 1 -m ready
+  # TP_CRED="-u USER -P PASSWORD" logs every client in.
+  # shellcheck disable=SC2206
+  local cred=(${TP_CRED:-})
+  mosquitto_pub "${cred[@]}" -h 127.0.0.1 -p "$port" -t bench/tp/ready -r -q 1 -m ready
   : >"$work/sub.out"
-  mosquitto_sub -h 127.0.0.1 -p "$port" -t bench/tp/ready -t bench/tp/t -q "$qos" \
+  mosquitto_sub "${cred[@]}" -h 127.0.0.1 -p "$port" -t bench/tp/ready -t bench/tp/t -q "$qos" \
     -C $((N + 1)) -W 60 >"$work/sub.out" &
   sub=$!
   for _ in $(seq 1 300); do
@@ -190,7 +223,7 @@ tp_once() {
   done
   [[ -s $work/sub.out ]] || { echo "subscriber on $port never got the ready message" >&2; return 1; }
   start=$(date +%s.%N)
-  head -n "$N" "$work/lines" | mosquitto_pub -h 127.0.0.1 -p "$port" -t bench/tp/t -q "$qos" -l
+  head -n "$N" "$work/lines" | mosquitto_pub "${cred[@]}" -h 127.0.0.1 -p "$port" -t bench/tp/t -q "$qos" -l
   wait "$sub" || { echo "subscriber on $port did not get $N messages (QoS $qos)" >&2; return 1; }
   end=$(date +%s.%N)
   calc "f'{$N/($end-$start):.0f}'"
@@ -223,6 +256,34 @@ part_throughput() {
 
 p99_of() { sed -n 's/.*p99_us=\([0-9]*\).*/\1/p' <<<"$1"; }
 p50_of() { sed -n 's/.*p50_us=\([0-9]*\).*/\1/p' <<<"$1"; }
+
+part_auth() {
+  log "auth: throughput with and without [auth], $N (QoS 0) / $((N1 < N ? N1 : N)) (QoS 1) messages, best of $ROUNDS, hubs alternating"
+  [[ -s $work/lines ]] || for i in $(seq 1 "$N"); do printf 'payload-%08d\n' "$i"; done >"$work/lines"
+  start_hub auth-off
+  local oport=$PPORT opid=$PPID_HUB
+  start_hub auth-on auth
+  local aport=$PPORT apid=$PPID_HUB
+  for qos in 0 1; do
+    local bo=0 ba=0 o a
+    for r in $(seq 1 "$ROUNDS"); do
+      o=$(TP_CRED="-u bench -P bench-secret" tp_once "$oport" "$qos")
+      a=$(TP_CRED="-u bench -P bench-secret" tp_once "$aport" "$qos")
+      log "  QoS $qos round $r: without [auth] $o msg/s, with [auth] $a msg/s"
+      ((o > bo)) && bo=$o
+      ((a > ba)) && ba=$a
+    done
+    local ratio
+    ratio=$(calc "f'{$ba/$bo:.2f}'")
+    row "throughput QoS $qos with [auth] (msg/s)" "$ba" "$bo" "${ratio}x" "≥ 0.9x" "$(met "$ratio" '>=' 0.9)"
+  done
+  # The ACL really was in force: an anonymous client is refused.
+  if mosquitto_pub -h 127.0.0.1 -p "$aport" -t bench/tp/t -m x 2>/dev/null; then
+    echo "the [auth] hub let an anonymous client publish: the run measured nothing" >&2
+    exit 1
+  fi
+  kill "$opid" "$apid"
+}
 
 part_latency() {
   log "latency: $RATE msg/s for $SECS s (after 1 s warm-up), 16-byte payloads, best p99 of $LAT_ROUNDS, brokers alternating"

@@ -36,6 +36,22 @@ pub struct HubSection {
     /// values are left, a retained publish on a new topic is refused.
     #[serde(default = "default_max_topics")]
     pub max_topics: usize,
+    /// Directory of the embedded store (last and retained values survive a
+    /// restart; QoS 1 is acknowledged once on disk). Relative to the config
+    /// file's directory. Default: none, everything in memory.
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    /// When the store fsyncs: `always`, `batch` (default) or `never`.
+    #[serde(default)]
+    pub fsync: crate::store::Fsync,
+    /// With `fsync = "batch"`: at most one commit per this many
+    /// milliseconds. Default 5.
+    #[serde(default = "default_fsync_window_ms")]
+    pub fsync_window_ms: u64,
+}
+
+fn default_fsync_window_ms() -> u64 {
+    crate::store::DEFAULT_FSYNC_WINDOW_MS
 }
 
 fn default_max_topics() -> usize {
@@ -63,6 +79,9 @@ impl Default for HubSection {
             drain_timeout_ms: default_drain_timeout_ms(),
             startup_timeout_ms: default_startup_timeout_ms(),
             max_topics: default_max_topics(),
+            data_dir: None,
+            fsync: crate::store::Fsync::default(),
+            fsync_window_ms: default_fsync_window_ms(),
         }
     }
 }
@@ -320,7 +339,18 @@ impl Config {
             message: e.to_string().trim_end().to_owned(),
         })?;
         let mut problems = Vec::new();
-        let hub = raw.hub;
+        let mut hub = raw.hub;
+        hub.data_dir = hub
+            .data_dir
+            .take()
+            .map(|d| crate::auth::resolve(&d, base_dir));
+        if hub.fsync_window_ms > 10_000 {
+            problems.push(Problem {
+                adapter: None,
+                key: Some("hub.fsync_window_ms".into()),
+                message: "at most 10000 (QoS 1 publishers wait up to this long)".into(),
+            });
+        }
         if hub.max_topics == 0 {
             problems.push(Problem {
                 adapter: None,

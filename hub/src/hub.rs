@@ -30,6 +30,9 @@ pub const ROUTES_ADAPTER: &str = "routes";
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum HubError {
+    /// `[hub] data_dir` cannot be used.
+    #[error("[hub] data_dir: {0}")]
+    Store(#[from] crate::store::StoreError),
     /// An adapter failed before it was ever up.
     #[error("adapter \"{name}\" failed to start: {reason}")]
     AdapterFailed {
@@ -132,6 +135,14 @@ impl Shared {
             subscriptions: self.router.subscription_count(),
             last_value_evictions: self.router.store().evictions(),
             retained_quota_refusals: self.router.store().refusals(),
+            store: self.router.store().persist().map(|p| {
+                let s = p.stats();
+                polyhub_sdk::StoreSnapshot {
+                    commits: s.commits.load(std::sync::atomic::Ordering::Relaxed),
+                    writes: s.writes.load(std::sync::atomic::Ordering::Relaxed),
+                    errors: s.errors.load(std::sync::atomic::Ordering::Relaxed),
+                }
+            }),
         }
     }
 
@@ -259,6 +270,8 @@ pub struct Hub {
     tracker: TaskTracker,
     drain: Duration,
     admin_addr: Option<std::net::SocketAddr>,
+    /// `[hub] data_dir`, when set.
+    store: Option<crate::store::Store>,
 }
 
 impl Hub {
@@ -266,10 +279,19 @@ impl Hub {
     /// timeout) until each adapter is up or down. An adapter that fails
     /// before it was ever up stops the whole start with its error.
     pub async fn start(config: Config) -> Result<Hub, HubError> {
-        let router = Arc::new(Router::with_store(
-            config.hub.queue_depth,
-            LastValueStore::new(config.hub.max_topics),
-        ));
+        let mut values = LastValueStore::new(config.hub.max_topics);
+        let mut store = None;
+        if let Some(dir) = &config.hub.data_dir {
+            let (opened, slots) = crate::store::Store::open(
+                dir,
+                config.hub.fsync,
+                Duration::from_millis(config.hub.fsync_window_ms),
+            )?;
+            tracing::info!(file = %opened.path().display(), topics = slots.len(), fsync = ?config.hub.fsync, "Opened the data_dir store.");
+            values = values.with_persist(opened.persist().clone(), slots);
+            store = Some(opened);
+        }
+        let router = Arc::new(Router::with_store(config.hub.queue_depth, values));
         let shared = Arc::new(Shared {
             name: config.hub.name.clone(),
             router,
@@ -283,6 +305,7 @@ impl Hub {
             tracker: TaskTracker::new(),
             drain: Duration::from_millis(config.hub.drain_timeout_ms),
             admin_addr: None,
+            store,
         };
         tracing::info!(hub = %config.hub.name, source = %config.source, adapters = config.adapters.len(), routes = config.routes.len(), "Starting hub.");
 
@@ -490,6 +513,13 @@ impl Hub {
         self.tracker.close();
         let drained = tokio::time::timeout(self.drain, self.tracker.wait()).await;
         self.shared.router.close();
+        if let Some(store) = &self.store {
+            // What the adapters published last goes to disk before the
+            // process ends (the writer thread commits what is pending).
+            // A few milliseconds: the last batch's commit.
+            store.close();
+            tracing::info!(file = %store.path().display(), "Closed the data_dir store.");
+        }
         match drained {
             Ok(()) => {
                 tracing::info!(hub = %self.shared.name, "Stopped.");

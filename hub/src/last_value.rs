@@ -18,6 +18,8 @@ use ahash::AHashMap;
 use parking_lot::RwLock;
 use polyhub_sdk::{Envelope, Topic, TopicFilter};
 
+use crate::store::{Persist, StoredSlot, Ticket};
+
 /// Default of `[hub] max_topics`.
 pub const DEFAULT_MAX_TOPICS: usize = 100_000;
 
@@ -53,20 +55,20 @@ impl Inner {
     }
 
     /// Evicts the least recently updated topic that has no retained value;
-    /// false if every topic has one.
-    fn evict_one(&mut self) -> bool {
+    /// `None` if every topic has one.
+    fn evict_one(&mut self) -> Option<Topic> {
         while let Some((seq, topic)) = self.updates.pop_front() {
             match self.slots.get(&topic) {
                 Some(slot) if slot.seq == seq && slot.retained.is_none() => {
                     self.remove(&topic);
-                    return true;
+                    return Some(topic);
                 }
                 // Stale, or retained (never evictable while it stays so:
                 // a retained topic only leaves the store by being cleared).
                 _ => continue,
             }
         }
-        false
+        None
     }
 
     fn compact(&mut self) {
@@ -88,6 +90,8 @@ pub struct LastValueStore {
     max_topics: usize,
     evictions: AtomicU64,
     refusals: AtomicU64,
+    /// `[hub] data_dir`: where every change goes, when set.
+    persist: Option<Arc<Persist>>,
 }
 
 impl Default for LastValueStore {
@@ -104,7 +108,55 @@ impl LastValueStore {
             max_topics: max_topics.max(1),
             evictions: AtomicU64::new(0),
             refusals: AtomicU64::new(0),
+            persist: None,
         }
+    }
+
+    /// This store, writing every change to `persist` (`[hub] data_dir`),
+    /// holding the slots read back from it. When more were stored than
+    /// `max_topics` allows, the least recently updated plain ones are
+    /// evicted (and deleted from the store).
+    pub fn with_persist(
+        mut self,
+        persist: Arc<Persist>,
+        mut slots: Vec<(Topic, StoredSlot)>,
+    ) -> Self {
+        slots.sort_by_key(|(_, s)| s.seq);
+        {
+            let inner = self.inner.get_mut();
+            for (topic, slot) in slots {
+                inner.next_seq = inner.next_seq.max(slot.seq + 1);
+                if inner.slots.len() >= self.max_topics {
+                    match inner.evict_one() {
+                        Some(gone) => {
+                            persist.delete(&gone);
+                        }
+                        None if slot.retained.is_some() => {
+                            // Only retained values left: this one is
+                            // refused as a new retained publish would be.
+                            persist.delete(&topic);
+                            continue;
+                        }
+                        None => {
+                            persist.delete(&topic);
+                            continue;
+                        }
+                    }
+                }
+                inner.updates.push_back((slot.seq, topic.clone()));
+                inner.order.insert(topic.clone());
+                inner.slots.insert(
+                    topic,
+                    Slot {
+                        last: slot.last,
+                        retained: slot.retained,
+                        seq: slot.seq,
+                    },
+                );
+            }
+        }
+        self.persist = Some(persist);
+        self
     }
 
     /// Records `envelope` as its topic's last value (and retained value if
@@ -115,47 +167,83 @@ impl LastValueStore {
     /// refused with [`QuotaExceeded`] and a plain one is routed without being
     /// kept (it would be the first to go).
     pub fn update(&self, envelope: &Arc<Envelope>) -> Result<(), QuotaExceeded> {
+        self.update_persisted(envelope).map(|_| ())
+    }
+
+    /// [`Self::update`], and with `[hub] data_dir` the ticket of the batch
+    /// that writes the change to disk (`None`: nothing to write).
+    pub fn update_persisted(
+        &self,
+        envelope: &Arc<Envelope>,
+    ) -> Result<Option<Ticket>, QuotaExceeded> {
         let mut inner = self.inner.write();
         if envelope.retain && envelope.payload.is_empty() {
-            inner.remove(&envelope.topic);
-            return Ok(());
+            // Written under the lock, so the store sees changes of one
+            // topic in the order they were made.
+            let removed = inner.remove(&envelope.topic);
+            return Ok(match &self.persist {
+                Some(p) if removed => Some(p.delete(&envelope.topic)),
+                _ => None,
+            });
         }
         let seq = inner.next_seq;
         inner.next_seq += 1;
         let retained = envelope.retain.then(|| envelope.clone());
-        if let Some(slot) = inner.slots.get_mut(&envelope.topic) {
+        let mut evicted = None;
+        let stored = if let Some(slot) = inner.slots.get_mut(&envelope.topic) {
             slot.last = envelope.clone();
             slot.seq = seq;
             if retained.is_some() {
                 slot.retained = retained;
             }
+            slot.retained.clone()
         } else {
             if inner.slots.len() >= self.max_topics {
-                if inner.evict_one() {
+                if let Some(gone) = inner.evict_one() {
                     self.evictions.fetch_add(1, Ordering::Relaxed);
+                    evicted = Some(gone);
                 } else if envelope.retain {
                     self.refusals.fetch_add(1, Ordering::Relaxed);
                     return Err(QuotaExceeded);
                 } else {
                     self.evictions.fetch_add(1, Ordering::Relaxed);
-                    return Ok(());
+                    return Ok(None);
                 }
             }
             inner.slots.insert(
                 envelope.topic.clone(),
                 Slot {
                     last: envelope.clone(),
-                    retained,
+                    retained: retained.clone(),
                     seq,
                 },
             );
             inner.order.insert(envelope.topic.clone());
-        }
+            retained
+        };
         inner.updates.push_back((seq, envelope.topic.clone()));
         if inner.updates.len() > 2 * inner.slots.len() + 1024 {
             inner.compact();
         }
-        Ok(())
+        let Some(persist) = &self.persist else {
+            return Ok(None);
+        };
+        if let Some(gone) = evicted {
+            persist.delete(&gone);
+        }
+        Ok(Some(persist.put(
+            &envelope.topic,
+            StoredSlot {
+                seq,
+                last: envelope.clone(),
+                retained: stored,
+            },
+        )))
+    }
+
+    /// Where changes are written, with `[hub] data_dir`.
+    pub fn persist(&self) -> Option<&Arc<Persist>> {
+        self.persist.as_ref()
     }
 
     /// The last value of `topic`.
@@ -165,7 +253,14 @@ impl LastValueStore {
 
     /// Forgets `topic`; false if it had no value.
     pub fn clear(&self, topic: &Topic) -> bool {
-        self.inner.write().remove(topic)
+        let mut inner = self.inner.write();
+        let removed = inner.remove(topic);
+        if removed {
+            if let Some(p) = &self.persist {
+                p.delete(topic);
+            }
+        }
+        removed
     }
 
     /// Last values of the topics matching `filter`, sorted by topic.

@@ -16,6 +16,7 @@ pub mod plugin;
 pub mod registry;
 pub mod router;
 pub mod routes;
+pub mod store;
 pub mod trie;
 
 pub use auth::Auth;

@@ -234,6 +234,18 @@ fn main() -> ExitCode {
                         .join(", "),
                     c.routes.len()
                 );
+                if let Some(dir) = &c.hub.data_dir {
+                    match polyhub::store::describe(dir) {
+                        Ok(said) => println!("data_dir {said}"),
+                        Err(polyhub::store::StoreError::InUse { path }) => {
+                            println!("data_dir {}: in use by a running hub", path.display())
+                        }
+                        Err(e) => {
+                            eprintln!("error: [hub] data_dir: {e}");
+                            return ExitCode::FAILURE;
+                        }
+                    }
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -175,9 +175,10 @@ impl Router {
         envelope.id = MessageId::generate();
         envelope.timestamp = SystemTime::now();
         let envelope = Arc::new(envelope);
-        if self.store.update(&envelope).is_err() {
-            return Err(PublishError::Quota);
-        }
+        let ticket = match self.store.update_persisted(&envelope) {
+            Ok(ticket) => ticket,
+            Err(_) => return Err(PublishError::Quota),
+        };
         publisher.record_in();
 
         let mut waiting: Vec<Arc<SubEntry>> = Vec::new();
@@ -221,6 +222,17 @@ impl Router {
             }
         }
         self.latency.observe(start.elapsed());
+        // With `[hub] data_dir`, a QoS 1 or 2 publisher hears back (and
+        // acknowledges its device) only once the value is on disk; the
+        // subscribers had it already.
+        if let (Some(ticket), true) = (ticket, envelope.qos.is_acknowledged()) {
+            if let Some(persist) = self.store.persist() {
+                persist
+                    .stored(ticket)
+                    .await
+                    .map_err(|_| PublishError::NotStored)?;
+            }
+        }
         Ok(())
     }
 

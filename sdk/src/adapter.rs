@@ -132,6 +132,11 @@ pub enum PublishError {
     /// HTTP 507, CoAP 5.03).
     #[error("quota exceeded: the hub keeps [hub] max_topics retained values already")]
     Quota,
+    /// `[hub] data_dir` could not write the envelope's value to disk: the
+    /// envelope was routed, but a QoS 1 device must not be told it is safe
+    /// (MQTT: no PUBACK, so the device sends it again; HTTP 503; CoAP 5.03).
+    #[error("not stored: the hub's data_dir could not write it")]
+    NotStored,
 }
 
 /// Why a subscription could not be made.

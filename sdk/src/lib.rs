@@ -33,7 +33,7 @@ pub use config::{AdapterConfig, ConfigError};
 pub use envelope::{Envelope, MessageId, Origin, QoS};
 pub use metrics::{
     AdapterMetrics, AdapterSnapshot, HistogramSnapshot, HubSnapshot, MetricsSnapshot,
-    REJECTED_PREFIX,
+    StoreSnapshot, REJECTED_PREFIX,
 };
 pub use topic::{Topic, TopicError, TopicFilter};
 

@@ -250,6 +250,19 @@ pub struct HubSnapshot {
     /// Retained publishes refused because only retained values were left
     /// in a full store.
     pub retained_quota_refusals: u64,
+    /// The `[hub] data_dir` store's figures, when there is one.
+    pub store: Option<StoreSnapshot>,
+}
+
+/// The `[hub] data_dir` store's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreSnapshot {
+    /// Commits (batches) written.
+    pub commits: u64,
+    /// Topic changes written.
+    pub writes: u64,
+    /// Commits that failed (retried).
+    pub errors: u64,
 }
 
 impl HubSnapshot {

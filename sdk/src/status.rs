@@ -176,6 +176,28 @@ pub fn prometheus(snapshot: &HubSnapshot) -> String {
         "polyhub_retained_quota_refusals_total{{hub=\"{hub}\"}} {}",
         snapshot.retained_quota_refusals
     );
+    if let Some(store) = &snapshot.store {
+        for (name, help, n) in [
+            (
+                "polyhub_store_commits_total",
+                "Batches the data_dir store committed.",
+                store.commits,
+            ),
+            (
+                "polyhub_store_writes_total",
+                "Topic values the data_dir store wrote.",
+                store.writes,
+            ),
+            (
+                "polyhub_store_errors_total",
+                "Commits of the data_dir store that failed (retried).",
+                store.errors,
+            ),
+        ] {
+            header(&mut out, name, help, "counter");
+            let _ = writeln!(out, "{name}{{hub=\"{hub}\"}} {n}");
+        }
+    }
     header(
         &mut out,
         "polyhub_subscriptions",
@@ -271,6 +293,11 @@ mod tests {
             subscriptions: 6,
             last_value_evictions: 8,
             retained_quota_refusals: 9,
+            store: Some(crate::metrics::StoreSnapshot {
+                commits: 5,
+                writes: 9,
+                errors: 1,
+            }),
         }
     }
 
@@ -306,6 +333,9 @@ mod tests {
             "polyhub_routing_latency_seconds_bucket{hub=\"hub-1\",le=\"+Inf\"} 4",
             "polyhub_routing_latency_seconds_sum{hub=\"hub-1\"} 0.5",
             "polyhub_routing_latency_seconds_count{hub=\"hub-1\"} 4",
+            "polyhub_store_commits_total{hub=\"hub-1\"} 5",
+            "polyhub_store_writes_total{hub=\"hub-1\"} 9",
+            "polyhub_store_errors_total{hub=\"hub-1\"} 1",
             "polyhub_topics{hub=\"hub-1\"} 5",
             "polyhub_rejected_total{hub=\"hub-1\",adapter=\"web\",reason=\"body_too_large\"} 2",
             "polyhub_last_value_evictions_total{hub=\"hub-1\"} 8",
