@@ -343,3 +343,60 @@ async fn deny_and_wildcard_rules_over_xmpp_get_mosquittos_verdicts() {
     )
     .await;
 }
+
+/// `users` maps a JID to another user (`user3@localhost` acts as `user1`),
+/// and a static subscriber of the config receives what its user could not
+/// subscribe to (`user2` may not read `other/#`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_map_jids_and_static_subscribers_are_trusted() {
+    let files = lab_files(LAB_ACL);
+    let dir = files.path();
+    let port = prosody_port();
+    let tag = tag();
+    let hub_jid = format!("{HUB_ACCOUNT}@localhost/lab-{tag}");
+    let hub = start_hub(&format!(
+        "[auth]\npassword_file = \"{pw}\"\nacl_file = \"{acl}\"\nallow_anonymous = false\n\
+         [[adapters]]\nname = \"xmpp\"\ntype = \"xmpp\"\n[adapters.config]\n\
+         jid = \"{hub_jid}\"\npassword = \"{XMPP_PASSWORD}\"\nserver = \"127.0.0.1:{port}\"\n\
+         tls = \"none\"\nusers = {{ \"user3@localhost\" = \"user1\" }}\n\
+         subscribers = [{{ jid = \"user2@localhost\", filter = \"other/{tag}/#\" }}]\n",
+        pw = dir.join("passwords").display(),
+        acl = dir.join("acl").display(),
+    ))
+    .await;
+    let probe = hub.attach("lab-probe", "test");
+    let mut seen = probe.subscribe([TopicFilter::new("#").unwrap()]).unwrap();
+
+    // user3 alone may not publish on sensor/fanspeed/data; mapped to user1 it may.
+    let mut user3 = Device::login("user3", port, &tag).await.unwrap();
+    let marker = format!("mapped-{tag}");
+    user3
+        .send(&hub_jid, Some("sensor/fanspeed/data"), &marker)
+        .await;
+    let answer = user3.command(&hub_jid, "list").await;
+    assert_eq!(answer, "polyhub: no subscriptions");
+    let got = within("the mapped user's publish", seen.recv()).await.unwrap();
+    assert_eq!(&got.payload[..], marker.as_bytes());
+
+    // user2's own `subscribe` is refused; the config's subscription delivers.
+    let mut user2 = Device::login("user2", port, &tag).await.unwrap();
+    let filter = format!("other/{tag}/#");
+    let answer = user2.command(&hub_jid, &format!("subscribe {filter}")).await;
+    assert_eq!(answer, format!("polyhub: you may not subscribe to {filter}"));
+    let topic = format!("other/{tag}/x");
+    probe
+        .publish(Envelope::new(Topic::new(&topic).unwrap(), format!("static-{tag}")))
+        .await
+        .unwrap();
+    let ev = user2
+        .next("the static subscription's message", |e| {
+            e.name == "message" && e.get("subject") != ""
+        })
+        .await;
+    assert_eq!(ev.get("subject"), topic);
+    assert_eq!(ev.get("body"), format!("static-{tag}"));
+    let snap = hub.snapshot();
+    let xmpp = snap.adapters.iter().find(|a| a.name == "xmpp").unwrap();
+    assert_eq!(xmpp.metrics.denied("subscribe"), 1);
+    assert_eq!(xmpp.metrics.denied("read"), 0);
+}
