@@ -37,7 +37,14 @@ async fn the_lab_table_gets_mosquittos_verdicts_with_anonymous_access() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deny_client_id_and_wildcard_rules_get_mosquittos_verdicts() {
-    compare("Extended ACL", EXTENDED_ACL, true, &extended_rows(), auth_column).await;
+    compare(
+        "Extended ACL",
+        EXTENDED_ACL,
+        true,
+        &extended_rows(),
+        auth_column,
+    )
+    .await;
 }
 
 /// A user `polyhub passwd` wrote logs in to Mosquitto; a wrong password

@@ -103,7 +103,15 @@ async fn curl_status(args: &[String]) -> u16 {
     let out = within(
         "curl",
         Command::new("curl")
-            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10"])
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "10",
+            ])
             .args(args)
             .output(),
     )
@@ -150,7 +158,9 @@ async fn sse_status(args: &[String]) -> u16 {
 }
 
 fn pct(s: &str) -> String {
-    s.replace('%', "%25").replace('#', "%23").replace('+', "%2B")
+    s.replace('%', "%25")
+        .replace('#', "%23")
+        .replace('+', "%2B")
 }
 
 /// One column: polyhub over HTTP with one kind of credentials.
@@ -337,7 +347,13 @@ async fn refusals_are_401_with_www_authenticate_or_403() {
     let t = hub.url("/topics/sensor/fanspeed/data");
     let post = |creds: Vec<String>| {
         let mut a = creds;
-        a.extend(["-X".into(), "POST".into(), "-d".into(), "1".into(), t.clone()]);
+        a.extend([
+            "-X".into(),
+            "POST".into(),
+            "-d".into(),
+            "1".into(),
+            t.clone(),
+        ]);
         a
     };
     for creds in [
@@ -409,13 +425,32 @@ async fn refusals_are_401_with_www_authenticate_or_403() {
     // /events: a filter the caller can never read is 403.
     let sse = curl_full(&get(&user2, hub.url("/events?filter=other/%23"))).await;
     assert!(sse.starts_with("HTTP/1.1 403"), "{sse}");
-    assert_eq!(sse_status(&get(&user2, hub.url("/events?filter=sensor/%2B/data"))).await, 200);
+    assert_eq!(
+        sse_status(&get(&user2, hub.url("/events?filter=sensor/%2B/data"))).await,
+        200
+    );
     let snap = hub.hub.snapshot();
     let http = snap.adapters.iter().find(|a| a.name == "http").unwrap();
-    assert!(http.metrics.denied("write") >= 2, "{:?}", http.metrics.denied);
-    assert!(http.metrics.denied("read") >= 1, "{:?}", http.metrics.denied);
-    assert!(http.metrics.denied("subscribe") >= 1, "{:?}", http.metrics.denied);
-    assert!(http.metrics.denied("connect") >= 3, "{:?}", http.metrics.denied);
+    assert!(
+        http.metrics.denied("write") >= 2,
+        "{:?}",
+        http.metrics.denied
+    );
+    assert!(
+        http.metrics.denied("read") >= 1,
+        "{:?}",
+        http.metrics.denied
+    );
+    assert!(
+        http.metrics.denied("subscribe") >= 1,
+        "{:?}",
+        http.metrics.denied
+    );
+    assert!(
+        http.metrics.denied("connect") >= 3,
+        "{:?}",
+        http.metrics.denied
+    );
 }
 
 /// The list form of `tokens` gets what an anonymous client gets, even with
@@ -456,9 +491,13 @@ async fn list_tokens_act_as_anonymous_and_metrics_auth_needs_credentials() {
         curl_status(&with(&bearer, &["-X", "POST", "-d", "x", &news])).await,
         403
     );
-    let public = url(&format!("/events?filter=public/%23&access_token={LIST_TOKEN}"));
+    let public = url(&format!(
+        "/events?filter=public/%23&access_token={LIST_TOKEN}"
+    ));
     assert_eq!(sse_status(&[public]).await, 200);
-    let other = url(&format!("/events?filter=other/%23&access_token={LIST_TOKEN}"));
+    let other = url(&format!(
+        "/events?filter=other/%23&access_token={LIST_TOKEN}"
+    ));
     assert_eq!(sse_status(&[other]).await, 403);
     let no_token = url("/events?filter=public/%23");
     assert_eq!(sse_status(&[no_token]).await, 401);
@@ -488,9 +527,8 @@ async fn metrics_auth_without_auth_or_tokens_fails_the_start() {
         "[[adapters]]\nname = \"http\"\ntype = \"http\"\n[adapters.config]\n\
          bind = \"127.0.0.1:{port}\"\nmetrics_auth = true\n"
     );
-    let err = within("hub start", polyhub::start_str(&config))
-        .await
-        .err()
-        .expect("the hub started");
+    let Err(err) = within("hub start", polyhub::start_str(&config)).await else {
+        panic!("the hub started");
+    };
     assert!(format!("{err:#}").contains("metrics_auth"), "{err:#}");
 }

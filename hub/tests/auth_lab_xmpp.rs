@@ -45,7 +45,11 @@ fn prosody_port() -> u16 {
         .arg(PROSODY_DIR)
         .output()
         .expect("run scripts/prosody/instance.sh (is prosody installed? run scripts/test.sh)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
 
@@ -250,13 +254,19 @@ impl XmppColumn {
         while let Some(e) = self.seen.try_recv() {
             arrived |= e.topic.as_str() == topic && e.payload == marker.as_bytes();
         }
-        assert_eq!(arrived, !refused, "row {n}: refusal reply and delivery disagree");
+        assert_eq!(
+            arrived, !refused,
+            "row {n}: refusal reply and delivery disagree"
+        );
         arrived
     }
 
     async fn subscribe(&mut self, user: &str, filter: &str, topic: &str, n: usize) -> bool {
         let hub = self.hub_jid.clone();
-        let (marker, done) = (format!("row-{n}-{}", self.tag), format!("done-{n}-{}", self.tag));
+        let (marker, done) = (
+            format!("row-{n}-{}", self.tag),
+            format!("done-{n}-{}", self.tag),
+        );
         let sentinel = format!("lab/sentinel/{user}@localhost");
         let Some(dev) = self.device(user).await else {
             return false;
@@ -265,7 +275,10 @@ impl XmppColumn {
         if answer == format!("polyhub: you may not subscribe to {filter}") {
             return false;
         }
-        assert!(answer.contains(&format!("subscribed to {filter}")), "{answer}");
+        assert!(
+            answer.contains(&format!("subscribed to {filter}")),
+            "{answer}"
+        );
         let answer = dev.command(&hub, &format!("subscribe {sentinel}")).await;
         assert!(answer.contains("subscribed to"), "{answer}");
         for (t, payload) in [(topic, &marker), (sentinel.as_str(), &done)] {
@@ -278,7 +291,9 @@ impl XmppColumn {
         let mut delivered = false;
         loop {
             let ev = dev
-                .next("the sentinel", |e| e.name == "message" && e.get("subject") != "")
+                .next("the sentinel", |e| {
+                    e.name == "message" && !e.get("subject").is_empty()
+                })
                 .await;
             if ev.get("body") == done {
                 break;
@@ -375,22 +390,32 @@ async fn users_map_jids_and_static_subscribers_are_trusted() {
         .await;
     let answer = user3.command(&hub_jid, "list").await;
     assert_eq!(answer, "polyhub: no subscriptions");
-    let got = within("the mapped user's publish", seen.recv()).await.unwrap();
+    let got = within("the mapped user's publish", seen.recv())
+        .await
+        .unwrap();
     assert_eq!(&got.payload[..], marker.as_bytes());
 
     // user2's own `subscribe` is refused; the config's subscription delivers.
     let mut user2 = Device::login("user2", port, &tag).await.unwrap();
     let filter = format!("other/{tag}/#");
-    let answer = user2.command(&hub_jid, &format!("subscribe {filter}")).await;
-    assert_eq!(answer, format!("polyhub: you may not subscribe to {filter}"));
+    let answer = user2
+        .command(&hub_jid, &format!("subscribe {filter}"))
+        .await;
+    assert_eq!(
+        answer,
+        format!("polyhub: you may not subscribe to {filter}")
+    );
     let topic = format!("other/{tag}/x");
     probe
-        .publish(Envelope::new(Topic::new(&topic).unwrap(), format!("static-{tag}")))
+        .publish(Envelope::new(
+            Topic::new(&topic).unwrap(),
+            format!("static-{tag}"),
+        ))
         .await
         .unwrap();
     let ev = user2
         .next("the static subscription's message", |e| {
-            e.name == "message" && e.get("subject") != ""
+            e.name == "message" && !e.get("subject").is_empty()
         })
         .await;
     assert_eq!(ev.get("subject"), topic);

@@ -105,7 +105,13 @@ impl Mosquitto {
     }
 
     /// `mosquitto_pub … -q 1`; whether it connected and got its PUBACK.
-    pub async fn publish(&self, user: Option<&str>, client: &str, topic: &str, payload: &str) -> bool {
+    pub async fn publish(
+        &self,
+        user: Option<&str>,
+        client: &str,
+        topic: &str,
+        payload: &str,
+    ) -> bool {
         let out = within(
             "mosquitto_pub",
             Command::new("mosquitto_pub")

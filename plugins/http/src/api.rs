@@ -269,8 +269,11 @@ async fn identify(State(state): State<Shared>, mut req: Request, next: Next) -> 
 async fn require_credentials(State(state): State<Shared>, req: Request, next: Next) -> Response {
     match caller_of(&state, &req) {
         Ok(caller) if caller.credentials => next.run(req).await,
-        Ok(_) => unauthorized(&state, "credentials required (Authorization: Basic or Bearer)")
-            .into_response(),
+        Ok(_) => unauthorized(
+            &state,
+            "credentials required (Authorization: Basic or Bearer)",
+        )
+        .into_response(),
         Err(e) => e.into_response(),
     }
 }
@@ -501,9 +504,12 @@ fn list_topics(
         .iter()
         .take(limit)
         .filter(|e| {
-            state
-                .ctx
-                .authorize(&caller.identity, &caller.client_id, e.topic.as_str(), Action::Read)
+            state.ctx.authorize(
+                &caller.identity,
+                &caller.client_id,
+                e.topic.as_str(),
+                Action::Read,
+            )
         })
         .filter_map(|e| serde_json::from_str(&EventData::of(e).to_json()).ok())
         .collect();

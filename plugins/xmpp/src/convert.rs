@@ -608,8 +608,14 @@ mod tests {
         let bare = |s: &str| BareJid::new(s).unwrap();
         let users: std::collections::HashMap<BareJid, String> =
             [(bare("alice@example.org"), "user1".to_owned())].into();
-        assert_eq!(user_of(&users, "localhost", &bare("alice@example.org")), Some("user1"));
-        assert_eq!(user_of(&users, "localhost", &bare("user2@localhost")), Some("user2"));
+        assert_eq!(
+            user_of(&users, "localhost", &bare("alice@example.org")),
+            Some("user1")
+        );
+        assert_eq!(
+            user_of(&users, "localhost", &bare("user2@localhost")),
+            Some("user2")
+        );
         assert_eq!(user_of(&users, "localhost", &bare("user2@elsewhere")), None);
         assert_eq!(user_of(&users, "localhost", &bare("localhost")), None);
     }
