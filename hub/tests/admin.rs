@@ -300,10 +300,16 @@ async fn clients_subscriptions_and_live_ticks() {
     )
     .await;
     assert_eq!(code, 202);
-    let chunk = within("sse event", streams[0].chunk())
-        .await
-        .unwrap()
-        .unwrap();
+    // The stream opens with a `: subscribed` comment: skip comments.
+    let chunk = within("sse event", async {
+        loop {
+            let chunk = streams[0].chunk().await.unwrap().unwrap();
+            if !chunk.starts_with(b":") {
+                return chunk;
+            }
+        }
+    })
+    .await;
     assert!(String::from_utf8_lossy(&chunk).contains("a/x"));
     let mut out = 0;
     for _ in 0..100 {

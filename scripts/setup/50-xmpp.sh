@@ -19,3 +19,9 @@ for user in polyhub-cmp-pub polyhub-cmp-sub polyhub-cmp-in polyhub-cmp-out; do
   [[ -e /tmp/polyhub-prosody/data/localhost/accounts/${user//-/%2d}.dat ]] && continue
   prosodyctl --config /tmp/polyhub-prosody/prosody.cfg.lua register "$user" localhost polyhub-cmp >/dev/null
 done
+# The access-control lab's users on XMPP (hub/tests/auth_lab_xmpp.rs) and the
+# hub account it logs in with, password "polyhub-pw" like instance.sh's.
+for user in user1 user2 user3 polyhub-lab; do
+  [[ -e /tmp/polyhub-prosody/data/localhost/accounts/${user//-/%2d}.dat ]] && continue
+  prosodyctl --config /tmp/polyhub-prosody/prosody.cfg.lua register "$user" localhost polyhub-pw >/dev/null
+done

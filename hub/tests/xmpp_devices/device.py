@@ -5,7 +5,7 @@ the device writes JSON events on stdout, one per line.
 
     device.py JID PASSWORD PORT [CA_FILE]
 
-Events (one line each, see emit()): online, message (from, type, subject,
+Events (one line each, see emit()): online, auth_failed (then it stops), message (from, type, subject,
 body, error), iq (id, type, xml, error), disco (features), pong, disconnected,
 bye, command_error.
 Commands: send (to, subject?, body?, type?), sensor (to, node, fields:
@@ -60,6 +60,7 @@ class Device(slixmpp.ClientXMPP):
         self.add_event_handler("message", self.on_message)
         self.add_event_handler("message_error", self.on_message)
         self.add_event_handler("disconnected", self.on_disconnected)
+        self.add_event_handler("failed_all_auth", self.on_failed_auth)
 
     async def on_start(self, _event):
         self.send_presence()
@@ -75,6 +76,12 @@ class Device(slixmpp.ClientXMPP):
             body=msg["body"],
             error=msg["error"]["condition"] if msg["type"] == "error" else "",
         )
+
+    def on_failed_auth(self, _event):
+        # The server refused the account: report it and stop (no retries).
+        emit("auth_failed")
+        self.quitting = True
+        self.disconnect()
 
     def on_disconnected(self, _reason):
         emit("disconnected")

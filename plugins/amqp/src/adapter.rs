@@ -23,12 +23,13 @@ use lapin::{
     PublisherConfirm,
 };
 use polyhub_sdk::{
-    Adapter, AdapterContext, AdapterError, Envelope, Origin, PublishError, QoS, Subscription,
+    Action, Adapter, AdapterContext, AdapterError, Envelope, Identity, Origin, PublishError, QoS,
+    Subscription,
 };
 use tracing::{debug, warn};
 
 use crate::config::Settings;
-use crate::convert::{amqp_to_envelope, envelope_to_amqp, is_own_echo};
+use crate::convert::{amqp_to_envelope, envelope_to_amqp, is_own_echo, routing_key_to_topic};
 use crate::error::SessionError;
 use polyhub_sdk::reconnect::{Next, Supervisor};
 
@@ -332,6 +333,17 @@ impl Shared {
                 Some(u) => base.clone().with_user(u.as_str()),
                 None => base.clone(),
             };
+            if !self.may_publish(&d.properties, d.routing_key.as_str()) {
+                // Dropped as Mosquitto drops a refused publish: acked
+                // away (rejected without requeue), counted as a denial.
+                if ack {
+                    d.acker
+                        .reject(BasicRejectOptions { requeue: false })
+                        .await
+                        .map_err(SessionError::amqp("rejecting"))?;
+                }
+                continue;
+            }
             match amqp_to_envelope(
                 d.routing_key.as_str(),
                 &d.properties,
@@ -380,6 +392,32 @@ impl Shared {
             }
         }
         Err(SessionError::ConsumerCancelled)
+    }
+
+    /// Whether `[auth]` lets the sender of a message publish on the topic
+    /// of `routing_key`. The sender is the message's `user_id` property,
+    /// which RabbitMQ checks against the user of the connection that
+    /// published it; without one it is anonymous (let in only when
+    /// `allow_anonymous` is on). The `%c` of ACL patterns is the message's
+    /// `app_id` (empty without one). A routing key that maps to no topic is
+    /// let through here, to be refused as such.
+    fn may_publish(&self, properties: &lapin::BasicProperties, routing_key: &str) -> bool {
+        if !self.ctx.auth_enabled() {
+            return true;
+        }
+        let Ok(topic) = routing_key_to_topic(routing_key) else {
+            return true;
+        };
+        let identity = match properties.user_id() {
+            Some(u) => Identity::user(u.as_str()),
+            None => match self.ctx.authenticate(None, None, None) {
+                Ok(anonymous) => anonymous,
+                Err(_) => return false,
+            },
+        };
+        let client_id = properties.app_id().as_ref().map_or("", |a| a.as_str());
+        self.ctx
+            .authorize(&identity, client_id, topic.as_str(), Action::Write)
     }
 
     /// Hub → broker: resends the retry queue, then publishes what the

@@ -14,7 +14,9 @@ declare: declare the exchange and a durable queue bound with KEY, then exit.
 cleanup: delete the --delete-queue queues and the exchange.
 
 publish: publish COUNT messages (persistent, confirmed) to the exchange with
-routing key KEY and body "{prefix}{i}".
+routing key KEY and body "{prefix}{i}", with --user-id and --app-id as the
+messages' user_id and app_id properties (RabbitMQ refuses a user_id other
+than the connection's user).
 """
 
 import argparse
@@ -83,7 +85,8 @@ def publish(args):
             args.exchange,
             args.key[0],
             f"{args.prefix}{i}".encode(),
-            pika.BasicProperties(delivery_mode=2, content_type="text/plain"),
+            pika.BasicProperties(delivery_mode=2, content_type="text/plain",
+                                 user_id=args.user_id, app_id=args.app_id),
         )
     conn.close()
     print("done", flush=True)
@@ -125,6 +128,8 @@ def main():
     p.add_argument("--timeout", type=float, default=10.0)
     p.add_argument("--prefix", default="m")
     p.add_argument("--delete-queue", action="append", default=[])
+    p.add_argument("--user-id", help="publish: the messages' user_id property")
+    p.add_argument("--app-id", help="publish: the messages' app_id property")
     args = p.parse_args()
     if not args.key:
         args.key = ["#"]

@@ -65,9 +65,18 @@ impl Adapter for HttpAdapter {
             }
         }
 
+        let guarded = ctx.auth_enabled() || !config.tokens.is_empty();
+        if config.metrics_auth && !guarded {
+            return Err(AdapterError::Config(polyhub_sdk::ConfigError::key(
+                "metrics_auth",
+                "needs credentials to check: an [auth] section in the hub's config, or `tokens`",
+            )));
+        }
         let state = Arc::new(ApiState {
             ctx: ctx.clone(),
-            tokens: config.tokens.clone(),
+            tokens: config.tokens.entries(),
+            guarded,
+            metrics_auth: config.metrics_auth,
             max_body_bytes: config.max_body_bytes,
             keep_alive: Duration::from_secs(config.sse_keep_alive_secs),
             queue_depth: config.queue_depth,

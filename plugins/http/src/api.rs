@@ -1,6 +1,10 @@
 //! The HTTP API: `/topics/{topic}` (publish, last value, delete), `/events`
-//! (Server-Sent Events), `/health` and `/metrics`, with JSON errors and
-//! optional bearer-token auth.
+//! (Server-Sent Events), `/health` and `/metrics`, with JSON errors. Who
+//! the caller is (HTTP Basic against `[auth]`'s password file, a bearer
+//! token of `tokens`, or anonymous) is decided once per request by the
+//! [`identify`] layer; each handler then asks `[auth]`'s ACL for what it
+//! does to a topic: `POST`/`PUT`/`DELETE` write, `GET` reads, `/events`
+//! subscribes and reads each delivered message.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -15,7 +19,9 @@ use axum::routing::{any, get};
 use axum::{Json, Router};
 use bytes::Bytes;
 use futures::StreamExt;
-use polyhub_sdk::{AdapterContext, Envelope, PublishError, QoS, SubscribeOptions, Topic};
+use polyhub_sdk::{
+    Action, AdapterContext, Envelope, Identity, PublishError, QoS, SubscribeOptions, Topic,
+};
 
 use crate::convert::{self, EventData, PublishOptions, RequestError};
 use crate::hub_status;
@@ -24,8 +30,15 @@ use crate::hub_status;
 pub struct ApiState {
     /// The adapter's link to the hub.
     pub ctx: AdapterContext,
-    /// Accepted bearer tokens; empty means no auth.
-    pub tokens: Vec<String>,
+    /// Accepted bearer tokens, each with the user it stands for (`None`:
+    /// a token that gets what an anonymous client gets).
+    pub tokens: Vec<(String, Option<String>)>,
+    /// Whether callers are identified at all: the hub has `[auth]`, or
+    /// `tokens` is not empty. Otherwise no layer runs and everything is
+    /// allowed (the publish fast path is taken).
+    pub guarded: bool,
+    /// Whether `/metrics` and `/health` require credentials.
+    pub metrics_auth: bool,
     /// Largest body accepted.
     pub max_body_bytes: usize,
     /// Interval of SSE keep-alive comments.
@@ -49,6 +62,8 @@ pub struct ApiError {
     reason: Option<&'static str>,
     /// Close the connection after the answer (the body was not read whole).
     close: bool,
+    /// On a `401`, offer `Basic` besides `Bearer` (the hub has `[auth]`).
+    basic: bool,
 }
 
 /// Marks a response as a refusal: the connection loop counts it as
@@ -65,6 +80,7 @@ impl ApiError {
             allow: None,
             reason: None,
             close: false,
+            basic: false,
         }
     }
 
@@ -123,7 +139,14 @@ impl IntoResponse for ApiError {
                 .insert(header::ALLOW, HeaderValue::from_static(allow));
         }
         if self.status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut().insert(
+            let h = resp.headers_mut();
+            if self.basic {
+                h.append(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"polyhub\", charset=\"UTF-8\""),
+                );
+            }
+            h.append(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"polyhub\""),
             );
@@ -144,6 +167,36 @@ impl IntoResponse for ApiError {
 #[derive(Clone)]
 pub(crate) struct PeerName(pub Arc<str>);
 
+/// Who made a request, as the [`identify`] layer found out; requests that
+/// went through no layer (no `[auth]`, no `tokens`) are anonymous.
+#[derive(Clone, Debug)]
+pub(crate) struct Caller {
+    /// The user, or anonymous.
+    pub identity: Identity,
+    /// The client id of `%c` ACL patterns: HTTP has none, so the client's
+    /// address (`ip:port`) stands for it.
+    pub client_id: Arc<str>,
+    /// Whether the request carried valid credentials (Basic or a token).
+    pub credentials: bool,
+}
+
+impl Caller {
+    fn of(req: &Request) -> Caller {
+        if let Some(c) = req.extensions().get::<Caller>() {
+            return c.clone();
+        }
+        Caller {
+            identity: Identity::anonymous(),
+            client_id: peer_of(req).unwrap_or_else(|| Arc::from("")),
+            credentials: false,
+        }
+    }
+}
+
+fn peer_of(req: &Request) -> Option<Arc<str>> {
+    req.extensions().get::<PeerName>().map(|p| p.0.clone())
+}
+
 /// The application: every route, the body limit and the fallbacks.
 pub fn router(state: Shared) -> Router {
     let limit = state.max_body_bytes;
@@ -156,14 +209,13 @@ pub fn router(state: Shared) -> Router {
             get(events)
                 .fallback(|m: Method| async move { ApiError::method_not_allowed(&m, "GET, HEAD") }),
         );
-    // No tokens configured: no middleware on the hot path at all.
-    let protected = if state.tokens.is_empty() {
-        protected
+    // Nobody to identify: no middleware on the hot path at all.
+    let protected = if state.guarded {
+        protected.route_layer(middleware::from_fn_with_state(state.clone(), identify))
     } else {
-        protected.route_layer(middleware::from_fn_with_state(state.clone(), require_token))
+        protected
     };
-    Router::new()
-        .merge(protected)
+    let status = Router::new()
         .route(
             "/health",
             get(health)
@@ -173,7 +225,18 @@ pub fn router(state: Shared) -> Router {
             "/metrics",
             get(metrics)
                 .fallback(|m: Method| async move { ApiError::method_not_allowed(&m, "GET, HEAD") }),
-        )
+        );
+    let status = if state.metrics_auth {
+        status.route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_credentials,
+        ))
+    } else {
+        status
+    };
+    Router::new()
+        .merge(protected)
+        .merge(status)
         .fallback(|uri: axum::http::Uri| async move {
             ApiError::rejected(
                 StatusCode::NOT_FOUND,
@@ -188,58 +251,131 @@ pub fn router(state: Shared) -> Router {
         .with_state(state)
 }
 
-/// Refuses requests without one of the configured bearer tokens.
-async fn require_token(State(state): State<Shared>, req: Request, next: Next) -> Response {
-    if state.tokens.is_empty() {
-        return next.run(req).await;
-    }
-    let from_header = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, token) = v.split_once(' ')?;
-            scheme
-                .eq_ignore_ascii_case("bearer")
-                .then(|| token.trim().to_owned())
-        });
-    let given = match from_header {
-        Some(t) => Some(t),
-        // EventSource cannot set headers: /events also takes ?access_token=.
-        None if req.uri().path() == "/events" => {
-            convert::parse_query(req.uri().query()).ok().and_then(|q| {
-                q.into_iter()
-                    .find(|(k, _)| k == "access_token")
-                    .map(|(_, v)| v)
-            })
+/// Finds out who the caller is and attaches it to the request as a
+/// [`Caller`], or answers `401` (credentials wrong, or missing while
+/// anonymous access is off).
+async fn identify(State(state): State<Shared>, mut req: Request, next: Next) -> Response {
+    match caller_of(&state, &req) {
+        Ok(caller) => {
+            req.extensions_mut().insert(caller);
+            next.run(req).await
         }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `metrics_auth`: `/metrics` and `/health` for callers with valid
+/// credentials only (any user, or any token).
+async fn require_credentials(State(state): State<Shared>, req: Request, next: Next) -> Response {
+    match caller_of(&state, &req) {
+        Ok(caller) if caller.credentials => next.run(req).await,
+        Ok(_) => unauthorized(
+            &state,
+            "credentials required (Authorization: Basic or Bearer)",
+        )
+        .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+fn unauthorized(state: &ApiState, message: &str) -> ApiError {
+    ApiError {
+        basic: state.ctx.auth_enabled(),
+        ..ApiError::rejected(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+}
+
+/// Who sent `req`: `Authorization: Basic` (checked against the password
+/// file), `Authorization: Bearer` or, on `/events` only, `?access_token=`
+/// (one of `tokens`), or nobody (anonymous, when `[auth]` allows it; without
+/// `[auth]`, `tokens` are required).
+fn caller_of(state: &ApiState, req: &Request) -> Result<Caller, ApiError> {
+    let peer = peer_of(req);
+    let client_id = peer.clone().unwrap_or_else(|| Arc::from(""));
+    let ctx = &state.ctx;
+    let caller = |identity: Identity, credentials: bool| Caller {
+        identity,
+        client_id: client_id.clone(),
+        credentials,
+    };
+    let given = match req.headers().get(header::AUTHORIZATION) {
+        Some(v) => {
+            let v = v
+                .to_str()
+                .map_err(|_| unauthorized(state, "malformed Authorization header"))?;
+            let (scheme, value) = v.split_once(' ').unwrap_or((v, ""));
+            Some((scheme.to_ascii_lowercase(), value.trim().to_owned()))
+        }
+        // EventSource cannot set headers: /events also takes ?access_token=.
+        None if req.uri().path() == "/events" => convert::parse_query(req.uri().query())
+            .ok()
+            .and_then(|q| q.into_iter().find(|(k, _)| k == "access_token"))
+            .map(|(_, v)| ("bearer".to_owned(), v)),
         None => None,
     };
     match given {
-        Some(t)
-            if state
+        Some((scheme, value)) if scheme == "basic" => {
+            if !ctx.auth_enabled() {
+                return Err(unauthorized(
+                    state,
+                    "this hub has no [auth] to check a password against; use a bearer token",
+                ));
+            }
+            let (user, password) = decode_basic(&value)
+                .ok_or_else(|| unauthorized(state, "malformed Basic credentials"))?;
+            match ctx.authenticate(Some(&user), Some(password.as_bytes()), peer.as_deref()) {
+                Ok(identity) => Ok(caller(identity, true)),
+                Err(_) => Err(unauthorized(state, "wrong user name or password")),
+            }
+        }
+        Some((scheme, token)) if scheme == "bearer" => {
+            let found = state
                 .tokens
                 .iter()
-                .any(|ok| constant_time_eq(ok.as_bytes(), t.as_bytes())) =>
-        {
-            next.run(req).await
+                .find(|(ok, _)| constant_time_eq(ok.as_bytes(), token.as_bytes()));
+            match found {
+                Some((_, Some(user))) => Ok(caller(Identity::user(user), true)),
+                Some((_, None)) => Ok(caller(Identity::anonymous(), true)),
+                None => {
+                    ctx.metrics().incr("auth_failures");
+                    ctx.auth_denied(
+                        &Identity::anonymous(),
+                        "connect",
+                        "",
+                        peer.as_deref(),
+                        &"unknown bearer token",
+                    );
+                    Err(unauthorized(state, "invalid bearer token"))
+                }
+            }
         }
-        Some(_) => {
-            state.ctx.metrics().incr("auth_failures");
-            ApiError::rejected(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "invalid bearer token",
-            )
-            .into_response()
-        }
-        None => ApiError::rejected(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
+        Some((scheme, _)) => Err(unauthorized(
+            state,
+            &format!("unsupported authorization scheme `{scheme}`; use Basic or Bearer"),
+        )),
+        None if ctx.auth_enabled() => match ctx.authenticate(None, None, peer.as_deref()) {
+            Ok(identity) => Ok(caller(identity, false)),
+            Err(_) => Err(unauthorized(
+                state,
+                "credentials required (Authorization: Basic or Bearer)",
+            )),
+        },
+        None => Err(unauthorized(
+            state,
             "missing bearer token (Authorization: Bearer …)",
-        )
-        .into_response(),
+        )),
     }
+}
+
+/// `user:password` from a Basic credential (base64 of UTF-8).
+fn decode_basic(value: &str) -> Option<(String, String)> {
+    use base64::Engine as _;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(value.trim())
+        .ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    let (user, password) = text.split_once(':')?;
+    Some((user.to_owned(), password.to_owned()))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -247,6 +383,26 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Asks `[auth]`'s ACL whether `caller` may do `action` on `topic`; `403`
+/// if not (counted and logged by the context).
+fn check(state: &ApiState, caller: &Caller, topic: &str, action: Action) -> Result<(), ApiError> {
+    if state
+        .ctx
+        .authorize(&caller.identity, &caller.client_id, topic, action)
+    {
+        return Ok(());
+    }
+    let verb = match action {
+        Action::Write => "publish to",
+        Action::Read => "read",
+        Action::Subscribe => "subscribe to",
+    };
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        format!("{} may not {verb} `{topic}`", caller.identity),
+    ))
 }
 
 /// `/topics/{topic}`: `POST`/`PUT` publish, `GET`/`HEAD` last value,
@@ -266,22 +422,31 @@ async fn topics(State(state): State<Shared>, req: Request) -> Result<Response, A
         .strip_prefix("/topics")
         .map(|p| p.strip_prefix('/').unwrap_or(p))
         .unwrap_or("");
+    let caller = Caller::of(&req);
     if raw.is_empty() && matches!(method, Method::GET | Method::HEAD) {
-        return list_topics(&state, req.uri().query());
+        return list_topics(&state, &caller, req.uri().query());
     }
     let topic = convert::topic_from_path(raw)?;
     match method {
-        Method::GET | Method::HEAD => last_value(&state, &topic),
+        Method::GET | Method::HEAD => {
+            check(&state, &caller, topic.as_str(), Action::Read)?;
+            last_value(&state, &topic)
+        }
         Method::DELETE => {
+            check(&state, &caller, topic.as_str(), Action::Write)?;
             state.ctx.clear_last_value(&topic);
             Ok(StatusCode::NO_CONTENT.into_response())
         }
-        _ => publish(&state, topic, req).await,
+        _ => {
+            check(&state, &caller, topic.as_str(), Action::Write)?;
+            publish(&state, topic, req).await
+        }
     }
 }
 
 /// The hot path, taken by the connection loop without the router for
-/// `POST`/`PUT /topics/{topic}` when no tokens are configured: the same
+/// `POST`/`PUT /topics/{topic}` when nobody is identified (no `[auth]`, no
+/// `tokens`): the same
 /// handling as through [`router`], minus routing and tower layers.
 /// `Err(req)` hands back any other request, for the router to serve.
 // Handing the request back unboxed is the point: boxing it would cost an
@@ -291,7 +456,7 @@ pub(crate) fn fast_publish(
     state: &Shared,
     req: Request,
 ) -> Result<futures::future::BoxFuture<'static, Response>, Request> {
-    if !state.tokens.is_empty() || !matches!(*req.method(), Method::POST | Method::PUT) {
+    if state.guarded || !matches!(*req.method(), Method::POST | Method::PUT) {
         return Err(req);
     }
     let Some(raw) = req.uri().path().strip_prefix("/topics/") else {
@@ -310,7 +475,12 @@ pub(crate) fn fast_publish(
 
 /// `GET /topics?prefix=&after=&limit=`: one page of last values in topic
 /// order, `{"topics":[…],"next":"…"|null}` (pass `next` as `after`).
-fn list_topics(state: &ApiState, query: Option<&str>) -> Result<Response, ApiError> {
+/// Topics the caller may not read are left out of the page.
+fn list_topics(
+    state: &ApiState,
+    caller: &Caller,
+    query: Option<&str>,
+) -> Result<Response, ApiError> {
     let query = convert::parse_query(query)?;
     let get = |k: &str| query.iter().find(|(q, _)| q == k).map(|(_, v)| v.as_str());
     let limit = match get("limit") {
@@ -333,6 +503,14 @@ fn list_topics(state: &ApiState, query: Option<&str>) -> Result<Response, ApiErr
     let items: Vec<serde_json::Value> = page
         .iter()
         .take(limit)
+        .filter(|e| {
+            state.ctx.authorize(
+                &caller.identity,
+                &caller.client_id,
+                e.topic.as_str(),
+                Action::Read,
+            )
+        })
         .filter_map(|e| serde_json::from_str(&EventData::of(e).to_json()).ok())
         .collect();
     Ok(Json(serde_json::json!({ "topics": items, "next": next })).into_response())
@@ -472,6 +650,10 @@ async fn collect_body(mut body: axum::body::Body, limit: usize) -> Result<Bytes,
 async fn events(State(state): State<Shared>, req: Request) -> Result<Response, ApiError> {
     let query = convert::parse_query(req.uri().query())?;
     let filters = convert::filters_from_query(&query)?;
+    let caller = Caller::of(&req);
+    for f in &filters {
+        check(&state, &caller, f.as_str(), Action::Subscribe)?;
+    }
     let retained = match query.iter().find(|(k, _)| k == "retained") {
         Some((k, v)) => convert::parse_bool(k, v)?,
         None => false,
@@ -493,7 +675,15 @@ async fn events(State(state): State<Shared>, req: Request) -> Result<Response, A
     if retained {
         for f in &filters {
             for e in state.ctx.retained(f) {
-                if !initial.iter().any(|i| i.topic == e.topic) {
+                let readable = || {
+                    state.ctx.authorize(
+                        &caller.identity,
+                        &caller.client_id,
+                        e.topic.as_str(),
+                        Action::Read,
+                    )
+                };
+                if !initial.iter().any(|i| i.topic == e.topic) && readable() {
                     initial.push(e);
                 }
             }
@@ -507,14 +697,33 @@ async fn events(State(state): State<Shared>, req: Request) -> Result<Response, A
         ..polyhub_sdk::ClientInfo::new("http-sse")
     };
     let client = state.ctx.client_connected(info);
-    let from_hub = futures::stream::unfold((hub_sub, client), |(mut s, c)| async move {
-        let e = s.recv().await?;
-        c.record_out();
-        Some((e, (s, c)))
-    });
-    let stream = futures::stream::iter(initial)
-        .chain(from_hub)
-        .map(|e| Ok::<Event, Infallible>(to_event(&e)))
+    // Each message is checked again with `read` on its own topic (a
+    // subscription to `a/#` may hold topics the caller may not read).
+    let reader = (state.ctx.clone(), caller);
+    let from_hub = futures::stream::unfold(
+        (hub_sub, client, reader),
+        |(mut s, c, (ctx, caller))| async move {
+            loop {
+                let e = s.recv().await?;
+                if ctx.authorize(
+                    &caller.identity,
+                    &caller.client_id,
+                    e.topic.as_str(),
+                    Action::Read,
+                ) {
+                    c.record_out();
+                    return Some((e, (s, c, (ctx, caller))));
+                }
+            }
+        },
+    );
+    // A first comment sends the response head at once: the client learns
+    // that it is subscribed (`200`) before any message comes.
+    let opened = futures::stream::once(async { Event::default().comment("subscribed") });
+    let stream = opened
+        .chain(futures::stream::iter(initial).map(|e| to_event(&e)))
+        .chain(from_hub.map(|e| to_event(&e)))
+        .map(Ok::<Event, Infallible>)
         .take_until(state.ctx.shutdown().clone().cancelled_owned());
     let mut resp = Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(state.keep_alive))

@@ -18,7 +18,8 @@ use serde::Deserialize;
 /// max_connections = 10000
 /// header_timeout_secs = 30
 /// body_timeout_secs = 30
-/// tokens = ["s3cret"]
+/// tokens = { "s3cret" = "user1" }
+/// metrics_auth = false
 /// tls = { cert = "cert.pem", key = "key.pem" }
 /// webhooks = [{ filter = "alerts/#", url = "http://127.0.0.1:9000/hook" }]
 /// ```
@@ -53,12 +54,21 @@ pub struct HttpConfig {
     /// counted as `reason="body_timeout"`. Default 30.
     #[serde(default = "default_timeout_secs")]
     pub body_timeout_secs: u64,
-    /// Bearer tokens accepted in `Authorization: Bearer …`. When the list is
-    /// not empty, `/topics/…` and `/events` require one of them (`/events`
-    /// also takes `?access_token=…`, since browsers' `EventSource` cannot set
-    /// headers); `/health` and `/metrics` stay open. Default: empty, no auth.
+    /// Bearer tokens accepted in `Authorization: Bearer …` (and in
+    /// `?access_token=…` on `/events`, since browsers' `EventSource` cannot
+    /// set headers). A map `{ "TOKEN" = "USER" }` names the user each token
+    /// stands for, checked against `[auth]`'s ACL like a user who logged in
+    /// with a password; a list `["TOKEN", …]` (the earlier form) holds tokens
+    /// without a user, which get what anonymous clients get. Without `[auth]`,
+    /// a non-empty `tokens` makes `/topics` and `/events` require a token.
+    /// Default: none.
     #[serde(default)]
-    pub tokens: Vec<String>,
+    pub tokens: Tokens,
+    /// Whether `/metrics` and `/health` require credentials (HTTP Basic of a
+    /// user in `[auth]`'s password file, or a token of `tokens`); anonymous
+    /// requests get `401`. Needs `[auth]` or `tokens`. Default: false (open).
+    #[serde(default)]
+    pub metrics_auth: bool,
     /// Serve HTTPS with this certificate and key (PEM files). Default: plain HTTP.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
@@ -74,6 +84,44 @@ pub struct HttpConfig {
     /// Default: none.
     #[serde(default)]
     pub webhooks: Vec<WebhookConfig>,
+}
+
+/// The `tokens` key: a map token → user, or (the earlier form) a list of
+/// tokens without a user.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Tokens {
+    /// `{ "TOKEN" = "USER" }`.
+    Users(std::collections::BTreeMap<String, String>),
+    /// `["TOKEN", …]`: tokens that act as an anonymous client.
+    Anonymous(Vec<String>),
+}
+
+impl Default for Tokens {
+    fn default() -> Self {
+        Tokens::Anonymous(Vec::new())
+    }
+}
+
+impl Tokens {
+    /// Every token with its user (`None`: anonymous-equivalent).
+    pub fn entries(&self) -> Vec<(String, Option<String>)> {
+        match self {
+            Tokens::Users(map) => map
+                .iter()
+                .map(|(t, u)| (t.clone(), Some(u.clone())))
+                .collect(),
+            Tokens::Anonymous(list) => list.iter().map(|t| (t.clone(), None)).collect(),
+        }
+    }
+
+    /// Whether no token is configured.
+    pub fn is_empty(&self) -> bool {
+        match self {
+            Tokens::Users(map) => map.is_empty(),
+            Tokens::Anonymous(list) => list.is_empty(),
+        }
+    }
 }
 
 /// A certificate chain and private key for HTTPS.
@@ -204,12 +252,21 @@ impl HttpConfig {
         if self.queue_depth == Some(0) {
             return Err(ConfigError::key("queue_depth", "must be at least 1"));
         }
-        for (i, t) in self.tokens.iter().enumerate() {
+        for (t, user) in self.tokens.entries() {
+            let key = match &self.tokens {
+                Tokens::Users(_) => format!("tokens.{t}"),
+                Tokens::Anonymous(list) => {
+                    format!("tokens[{}]", list.iter().position(|x| *x == t).unwrap_or(0))
+                }
+            };
             if t.is_empty() || !t.bytes().all(|b| b.is_ascii_graphic()) {
                 return Err(ConfigError::key(
-                    format!("tokens[{i}]"),
+                    key,
                     "a token must be non-empty visible ASCII without spaces",
                 ));
+            }
+            if user.as_deref().is_some_and(str::is_empty) {
+                return Err(ConfigError::key(key, "the user name must not be empty"));
             }
         }
         let mut hooks = Vec::with_capacity(self.webhooks.len());
@@ -312,5 +369,25 @@ mod tests {
         }
         let e = parse("tokens = [\"a b\"]").unwrap().validate().unwrap_err();
         assert_eq!(e.key.as_deref(), Some("tokens[0]"));
+        let e = parse("tokens = { \"t\" = \"\" }")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("tokens.t"));
+    }
+
+    #[test]
+    fn tokens_are_a_map_to_users_or_a_list() {
+        let c = parse("tokens = { \"s3cret\" = \"user1\" }").unwrap();
+        assert_eq!(
+            c.tokens.entries(),
+            vec![("s3cret".to_owned(), Some("user1".to_owned()))]
+        );
+        let c = parse("tokens = [\"a\", \"b\"]").unwrap();
+        assert_eq!(
+            c.tokens.entries(),
+            vec![("a".to_owned(), None), ("b".to_owned(), None)]
+        );
+        assert!(parse("tokens = 3").is_err());
     }
 }

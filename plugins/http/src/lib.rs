@@ -6,6 +6,9 @@
 //! follow topic filters as Server-Sent Events on `GET /events?filter=…`.
 //! Matching envelopes can also be pushed to `webhooks`. `GET /health` and
 //! `GET /metrics` report on the whole hub. Errors are JSON `{"error": "…"}`.
+//! With the hub's `[auth]`, callers are users (HTTP Basic, or `tokens`
+//! mapped to users) or anonymous, and every path that reads or writes a
+//! topic asks the ACL (`401` / `403` on refusal; see `api.rs`).
 //!
 //! ```toml
 //! [[adapters]]

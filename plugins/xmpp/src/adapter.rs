@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use polyhub_sdk::{
-    Adapter, AdapterContext, AdapterError, AdapterState, Envelope, QoS, TopicFilter,
+    Action, Adapter, AdapterContext, AdapterError, AdapterState, Envelope, Identity, QoS, Topic,
+    TopicFilter,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -214,6 +215,43 @@ impl Session {
         convert::allowed(&self.settings.allow, jid)
     }
 
+    /// Who `jid` is for `[auth]`: the user of its `users` entry or its
+    /// local part (see [`convert::user_of`]), else anonymous; `None` when
+    /// anonymous access is off.
+    fn identity_of(&self, jid: &BareJid) -> Option<Identity> {
+        if !self.ctx.auth_enabled() {
+            return Some(Identity::anonymous());
+        }
+        match convert::user_of(&self.settings.users, self.own.domain().as_str(), jid) {
+            Some(user) => Some(Identity::user(user)),
+            None => self
+                .ctx
+                .authenticate(None, None, Some(&jid.to_string()))
+                .ok(),
+        }
+    }
+
+    /// Whether `[auth]` lets `jid` do `action` on `topic` (a filter for
+    /// [`Action::Subscribe`]). The client id of `%c` patterns is the bare
+    /// JID.
+    fn may(&self, jid: &BareJid, topic: &str, action: Action) -> bool {
+        if !self.ctx.auth_enabled() {
+            return true;
+        }
+        match self.identity_of(jid) {
+            Some(identity) => self
+                .ctx
+                .authorize(&identity, &jid.to_string(), topic, action),
+            None => false,
+        }
+    }
+
+    /// Whether an envelope on `topic` may go to subscriber `jid`: always
+    /// for a static subscription of the config, else when `jid` may read it.
+    fn may_receive(&self, jid: &BareJid, topic: &Topic) -> bool {
+        self.subscribers.static_match(jid, topic) || self.may(jid, topic.as_str(), Action::Read)
+    }
+
     async fn refuse(&mut self, to: Jid, id: Option<xmpp_parsers::message::Id>) {
         self.ctx.metrics().incr("rejected_senders");
         self.ctx.reject(
@@ -260,7 +298,11 @@ impl Session {
             Inbound::Reply(text) => self.reply(from, &text).await,
             Inbound::Publish { topic, payload } => {
                 let env = convert::publish_envelope(topic, payload);
-                self.publish(env, &from, false).await;
+                let topic = env.topic.clone();
+                if !self.publish(env, &from, false).await {
+                    let text = format!("polyhub: you may not publish to {topic}");
+                    self.reply(from, &text).await;
+                }
             }
             Inbound::Readings(readings) => {
                 for r in &readings {
@@ -297,6 +339,10 @@ impl Session {
 
     async fn subscribe(&mut self, from: Jid, filter: TopicFilter) {
         let bare = from.to_bare();
+        if !self.may(&bare, filter.as_str(), Action::Subscribe) {
+            let text = format!("polyhub: you may not subscribe to {filter}");
+            return self.reply(from, &text).await;
+        }
         let was_known = self.subscribers.contains(&bare);
         let text = match self.subscribers.subscribe(&bare, &filter) {
             Change::Done => format!("polyhub: subscribed to {filter}"),
@@ -312,7 +358,9 @@ impl Session {
         }
         // Like MQTT: a new subscription gets the retained values at once.
         for env in self.ctx.retained(&filter) {
-            self.send(convert::outbound_message(&bare, &env)).await;
+            if self.may_receive(&bare, &env.topic) {
+                self.send(convert::outbound_message(&bare, &env)).await;
+            }
         }
     }
 
@@ -326,9 +374,13 @@ impl Session {
     }
 
     /// Publishes into the hub, then hands the envelope to this adapter's own
-    /// subscribers (the router never sends it back here).
-    async fn publish(&mut self, env: Envelope, from: &Jid, retain: bool) {
+    /// subscribers (the router never sends it back here). False when
+    /// `[auth]` refused the sender `write` on the topic (dropped, counted).
+    async fn publish(&mut self, env: Envelope, from: &Jid, retain: bool) -> bool {
         let bare = from.to_bare();
+        if !self.may(&bare, env.topic.as_str(), Action::Write) {
+            return false;
+        }
         let origin = self
             .ctx
             .origin()
@@ -342,7 +394,7 @@ impl Session {
         if let Err(e) = self.ctx.publish((*env).clone()).await {
             self.ctx.metrics().record_error();
             warn!(adapter = %self.ctx.name(), from = %from, error = %e, "Hub refused an envelope.");
-            return;
+            return true;
         }
         self.subscribers.record_in(&bare);
         for to in self.subscribers.local_targets(&env.topic, &bare) {
@@ -352,9 +404,13 @@ impl Session {
             })
             .await;
         }
+        true
     }
 
     async fn deliver(&mut self, out: Outgoing) {
+        if !self.may_receive(&out.to, &out.envelope.topic) {
+            return;
+        }
         match self.subscribers.presence(&out.to) {
             None => return,
             Some(crate::subscribers::Presence::Offline) => {
@@ -389,7 +445,7 @@ impl Session {
                 let mut seen = HashSet::new();
                 for f in &filters {
                     for env in self.ctx.retained(f) {
-                        if seen.insert(env.topic.clone()) {
+                        if seen.insert(env.topic.clone()) && self.may_receive(&bare, &env.topic) {
                             self.send(convert::outbound_message(&bare, &env)).await;
                         }
                     }

@@ -18,6 +18,7 @@ use xmpp_parsers::jid::{BareJid, Jid};
 /// tls = "none"
 /// subscribers = [{ jid = "bob@localhost", filter = "sensors/#" }]
 /// allow = ["*@localhost"]
+/// users = { "alice@example.org" = "user1" }
 /// ```
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -48,6 +49,13 @@ pub struct XmppConfig {
     /// Default: everyone on the hub's own domain (`["*@{domain}"]`).
     #[serde(default)]
     pub allow: Option<Vec<String>>,
+    /// Which `[auth]` user a sender's bare JID is, for JIDs whose user is
+    /// not their local part (`{ "alice@example.org" = "user1" }`). Without
+    /// an entry, a JID on the hub's own domain is the user named by its
+    /// local part (`user1@localhost` is `user1`), and a JID of another
+    /// domain is anonymous. Only used with `[auth]`. Default: none.
+    #[serde(default)]
+    pub users: std::collections::BTreeMap<String, String>,
     /// Whether XEP-0323 sensor readings become retained values (a reading is
     /// the device's current state, like a retained MQTT message). Default: true.
     #[serde(default = "default_true")]
@@ -138,6 +146,8 @@ pub struct Settings {
     pub subscribers: Vec<(BareJid, TopicFilter)>,
     /// Allowed sender patterns, lower-cased.
     pub allow: Vec<String>,
+    /// `users`: bare JID → `[auth]` user.
+    pub users: std::collections::HashMap<BareJid, String>,
     /// Whether readings are retained.
     pub retain_readings: bool,
     /// `reconnect_min_ms`/`reconnect_max_ms`.
@@ -219,6 +229,22 @@ impl Settings {
             }
             None => vec![format!("*@{}", jid.domain()).to_lowercase()],
         };
+        let mut users = std::collections::HashMap::new();
+        for (jid_text, user) in &raw.users {
+            let bare = BareJid::new(jid_text).map_err(|e| {
+                ConfigError::key(
+                    format!("users.{jid_text}"),
+                    format!("`{jid_text}` is not a valid bare JID: {e}"),
+                )
+            })?;
+            if user.is_empty() {
+                return Err(ConfigError::key(
+                    format!("users.{jid_text}"),
+                    "the user name must not be empty",
+                ));
+            }
+            users.insert(bare, user.clone());
+        }
         let max_ms = match (raw.reconnect_max_ms, raw.reconnect_max_secs) {
             (Some(ms), _) => ms,
             (None, Some(secs)) => secs.saturating_mul(1000),
@@ -250,6 +276,7 @@ impl Settings {
             ca_file: raw.ca_file,
             subscribers,
             allow,
+            users,
             retain_readings: raw.retain_readings,
             backoff,
             queue_depth: raw.queue_depth,
@@ -334,6 +361,10 @@ queue_depth = 8"#,
             ),
             ("jid = \"a@b\"\npassword = \"\"", "password"),
             ("jid = \"a@b\"\npassword = \"pw\"\nallow = [\"\"]", "allow[0]"),
+            (
+                "jid = \"a@b\"\npassword = \"pw\"\nusers = { \"x@y\" = \"\" }",
+                "users.x@y",
+            ),
         ];
         for (text, key) in cases {
             let e = settings(text).unwrap_err();

@@ -427,6 +427,25 @@ pub fn control_response() -> Element {
         .build()
 }
 
+/// The `[auth]` user a sender's bare JID stands for: its entry in `users`,
+/// else its local part when the JID is on `own_domain` (the hub's; its
+/// server authenticated the sender); `None` (anonymous) for a JID of
+/// another domain without an entry, whose local part the hub's users do
+/// not own.
+pub fn user_of<'a>(
+    users: &'a std::collections::HashMap<BareJid, String>,
+    own_domain: &str,
+    jid: &'a BareJid,
+) -> Option<&'a str> {
+    if let Some(user) = users.get(jid) {
+        return Some(user);
+    }
+    if !jid.domain().as_str().eq_ignore_ascii_case(own_domain) {
+        return None;
+    }
+    jid.node().map(|n| n.as_str())
+}
+
 /// Whether `jid` matches one of the `allow` patterns (lower-case globs
 /// where `*` matches any run of characters).
 pub fn allowed(patterns: &[String], jid: &BareJid) -> bool {
@@ -582,6 +601,23 @@ mod tests {
         assert_eq!(&decode_body(&body)[..], &bin);
         assert_eq!(encode_body(b"plain text"), "plain text");
         assert_eq!(&decode_body("plain text")[..], b"plain text");
+    }
+
+    #[test]
+    fn senders_are_their_mapped_user_or_their_local_part_on_the_own_domain() {
+        let bare = |s: &str| BareJid::new(s).unwrap();
+        let users: std::collections::HashMap<BareJid, String> =
+            [(bare("alice@example.org"), "user1".to_owned())].into();
+        assert_eq!(
+            user_of(&users, "localhost", &bare("alice@example.org")),
+            Some("user1")
+        );
+        assert_eq!(
+            user_of(&users, "localhost", &bare("user2@localhost")),
+            Some("user2")
+        );
+        assert_eq!(user_of(&users, "localhost", &bare("user2@elsewhere")), None);
+        assert_eq!(user_of(&users, "localhost", &bare("localhost")), None);
     }
 
     #[test]

@@ -183,6 +183,14 @@ impl Subscribers {
         }
     }
 
+    /// Whether one of `jid`'s static filters (from the config, trusted)
+    /// matches `topic`: then no `[auth]` read check applies.
+    pub fn static_match(&self, jid: &BareJid, topic: &Topic) -> bool {
+        self.map
+            .get(jid)
+            .is_some_and(|e| e.static_filters.iter().any(|f| f.matches(topic)))
+    }
+
     /// Whether `jid` has any subscription.
     pub fn contains(&self, jid: &BareJid) -> bool {
         self.map.contains_key(jid)
