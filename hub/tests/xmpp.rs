@@ -643,6 +643,11 @@ async fn strangers_are_refused_and_malformed_stanzas_are_survived() {
     assert_eq!(env.origin.user.as_deref(), Some("dave@localhost"));
     assert_eq!(adapter_state(&hub, "xmpp"), AdapterState::Up);
     assert!(counter(&hub, "xmpp", "rejected_senders") >= 2);
+    // Each malformed message is counted by reason (the rest are a help
+    // text, an error-type message and iqs answered with an error).
+    for reason in ["invalid_topic", "invalid_reading", "invalid_control"] {
+        assert_eq!(rejected(&hub, "xmpp", reason), 1, "{reason}");
+    }
 
     mallory.quit().await;
     dave.quit().await;

@@ -296,6 +296,13 @@ impl Session {
         match action {
             Inbound::Ignore => {}
             Inbound::Reply(text) => self.reply(from, &text).await,
+            Inbound::Refused(reason, text) => {
+                self.ctx.metrics().record_rejected(reason);
+                debug!(adapter = %self.ctx.name(), from = %from, reason, "Refused a malformed message.");
+                if let Some(text) = text {
+                    self.reply(from, &text).await;
+                }
+            }
             Inbound::Publish { topic, payload } => {
                 let env = convert::publish_envelope(topic, payload);
                 let topic = env.topic.clone();
@@ -306,9 +313,12 @@ impl Session {
             }
             Inbound::Readings(readings) => {
                 for r in &readings {
-                    if let Some(env) = convert::reading_envelope(&bare, r, false) {
-                        self.publish(env, &from, self.settings.retain_readings)
-                            .await;
+                    match convert::reading_envelope(&bare, r, false) {
+                        Some(env) => {
+                            self.publish(env, &from, self.settings.retain_readings)
+                                .await;
+                        }
+                        None => self.ctx.metrics().record_rejected("invalid_reading"),
                     }
                 }
             }

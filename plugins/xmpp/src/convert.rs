@@ -70,6 +70,9 @@ pub enum Inbound {
     Control(Vec<Reading>),
     /// Something the hub cannot act on; answered with this text.
     Reply(String),
+    /// Malformed input: counted under `polyhub_rejected_total{reason}` and
+    /// answered with the text, if any (sensor readings get no answer).
+    Refused(&'static str, Option<String>),
     /// Nothing to do or answer: error messages, chat states, receipts,
     /// group chat, sensor-data protocol chatter.
     Ignore,
@@ -84,7 +87,12 @@ pub fn classify_message(msg: &Message) -> Inbound {
         if payload.is("fields", NS_SENSORDATA) {
             let readings = parse_fields(payload);
             return if readings.is_empty() {
-                Inbound::Ignore
+                if payload.children().next().is_some() {
+                    // Nodes or fields, but no reading that makes a topic.
+                    Inbound::Refused("invalid_reading", None)
+                } else {
+                    Inbound::Ignore
+                }
             } else {
                 Inbound::Readings(readings)
             };
@@ -92,7 +100,10 @@ pub fn classify_message(msg: &Message) -> Inbound {
         if payload.is("set", NS_CONTROL) {
             let values = parse_control(payload);
             return if values.is_empty() {
-                Inbound::Reply("polyhub: the control <set> holds no named value.".into())
+                Inbound::Refused(
+                    "invalid_control",
+                    Some("polyhub: the control <set> holds no named value.".into()),
+                )
             } else {
                 Inbound::Control(values)
             };
@@ -112,9 +123,12 @@ pub fn classify_message(msg: &Message) -> Inbound {
                 topic,
                 payload: decode_body(body.unwrap_or("")),
             },
-            Err(e) => Inbound::Reply(format!(
-                "polyhub: the subject `{subject}` is not a topic: {e}"
-            )),
+            Err(e) => Inbound::Refused(
+                "invalid_topic",
+                Some(format!(
+                    "polyhub: the subject `{subject}` is not a topic: {e}"
+                )),
+            ),
         },
         (_, Some(body)) => classify_command(body),
         _ => Inbound::Ignore,
@@ -130,11 +144,17 @@ fn classify_command(body: &str) -> Inbound {
     let word = word.to_ascii_lowercase();
     let filter = |make: fn(TopicFilter) -> Inbound| {
         if rest.is_empty() {
-            return Inbound::Reply(format!("polyhub: usage: {word} FILTER"));
+            return Inbound::Refused(
+                "invalid_command",
+                Some(format!("polyhub: usage: {word} FILTER")),
+            );
         }
         match TopicFilter::new(rest) {
             Ok(f) => make(f),
-            Err(e) => Inbound::Reply(format!("polyhub: `{rest}` is not a topic filter: {e}")),
+            Err(e) => Inbound::Refused(
+                "invalid_filter",
+                Some(format!("polyhub: `{rest}` is not a topic filter: {e}")),
+            ),
         }
     };
     match word.as_str() {
@@ -506,7 +526,9 @@ mod tests {
         let m = msg(
             "<message xmlns='jabber:client'><subject>sensors/+</subject><body>x</body></message>",
         );
-        assert!(matches!(classify_message(&m), Inbound::Reply(t) if t.contains("not a topic")));
+        assert!(
+            matches!(classify_message(&m), Inbound::Refused("invalid_topic", Some(t)) if t.contains("not a topic"))
+        );
     }
 
     #[test]
@@ -526,10 +548,10 @@ mod tests {
         );
         assert_eq!(classify_message(&body("subscriptions")), Inbound::List);
         assert!(
-            matches!(classify_message(&body("subscribe a/#/b")), Inbound::Reply(t) if t.contains("not a topic filter"))
+            matches!(classify_message(&body("subscribe a/#/b")), Inbound::Refused("invalid_filter", Some(t)) if t.contains("not a topic filter"))
         );
         assert!(
-            matches!(classify_message(&body("subscribe")), Inbound::Reply(t) if t.contains("usage"))
+            matches!(classify_message(&body("subscribe")), Inbound::Refused("invalid_command", Some(t)) if t.contains("usage"))
         );
         assert_eq!(
             classify_message(&body("hello")),
