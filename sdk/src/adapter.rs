@@ -532,6 +532,16 @@ impl AdapterContext {
         }
     }
 
+    /// Like [`AdapterContext::authorize`], but neither counted nor logged:
+    /// for leaving what a peer may not read out of a listing (CoAP's
+    /// `/.well-known/core`), which refuses nothing. Always true without
+    /// `[auth]`.
+    pub fn may(&self, identity: &Identity, client_id: &str, topic: &str, action: Action) -> bool {
+        self.access.as_ref().map_or(true, |access| {
+            access.authorize(identity, client_id, topic, action).is_ok()
+        })
+    }
+
     /// Counts a peer refused by `[auth]` under `action` on
     /// `polyhub_auth_denied_total` and logs it at WARN once per (user,
     /// topic) per minute. [`AdapterContext::authenticate`] and

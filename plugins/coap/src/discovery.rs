@@ -10,6 +10,10 @@
 //! yet sent, so a walk stays well-formed link-format while topics come and
 //! go: every topic present during the whole walk is listed exactly once,
 //! one added or removed meanwhile may or may not be.
+//!
+//! With `[auth]`, a peer's listing holds only the topics it may read: its
+//! cursors are kept under its [`Viewer`] (user and client id), since the
+//! same byte offset falls elsewhere in another user's listing.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -162,11 +166,18 @@ where
     }
 }
 
-/// The bounded shared cache of cursors, keyed by scope and byte offset.
+/// Whose listing a cursor belongs to: `None` when every peer sees the same
+/// topics (no `[auth]`), else the peer's user and client id.
+pub type Viewer = Option<(Option<String>, String)>;
+
+/// A listing: for whom, and which topics its query selects.
+type Listing = (Viewer, Scope);
+
+/// The bounded shared cache of cursors, keyed by listing and byte offset.
 #[derive(Debug)]
 pub struct CursorCache {
-    entries: BTreeMap<(Scope, usize), (Cursor, Instant)>,
-    order: VecDeque<((Scope, usize), Instant)>,
+    entries: BTreeMap<(Listing, usize), (Cursor, Instant)>,
+    order: VecDeque<((Listing, usize), Instant)>,
     bytes: usize,
     max_entries: usize,
     max_bytes: usize,
@@ -212,12 +223,29 @@ impl CursorCache {
         size: usize,
         now: Instant,
     ) -> Result<ListingBlock, BlockError> {
+        self.block_for(pages, &None, &|_| true, scope, offset, size, now)
+    }
+
+    /// [`CursorCache::block`] of `viewer`'s listing, which lists only the
+    /// topics `readable` accepts.
+    #[allow(clippy::too_many_arguments)]
+    pub fn block_for(
+        &mut self,
+        pages: &dyn Pages,
+        viewer: &Viewer,
+        readable: &dyn Fn(&str) -> bool,
+        scope: &Scope,
+        offset: usize,
+        size: usize,
+        now: Instant,
+    ) -> Result<ListingBlock, BlockError> {
         self.expire(now);
+        let listing: Listing = (viewer.clone(), scope.clone());
         let (start, cursor) = if offset == 0 {
             (0, Cursor::default())
         } else {
             self.entries
-                .range((scope.clone(), 0)..=(scope.clone(), offset))
+                .range((listing.clone(), 0)..=(listing.clone(), offset))
                 .next_back()
                 .map(|((_, at), (c, _))| (*at, c.clone()))
                 .unwrap_or((0, Cursor::default()))
@@ -225,22 +253,22 @@ impl CursorCache {
         if offset - start > MAX_SKIP {
             return Err(BlockError::OutOfOrder);
         }
-        let mut walk = Walk::new(pages, scope, start, cursor);
+        let mut walk = Walk::new(pages, scope, readable, start, cursor);
         let block = walk.block(offset, size)?;
         if block.more {
-            self.insert(scope.clone(), offset + size, walk.cursor(), now);
+            self.insert(listing, offset + size, walk.cursor(), now);
         }
         Ok(block)
     }
 
-    fn insert(&mut self, scope: Scope, offset: usize, cursor: Cursor, now: Instant) {
-        let bytes = cursor.bytes();
+    fn insert(&mut self, listing: Listing, offset: usize, cursor: Cursor, now: Instant) {
+        let bytes = entry_bytes(&listing, &cursor);
         if bytes > self.max_bytes {
             return;
         }
-        let key = (scope, offset);
+        let key = (listing, offset);
         if let Some((old, _)) = self.entries.insert(key.clone(), (cursor, now)) {
-            self.bytes -= old.bytes();
+            self.bytes -= entry_bytes(&key.0, &old);
         }
         self.bytes += bytes;
         self.order.push_back((key, now));
@@ -265,22 +293,22 @@ impl CursorCache {
             if self.entries.get(key).map(|(_, t)| t) != Some(at) {
                 continue;
             }
-            let (scope, offset) = key;
+            let (listing, offset) = key;
             let before = self
                 .entries
-                .range((scope.clone(), 0)..(scope.clone(), *offset))
+                .range((listing.clone(), 0)..(listing.clone(), *offset))
                 .next_back()
                 .map_or(0, |((_, o), _)| *o);
             let after = self
                 .entries
-                .range((scope.clone(), offset + 1)..=(scope.clone(), usize::MAX))
+                .range((listing.clone(), offset + 1)..=(listing.clone(), usize::MAX))
                 .next()
                 .map(|((_, o), _)| *o);
             let Some(after) = after else { continue };
             if after - before <= MAX_SKIP / 2 {
                 let (key, _) = self.order.remove(i).expect("index in range");
                 if let Some((c, _)) = self.entries.remove(&key) {
-                    self.bytes -= c.bytes();
+                    self.bytes -= entry_bytes(&key.0, &c);
                 }
                 return true;
             }
@@ -304,17 +332,28 @@ impl CursorCache {
         };
         if self.entries.get(&key).map(|(_, t)| *t) == Some(at) {
             if let Some((c, _)) = self.entries.remove(&key) {
-                self.bytes -= c.bytes();
+                self.bytes -= entry_bytes(&key.0, &c);
             }
         }
         true
     }
 }
 
+/// Bytes a cache entry holds: its cursor and its viewer's names.
+fn entry_bytes(listing: &Listing, cursor: &Cursor) -> usize {
+    let viewer = listing
+        .0
+        .as_ref()
+        .map_or(0, |(u, c)| u.as_ref().map_or(0, String::len) + c.len());
+    cursor.bytes() + viewer
+}
+
 /// A walk along a listing from a cursor.
 struct Walk<'a> {
     pages: &'a dyn Pages,
     scope: &'a Scope,
+    /// Whether the peer may read a topic (see [`Viewer`]).
+    readable: &'a dyn Fn(&str) -> bool,
     /// Listing offset of the first byte of `carry`.
     pos: usize,
     cursor: Cursor,
@@ -325,11 +364,18 @@ struct Walk<'a> {
 }
 
 impl<'a> Walk<'a> {
-    fn new(pages: &'a dyn Pages, scope: &'a Scope, pos: usize, cursor: Cursor) -> Self {
+    fn new(
+        pages: &'a dyn Pages,
+        scope: &'a Scope,
+        readable: &'a dyn Fn(&str) -> bool,
+        pos: usize,
+        cursor: Cursor,
+    ) -> Self {
         let scan_after = cursor.after.clone();
         Walk {
             pages,
             scope,
+            readable,
             pos,
             cursor,
             buffered: VecDeque::new(),
@@ -346,7 +392,7 @@ impl<'a> Walk<'a> {
     fn peek(&mut self) -> Option<&Arc<Envelope>> {
         loop {
             while let Some(e) = self.buffered.front() {
-                if self.scope.selects(e.topic.as_str()) {
+                if self.scope.selects(e.topic.as_str()) && (self.readable)(e.topic.as_str()) {
                     return self.buffered.front();
                 }
                 if e.topic.is_system() && self.scope.prefix().is_empty() {
@@ -480,6 +526,56 @@ mod tests {
                 whole
             );
             assert!(cache.len() <= 16);
+        }
+    }
+
+    /// Two viewers walking the same scope block by block each get their
+    /// own listing: a cursor of one is never used for the other.
+    #[test]
+    fn each_viewer_walks_a_listing_of_what_it_may_read() {
+        let names: Vec<String> = (0..200).map(|i| format!("s/{i:03}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let s = store(&refs);
+        let p = pager(&s);
+        let scope = Scope::Prefix(String::new());
+        let even = |t: &str| t.ends_with(['0', '2', '4', '6', '8']);
+        let odd = |t: &str| !even(t);
+        type Readable<'a> = &'a dyn Fn(&str) -> bool;
+        let viewers: [(Viewer, Readable); 2] = [
+            (Some((Some("u1".into()), "c1".into())), &even),
+            (Some((Some("u2".into()), "c2".into())), &odd),
+        ];
+        let mut cache = CursorCache::new(64, 1 << 20, Duration::from_secs(60));
+        let now = Instant::now();
+        let mut docs = [Vec::new(), Vec::new()];
+        // Interleaved, block by block.
+        for num in 0.. {
+            let mut more = false;
+            for (i, (viewer, readable)) in viewers.iter().enumerate() {
+                let b = cache
+                    .block_for(&p, viewer, *readable, &scope, num * 16, 16, now)
+                    .or_else(|e| {
+                        if e == BlockError::PastTheEnd {
+                            Ok(ListingBlock {
+                                payload: Vec::new(),
+                                more: false,
+                            })
+                        } else {
+                            Err(e)
+                        }
+                    })
+                    .unwrap();
+                docs[i].extend(b.payload);
+                more |= b.more;
+            }
+            if !more {
+                break;
+            }
+        }
+        for (i, keep) in [&even as &dyn Fn(&str) -> bool, &odd].iter().enumerate() {
+            let want =
+                convert::link_format(refs.iter().filter(|t| keep(t)).map(|t| (*t, None)), &[]);
+            assert_eq!(String::from_utf8(docs[i].clone()).unwrap(), want);
         }
     }
 

@@ -40,6 +40,7 @@
 //! push = [{ filter = "actuators/#", url = "coap://127.0.0.1:5684/led" }]
 //! ```
 
+pub mod access;
 pub mod adapter;
 pub mod config;
 pub mod convert;

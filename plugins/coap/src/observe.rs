@@ -29,6 +29,9 @@ pub struct Observer {
     pub con_in_flight: bool,
     /// Block size exponent the client asked for, if any.
     pub szx: Option<u8>,
+    /// Who registered it: each notification is checked against its read
+    /// rights.
+    pub who: std::sync::Arc<crate::access::Requester>,
     /// Its entry in the hub's client registry (dropped with the observer).
     pub client: Option<std::sync::Arc<polyhub_sdk::ClientHandle>>,
 }
@@ -263,6 +266,10 @@ mod tests {
             last_con: Instant::now(),
             con_in_flight: false,
             szx: None,
+            who: std::sync::Arc::new(crate::access::Requester {
+                identity: polyhub_sdk::Identity::anonymous(),
+                client_id: String::new(),
+            }),
             client: None,
         }
     }

@@ -18,17 +18,19 @@ use bytes::Bytes;
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
 use parking_lot::Mutex;
 use polyhub_sdk::{
-    AdapterContext, Envelope, PublishError, SubscribeOptions, Subscription, Topic, TopicFilter,
+    Action, AdapterContext, Envelope, PublishError, SubscribeOptions, Subscription, Topic,
+    TopicFilter,
 };
 use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::access::{self, QueryCredentials, Requester};
 use crate::config::Settings;
 use crate::convert::{self, Block, PathError, Resource};
 use crate::dedup::{Exchange, ExchangeCache};
-use crate::discovery::{BlockError, CursorCache, Scope};
+use crate::discovery::{BlockError, CursorCache, Scope, Viewer};
 use crate::observe::{Observer, ObserverKey, Observers, Registered};
 use crate::transmission::{self, MessageIds};
 
@@ -481,6 +483,24 @@ impl Server {
                 "Uri-Path or Uri-Query is not UTF-8",
             );
         };
+        let (creds, query) = access::split_query(&query);
+        let who = match self.requester(&creds, peer) {
+            Ok(who) => who,
+            Err(text) => {
+                // Counted by `authenticate` (`polyhub_auth_denied_total`).
+                return Outcome::Reply(convert::with_diagnostic(
+                    reply(ResponseType::Unauthorized),
+                    text,
+                ));
+            }
+        };
+        // A refusal by the ACL, counted by `authorize`.
+        let forbidden = |what: &str| {
+            Outcome::Reply(convert::with_diagnostic(
+                reply(ResponseType::Forbidden),
+                &format!("not authorized to {what}"),
+            ))
+        };
         let resource = match convert::resource_from_path(&path) {
             Ok(r) => r,
             Err(PathError::NotFound) => {
@@ -506,16 +526,21 @@ impl Server {
         };
         match (resource, method) {
             (Resource::WellKnownCore, RequestType::Get) => {
-                self.discovery(&query, block2, reply(ResponseType::Content))
+                self.discovery(&who, &query, block2, reply(ResponseType::Content))
             }
             (Resource::WellKnownCore, _) => error(
                 "bad_method",
                 ResponseType::MethodNotAllowed,
                 "/.well-known/core is read-only",
             ),
-            (Resource::Topic(filter), RequestType::Get) => {
-                self.get(req, peer, filter, block2, reply(ResponseType::Content))
-            }
+            (Resource::Topic(filter), RequestType::Get) => self.get(
+                req,
+                peer,
+                &who,
+                filter,
+                block2,
+                reply(ResponseType::Content),
+            ),
             (Resource::Topic(filter), RequestType::Post | RequestType::Put) => {
                 let Some(topic) = filter.as_topic() else {
                     return error(
@@ -524,7 +549,10 @@ impl Server {
                         "cannot publish to a filter (`+`, `#`)",
                     );
                 };
-                self.publish_request(req, peer, topic, &query, reply(ResponseType::Changed))
+                if !self.authorized(&who, topic.as_str(), Action::Write) {
+                    return forbidden("publish here");
+                }
+                self.publish_request(req, peer, &who, topic, &query, reply(ResponseType::Changed))
             }
             (Resource::Topic(filter), RequestType::Delete) => {
                 let Some(topic) = filter.as_topic() else {
@@ -534,6 +562,9 @@ impl Server {
                         "cannot delete a filter (`+`, `#`)",
                     );
                 };
+                if !self.authorized(&who, topic.as_str(), Action::Write) {
+                    return forbidden("delete here");
+                }
                 self.ctx.clear_last_value(&topic);
                 Outcome::Reply(reply(ResponseType::Deleted))
             }
@@ -547,7 +578,13 @@ impl Server {
 
     /// One block of the `/.well-known/core` listing, from a page of the
     /// hub's topic index (see [`crate::discovery`]).
-    fn discovery(&self, query: &[String], block2: Option<Block>, mut resp: Packet) -> Outcome {
+    fn discovery(
+        &self,
+        who: &Requester,
+        query: &[String],
+        block2: Option<Block>,
+        mut resp: Packet,
+    ) -> Outcome {
         let scope = Scope::of_query(query);
         let szx = self.szx_for(block2.map(|b| b.szx));
         let size = 1usize << (szx + 4);
@@ -555,10 +592,26 @@ impl Server {
         let ctx = &self.ctx;
         let pages =
             |prefix: &str, after: Option<&str>, limit: usize| ctx.topics_page(prefix, after, limit);
-        let block =
-            self.discovery
-                .lock()
-                .block(&pages, &scope, num as usize * size, size, Instant::now());
+        // With `[auth]`, a peer's listing holds what it may read, checked
+        // quietly: a topic left out of a listing is not a denial.
+        let viewer: Viewer = ctx.auth_enabled().then(|| {
+            (
+                who.identity.username().map(str::to_owned),
+                who.client_id.clone(),
+            )
+        });
+        let readable = |topic: &str| {
+            viewer.is_none() || ctx.may(&who.identity, &who.client_id, topic, Action::Read)
+        };
+        let block = self.discovery.lock().block_for(
+            &pages,
+            &viewer,
+            &readable,
+            &scope,
+            num as usize * size,
+            size,
+            Instant::now(),
+        );
         let refuse = |mut resp: Packet, code, text: &str| {
             self.reject("bad_block");
             resp.header.code = MessageClass::Response(code);
@@ -593,6 +646,7 @@ impl Server {
         self: &Arc<Self>,
         req: &Packet,
         peer: SocketAddr,
+        who: &Requester,
         filter: TopicFilter,
         block2: Option<Block>,
         mut resp: Packet,
@@ -613,6 +667,26 @@ impl Server {
                 }
             },
         };
+        // Observing a topic or filter asks to subscribe to it; reading a
+        // value (and each notification, see `notify`) asks to read it. A
+        // deregistration (`Observe: 1`) needs no right.
+        let asked = match observe {
+            Some(0) => Some(Action::Subscribe),
+            Some(1) => None,
+            _ => filter.as_topic().map(|_| Action::Read),
+        };
+        if let Some(action) = asked {
+            if !self.authorized(who, filter.as_str(), action) {
+                resp.header.code = MessageClass::Response(ResponseType::Forbidden);
+                return Outcome::Reply(convert::with_diagnostic(
+                    resp,
+                    match action {
+                        Action::Subscribe => "not authorized to observe this",
+                        _ => "not authorized to read this",
+                    },
+                ));
+            }
+        }
         // A follow-up block of a body already being served.
         if let Some(b) = block2.filter(|b| b.num > 0) {
             let cached = {
@@ -636,6 +710,7 @@ impl Server {
                     last_con: Instant::now(),
                     con_in_flight: false,
                     szx: block2.map(|b| b.szx),
+                    who: Arc::new(who.clone()),
                     client: Some(std::sync::Arc::new(
                         self.ctx.client_connected(
                             polyhub_sdk::ClientInfo::new("coap-observe")
@@ -657,7 +732,12 @@ impl Server {
             }
             _ => {}
         }
-        let value = filter.as_topic().and_then(|t| self.ctx.last_value(&t));
+        // An observer of a topic it may subscribe to but not read gets no
+        // value (as an MQTT subscriber gets no retained message).
+        let value = filter
+            .as_topic()
+            .filter(|t| observe != Some(0) || self.authorized(who, t.as_str(), Action::Read))
+            .and_then(|t| self.ctx.last_value(&t));
         if let Some(accept) = req.get_first_option(CoapOption::Accept) {
             let want = convert::decode_uint(accept, 2).map(|n| n as u16);
             let have = value.as_deref().and_then(convert::envelope_content_format);
@@ -731,6 +811,42 @@ impl Server {
         block_response(resp, &body, format, Some(etag), b)
     }
 
+    /// Who sent a request: with `[auth]`, the user its `u`/`p` items
+    /// authenticate (anonymous without them); `Err` with the diagnostic of
+    /// a 4.01 when they do not (or anonymous access is off).
+    fn requester(
+        &self,
+        creds: &QueryCredentials,
+        peer: SocketAddr,
+    ) -> Result<Requester, &'static str> {
+        let client_id = access::client_id(creds, peer);
+        let peer_name = peer.to_string();
+        let identity = self
+            .ctx
+            .authenticate(
+                creds.user.as_deref(),
+                creds.password.as_deref().map(str::as_bytes),
+                Some(&peer_name),
+            )
+            .map_err(|_| {
+                if creds.any() {
+                    "wrong user name or password (u=, p=)"
+                } else {
+                    "authentication required: u=USER&p=PASSWORD"
+                }
+            })?;
+        Ok(Requester {
+            identity,
+            client_id,
+        })
+    }
+
+    /// Whether `who` may do `action` on `topic` (counted and logged when not).
+    fn authorized(&self, who: &Requester, topic: &str, action: Action) -> bool {
+        self.ctx
+            .authorize(&who.identity, &who.client_id, topic, action)
+    }
+
     fn szx_for(&self, asked: Option<u8>) -> u8 {
         let ours = Block::szx_for(self.settings.block_size);
         asked.map_or(ours, |a| a.min(ours))
@@ -759,6 +875,7 @@ impl Server {
         &self,
         req: &Packet,
         peer: SocketAddr,
+        who: &Requester,
         topic: Topic,
         query: &[String],
         mut resp: Packet,
@@ -884,7 +1001,10 @@ impl Server {
                 }
             }
         };
-        let origin = self.ctx.origin().with_peer(peer);
+        let mut origin = self.ctx.origin().with_peer(peer);
+        if let Some(user) = who.identity.username() {
+            origin = origin.with_user(user);
+        }
         let envelope = convert::request_envelope(req, topic, query, payload, format, origin);
         Outcome::Publish(Box::new(envelope), resp)
     }
@@ -976,6 +1096,17 @@ impl Server {
                 let Some(o) = st.observers.get_mut(&key) else {
                     continue;
                 };
+                // Each notification is a read: one the observer may not
+                // read is not sent (counted by `authorize`).
+                let who = &o.who;
+                if !self.ctx.authorize(
+                    &who.identity,
+                    &who.client_id,
+                    envelope.topic.as_str(),
+                    Action::Read,
+                ) {
+                    continue;
+                }
                 let con = !o.con_in_flight
                     && (envelope.qos.is_acknowledged()
                         || now.duration_since(o.last_con) >= self.settings.observe_con_interval);
