@@ -1,5 +1,6 @@
-//! The run loop of the CoAP adapter: binds the UDP socket, starts the push
-//! targets and the server, reports the adapter up, and drains on shutdown.
+//! The run loop of the CoAP adapter: binds the UDP socket (and the DTLS
+//! one, with `dtls_bind`), starts the push targets and the servers, reports
+//! the adapter up, and drains on shutdown.
 
 use std::sync::Arc;
 
@@ -10,8 +11,9 @@ use tokio::net::UdpSocket;
 use tracing::{info, Instrument};
 
 use crate::config::Settings;
+use crate::dtls::Sessions;
 use crate::push::{self, PushQueue};
-use crate::server::Server;
+use crate::server::{Link, Server};
 
 /// A configured CoAP adapter, ready to run.
 #[derive(Debug)]
@@ -80,10 +82,37 @@ async fn run(settings: Arc<Settings>, ctx: AdapterContext) -> Result<(), Adapter
         });
     }
 
-    let server = Server::new(ctx.clone(), settings.clone(), Arc::new(socket));
+    let dtls = match &settings.dtls {
+        None => None,
+        Some(d) => {
+            let socket = UdpSocket::bind(d.bind)
+                .await
+                .map_err(|source| AdapterError::Bind {
+                    addr: d.bind.to_string(),
+                    source,
+                })?;
+            let addr = socket.local_addr()?;
+            let sessions = Sessions::new(ctx.clone(), d.keys.clone(), d.limits)
+                .map_err(|e| AdapterError::protocol(e.to_string()))?;
+            let link = Link::Dtls(Arc::new(sessions));
+            info!(adapter = %ctx.name(), addr = %addr, identities = d.keys.len(), "CoAP over DTLS listening.");
+            Some(Server::new(
+                ctx.clone(),
+                settings.clone(),
+                Arc::new(socket),
+                link,
+            ))
+        }
+    };
+    let server = Server::new(ctx.clone(), settings.clone(), Arc::new(socket), Link::Plain);
     ctx.set_state(AdapterState::Up, None);
     info!(adapter = %ctx.name(), addr = %local_addr, push_targets = queues.len(), "CoAP server listening.");
-    server.serve().await;
+    match dtls {
+        Some(secure) => {
+            tokio::join!(server.serve(), secure.serve());
+        }
+        None => server.serve().await,
+    }
     // The hub waits for the tasks of `ctx.spawn` and reports `Stopped`.
     Ok(())
 }

@@ -2,10 +2,14 @@
 //! adapter, with its defaults and the checks `create()` runs on it.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use polyhub_sdk::{AdapterConfig, ConfigError, TopicFilter};
 use serde::Deserialize;
+
+use crate::dtls::{DtlsLimits, PskKeys};
 
 /// RFC 7252 §4.8 ACK_TIMEOUT, in milliseconds.
 pub const DEFAULT_ACK_TIMEOUT_MS: u64 = 2_000;
@@ -132,6 +136,28 @@ pub struct CoapConfig {
     /// once and counted (`too_many_pending`). Default 1024.
     #[serde(default = "default_max_pending_responses")]
     pub max_pending_responses: usize,
+    /// UDP address of a CoAP-over-DTLS (`coaps://`) server with pre-shared
+    /// keys, such as `0.0.0.0:5684`; needs `psk_file`. It serves the same
+    /// resources as `bind`. Default: none.
+    #[serde(default)]
+    pub dtls_bind: Option<String>,
+    /// The DTLS server's pre-shared keys: one `identity:key` per line (the
+    /// key is the text after the first `:`, 1 to 64 bytes; `#` starts a
+    /// comment line). A peer's PSK identity is its user for `[auth]`.
+    #[serde(default)]
+    pub psk_file: Option<PathBuf>,
+    /// Most DTLS sessions at once, handshakes included; a new peer beyond
+    /// is dropped and counted (`too_many_sessions`). Default 1024.
+    #[serde(default = "default_max_dtls_sessions")]
+    pub max_dtls_sessions: usize,
+    /// How long (seconds) a DTLS handshake may take before its session is
+    /// dropped and counted (`dtls_handshake_timeout`). Default 10.
+    #[serde(default = "default_dtls_handshake_timeout")]
+    pub dtls_handshake_timeout_secs: u64,
+    /// How long (seconds) an established DTLS session may stay silent
+    /// before it is dropped (the peer then handshakes again). Default 300.
+    #[serde(default = "default_dtls_idle_timeout")]
+    pub dtls_idle_timeout_secs: u64,
 }
 
 /// One `push` entry.
@@ -214,6 +240,15 @@ fn default_discovery_cache_bytes() -> usize {
 fn default_max_pending_responses() -> usize {
     1024
 }
+fn default_max_dtls_sessions() -> usize {
+    1024
+}
+fn default_dtls_handshake_timeout() -> u64 {
+    10
+}
+fn default_dtls_idle_timeout() -> u64 {
+    300
+}
 
 /// A push target with its URL taken apart.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -268,6 +303,19 @@ pub struct Settings {
     pub push_queue_depth: usize,
     /// Bounds of the adapter's caches and per-peer state.
     pub limits: Limits,
+    /// The CoAP-over-DTLS server, if configured.
+    pub dtls: Option<DtlsSettings>,
+}
+
+/// The CoAP-over-DTLS server's settings.
+#[derive(Debug, Clone)]
+pub struct DtlsSettings {
+    /// Address to bind.
+    pub bind: SocketAddr,
+    /// The pre-shared keys of `psk_file`.
+    pub keys: Arc<PskKeys>,
+    /// Bounds of its sessions.
+    pub limits: DtlsLimits,
 }
 
 /// Bounds of the adapter's caches and per-peer state (see [`CoapConfig`]).
@@ -376,6 +424,49 @@ impl Settings {
                 "must be at least 1 second",
             ));
         }
+        let dtls =
+            match (&c.dtls_bind, &c.psk_file) {
+                (None, None) => None,
+                (None, Some(_)) => return Err(ConfigError::key(
+                    "psk_file",
+                    "only used with dtls_bind: set dtls_bind = \"0.0.0.0:5684\" or remove psk_file",
+                )),
+                (Some(_), None) => {
+                    return Err(ConfigError::key(
+                        "dtls_bind",
+                        "needs psk_file (one `identity:key` per line)",
+                    ))
+                }
+                (Some(addr), Some(file)) => {
+                    let bind: SocketAddr = addr.parse().map_err(|e| {
+                        ConfigError::key(
+                            "dtls_bind",
+                            format!(
+                            "`{addr}` is not an IP address and port ({e}); e.g. \"0.0.0.0:5684\""
+                        ),
+                        )
+                    })?;
+                    let keys = PskKeys::load(file).map_err(|e| ConfigError::key("psk_file", e))?;
+                    for (key, v) in [
+                        ("max_dtls_sessions", c.max_dtls_sessions as u64),
+                        ("dtls_handshake_timeout_secs", c.dtls_handshake_timeout_secs),
+                        ("dtls_idle_timeout_secs", c.dtls_idle_timeout_secs),
+                    ] {
+                        if v == 0 {
+                            return Err(ConfigError::key(key, "must be at least 1"));
+                        }
+                    }
+                    Some(DtlsSettings {
+                        bind,
+                        keys: Arc::new(keys),
+                        limits: DtlsLimits {
+                            max_sessions: c.max_dtls_sessions,
+                            handshake_timeout: Duration::from_secs(c.dtls_handshake_timeout_secs),
+                            idle_timeout: Duration::from_secs(c.dtls_idle_timeout_secs),
+                        },
+                    })
+                }
+            };
         let push = c
             .push
             .iter()
@@ -422,6 +513,7 @@ impl Settings {
                 discovery_bytes: c.discovery_cache_bytes,
                 pending_responses: c.max_pending_responses,
             },
+            dtls,
         })
     }
 }
@@ -502,6 +594,29 @@ mod tests {
         assert_eq!(p.query, vec!["x=1", "y"]);
         assert_eq!((s.push[1].host.as_str(), s.push[1].port), ("::1", 5683));
         assert!(s.push[1].path.is_empty());
+    }
+
+    #[test]
+    fn dtls_needs_a_psk_file() {
+        let e = settings("dtls_bind = \"127.0.0.1:5684\"").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("dtls_bind"));
+        let e = settings("psk_file = \"x\"").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("psk_file"));
+        let e = settings("dtls_bind = \"127.0.0.1:5684\"\npsk_file = \"/nonexistent/psk\"")
+            .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("psk_file"));
+        let dir = std::env::temp_dir().join(format!("polyhub-coap-psk-{}", std::process::id()));
+        std::fs::write(&dir, "dev1:k1\n").unwrap();
+        let s = settings(&format!(
+            "dtls_bind = \"127.0.0.1:5684\"\npsk_file = \"{}\"",
+            dir.display()
+        ))
+        .unwrap();
+        std::fs::remove_file(&dir).unwrap();
+        let d = s.dtls.unwrap();
+        assert_eq!(d.keys.key("dev1"), Some(&b"k1"[..]));
+        assert_eq!(d.limits.max_sessions, 1024);
+        assert!(settings("").unwrap().dtls.is_none());
     }
 
     #[test]

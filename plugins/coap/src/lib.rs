@@ -46,6 +46,7 @@ pub mod config;
 pub mod convert;
 pub mod dedup;
 pub mod discovery;
+pub mod dtls;
 pub mod error;
 pub mod observe;
 pub mod push;
@@ -57,7 +58,7 @@ use polyhub_sdk::{Adapter, AdapterConfig, AdapterFactory, ConfigError};
 pub use adapter::CoapAdapter;
 /// The CoAP message codec this crate is built on, for tests and tools.
 pub use coap_lite;
-pub use config::{CoapConfig, Limits, PushTarget, Settings};
+pub use config::{CoapConfig, DtlsSettings, Limits, PushTarget, Settings};
 pub use error::CoapError;
 
 /// Builds `type = "coap"` adapters.

@@ -31,6 +31,7 @@ use crate::config::Settings;
 use crate::convert::{self, Block, PathError, Resource};
 use crate::dedup::{Exchange, ExchangeCache};
 use crate::discovery::{BlockError, CursorCache, Scope, Viewer};
+use crate::dtls::Sessions;
 use crate::observe::{Observer, ObserverKey, Observers, Registered};
 use crate::transmission::{self, MessageIds};
 
@@ -158,11 +159,22 @@ impl State {
     }
 }
 
+/// How the server's socket carries CoAP messages.
+#[derive(Debug, Clone)]
+pub enum Link {
+    /// Plain CoAP: a message per datagram; `u`/`p` Uri-Query items say
+    /// who sends it.
+    Plain,
+    /// CoAP over DTLS: a session per peer; its PSK identity is the user.
+    Dtls(Arc<Sessions>),
+}
+
 /// The server, shared by the receive loop and the tasks it spawns.
 pub struct Server {
     ctx: AdapterContext,
     settings: Arc<Settings>,
     socket: Arc<UdpSocket>,
+    link: Link,
     ids: MessageIds,
     state: Mutex<State>,
     /// The shared cursors of `/.well-known/core` listings.
@@ -193,7 +205,12 @@ type PublishFuture = Pin<Box<dyn Future<Output = Result<(), PublishError>> + Sen
 
 impl Server {
     /// A server on a bound socket.
-    pub fn new(ctx: AdapterContext, settings: Arc<Settings>, socket: Arc<UdpSocket>) -> Arc<Self> {
+    pub fn new(
+        ctx: AdapterContext,
+        settings: Arc<Settings>,
+        socket: Arc<UdpSocket>,
+        link: Link,
+    ) -> Arc<Self> {
         let limits = settings.limits;
         Arc::new(Server {
             state: Mutex::new(State {
@@ -218,6 +235,7 @@ impl Server {
             ctx,
             settings,
             socket,
+            link,
             ids: MessageIds::default(),
             pending: Mutex::new(HashMap::new()),
         })
@@ -227,9 +245,18 @@ impl Server {
     pub async fn serve(self: &Arc<Self>) {
         let mut buf = vec![0u8; MAX_DATAGRAM];
         let shutdown = self.ctx.shutdown().clone();
+        // DTLS: handshakes and idle sessions time out.
+        let mut sweep = tokio::time::interval(Duration::from_secs(1));
+        let dtls = matches!(self.link, Link::Dtls(_));
         loop {
             let (n, peer) = tokio::select! {
                 _ = shutdown.cancelled() => break,
+                _ = sweep.tick(), if dtls => {
+                    if let Link::Dtls(sessions) = &self.link {
+                        sessions.expire(Instant::now());
+                    }
+                    continue;
+                }
                 r = self.socket.recv_from(&mut buf) => match r {
                     Ok(x) => x,
                     Err(e) => {
@@ -241,7 +268,18 @@ impl Server {
                     }
                 },
             };
-            self.on_datagram(&buf[..n], peer).await;
+            match &self.link {
+                Link::Plain => self.on_datagram(&buf[..n], peer).await,
+                Link::Dtls(sessions) => {
+                    let opened = sessions.open(peer, &buf[..n], Instant::now());
+                    for record in &opened.replies {
+                        self.send_datagram(record, peer).await;
+                    }
+                    for message in &opened.messages {
+                        self.on_datagram(message, peer).await;
+                    }
+                }
+            }
         }
         let filters: Vec<CancellationToken> =
             self.state.lock().filters.drain().map(|(_, t)| t).collect();
@@ -273,7 +311,19 @@ impl Server {
         Some(bytes)
     }
 
+    /// Sends a CoAP message (over the peer's DTLS session on `coaps`).
     async fn send_bytes(&self, bytes: &[u8], peer: SocketAddr) {
+        match &self.link {
+            Link::Plain => self.send_datagram(bytes, peer).await,
+            Link::Dtls(sessions) => {
+                for record in sessions.seal(peer, bytes) {
+                    self.send_datagram(&record, peer).await;
+                }
+            }
+        }
+    }
+
+    async fn send_datagram(&self, bytes: &[u8], peer: SocketAddr) {
         if let Err(e) = self.socket.send_to(bytes, peer).await {
             self.ctx.metrics().record_error();
             debug!(adapter = %self.ctx.name(), peer = %peer, error = %e, "Send failed.");
@@ -486,12 +536,9 @@ impl Server {
         let (creds, query) = access::split_query(&query);
         let who = match self.requester(&creds, peer) {
             Ok(who) => who,
-            Err(text) => {
-                // Counted by `authenticate` (`polyhub_auth_denied_total`).
-                return Outcome::Reply(convert::with_diagnostic(
-                    reply(ResponseType::Unauthorized),
-                    text,
-                ));
+            Err((code, text)) => {
+                // A 4.01 is counted by `authenticate` (`polyhub_auth_denied_total`).
+                return Outcome::Reply(convert::with_diagnostic(reply(code), text));
             }
         };
         // A refusal by the ACL, counted by `authorize`.
@@ -811,15 +858,34 @@ impl Server {
         block_response(resp, &body, format, Some(etag), b)
     }
 
-    /// Who sent a request: with `[auth]`, the user its `u`/`p` items
-    /// authenticate (anonymous without them); `Err` with the diagnostic of
-    /// a 4.01 when they do not (or anonymous access is off).
+    /// Who sent a request: on `coaps`, its session's PSK identity; on
+    /// plain CoAP, with `[auth]`, the user its `u`/`p` items authenticate
+    /// (anonymous without them). `Err` with the code and diagnostic of the
+    /// refusal: 4.01 when they do not authenticate (or anonymous access is
+    /// off), 4.00 for `u`/`p` on `coaps`.
     fn requester(
         &self,
         creds: &QueryCredentials,
         peer: SocketAddr,
-    ) -> Result<Requester, &'static str> {
+    ) -> Result<Requester, (ResponseType, &'static str)> {
         let client_id = access::client_id(creds, peer);
+        if let Link::Dtls(sessions) = &self.link {
+            if creds.any() {
+                self.reject("bad_option");
+                return Err((
+                    ResponseType::BadRequest,
+                    "on coaps the user is the PSK identity: no u=, p=",
+                ));
+            }
+            // Messages come only out of established sessions.
+            let identity = sessions
+                .identity(peer)
+                .ok_or((ResponseType::Unauthorized, "no DTLS session"))?;
+            return Ok(Requester {
+                identity,
+                client_id,
+            });
+        }
         let peer_name = peer.to_string();
         let identity = self
             .ctx
@@ -829,11 +895,12 @@ impl Server {
                 Some(&peer_name),
             )
             .map_err(|_| {
-                if creds.any() {
+                let text = if creds.any() {
                     "wrong user name or password (u=, p=)"
                 } else {
                     "authentication required: u=USER&p=PASSWORD"
-                }
+                };
+                (ResponseType::Unauthorized, text)
             })?;
         Ok(Requester {
             identity,
@@ -1193,6 +1260,17 @@ impl Server {
 
     /// Sends without waiting; a full socket buffer drops the datagram.
     fn try_send(&self, bytes: &[u8], peer: SocketAddr) {
+        match &self.link {
+            Link::Plain => self.try_send_datagram(bytes, peer),
+            Link::Dtls(sessions) => {
+                for record in sessions.seal(peer, bytes) {
+                    self.try_send_datagram(&record, peer);
+                }
+            }
+        }
+    }
+
+    fn try_send_datagram(&self, bytes: &[u8], peer: SocketAddr) {
         match self.socket.try_send_to(bytes, peer) {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
