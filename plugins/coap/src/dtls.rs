@@ -329,7 +329,8 @@ impl Sessions {
             }
         }
         if failed.is_none() && s.identity.is_some() {
-            let mut buf = vec![0u8; crate::server::MAX_DATAGRAM];
+            // A record's plaintext is never longer than its datagram.
+            let mut buf = vec![0u8; datagram.len()];
             loop {
                 match s.stream.ssl_read(&mut buf) {
                     Ok(n) => out.messages.push(buf[..n].to_vec()),

@@ -30,6 +30,12 @@
 //!   `quota_exceeded`, ...). `dropped_total` counts queue drops only.
 //! - Every cache and every piece of per-peer state is bounded in entries
 //!   and bytes by a config key (see [`CoapConfig`]).
+//! - `dtls_bind` + `psk_file` serve the same resources over DTLS 1.2 with
+//!   pre-shared keys (`coaps://`, see [`dtls`]).
+//! - With the hub's `[auth]` (see [`access`]): the user is the PSK identity
+//!   on `coaps`, or the `u`/`p` Uri-Query items on plain CoAP; `4.01` for
+//!   missing or wrong credentials, `4.03` when the ACL refuses; a
+//!   notification the observer may not read is not sent.
 //!
 //! ```toml
 //! [[adapters]]
