@@ -143,7 +143,8 @@ pub struct CoapConfig {
     pub dtls_bind: Option<String>,
     /// The DTLS server's pre-shared keys: one `identity:key` per line (the
     /// key is the text after the first `:`, 1 to 64 bytes; `#` starts a
-    /// comment line). A peer's PSK identity is its user for `[auth]`.
+    /// comment line). A peer's PSK identity is its user for `[auth]`. A
+    /// relative path is relative to the config file.
     #[serde(default)]
     pub psk_file: Option<PathBuf>,
     /// Most DTLS sessions at once, handshakes included; a new peer beyond
@@ -446,7 +447,8 @@ impl Settings {
                         ),
                         )
                     })?;
-                    let keys = PskKeys::load(file).map_err(|e| ConfigError::key("psk_file", e))?;
+                    let keys = PskKeys::load(&config.resolve(file))
+                        .map_err(|e| ConfigError::key("psk_file", e))?;
                     for (key, v) in [
                         ("max_dtls_sessions", c.max_dtls_sessions as u64),
                         ("dtls_handshake_timeout_secs", c.dtls_handshake_timeout_secs),
@@ -617,6 +619,19 @@ mod tests {
         assert_eq!(d.keys.key("dev1"), Some(&b"k1"[..]));
         assert_eq!(d.limits.max_sessions, 1024);
         assert!(settings("").unwrap().dtls.is_none());
+        // A relative psk_file is relative to the config file's directory.
+        let dir = std::env::temp_dir().join(format!("polyhub-coap-dir-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("psk"), "dev2:k2\n").unwrap();
+        let mut config = AdapterConfig::from_toml_str(
+            "coap",
+            "dtls_bind = \"127.0.0.1:5684\"\npsk_file = \"psk\"",
+        )
+        .unwrap();
+        config.base_dir = Some(dir.clone());
+        let s = Settings::from_config(&config).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(s.dtls.unwrap().keys.key("dev2"), Some(&b"k2"[..]));
     }
 
     #[test]
