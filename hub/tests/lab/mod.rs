@@ -65,6 +65,20 @@ pub fn password_of(user: &str) -> String {
 pub struct Mosquitto {
     child: Child,
     pub port: u16,
+    broker: MqttBroker,
+}
+
+/// Any MQTT broker on 127.0.0.1:`port` (a private Mosquitto, or polyhub's
+/// embedded broker), asked with `mosquitto_pub` and `mosquitto_sub`.
+pub struct MqttBroker {
+    pub port: u16,
+}
+
+impl std::ops::Deref for Mosquitto {
+    type Target = MqttBroker;
+    fn deref(&self) -> &MqttBroker {
+        &self.broker
+    }
 }
 
 impl Mosquitto {
@@ -94,9 +108,15 @@ impl Mosquitto {
             || common::service_up(port),
         )
         .await;
-        Mosquitto { child, port }
+        Mosquitto {
+            child,
+            port,
+            broker: MqttBroker { port },
+        }
     }
+}
 
+impl MqttBroker {
     pub fn credentials(user: Option<&str>) -> Vec<String> {
         match user {
             Some(u) => vec!["-u".into(), u.into(), "-P".into(), password_of(u)],
@@ -369,7 +389,7 @@ pub fn polyhub_auth(dir: &Path, anonymous: bool) -> Auth {
 }
 
 /// Mosquitto's verdict on one row.
-pub async fn ask_mosquitto(broker: &Mosquitto, admin: &mut Sub, row: &Row, n: usize) -> bool {
+pub async fn ask_mosquitto(broker: &MqttBroker, admin: &mut Sub, row: &Row, n: usize) -> bool {
     let client = row.client.map_or_else(|| format!("lab-{n}"), str::to_owned);
     let marker = format!("row-{n}");
     match row.ask {
@@ -511,6 +531,26 @@ impl Protocol for AuthModule {
     }
 }
 
+/// `labadmin` subscribed to `#` on `broker`, once it sees its own probe.
+pub async fn admin_subscriber(broker: &MqttBroker) -> Sub {
+    let mut admin = broker.subscribe(Some("labadmin"), "lab-admin-sub", &["#"]);
+    let mut k = 0;
+    loop {
+        k += 1;
+        let probe = format!("lab/probe/{k}");
+        assert!(
+            broker
+                .publish(Some("labadmin"), "lab-admin-pub", &probe, "probe")
+                .await
+        );
+        if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(200), admin.rx.recv()).await
+        {
+            return admin;
+        }
+        assert!(k < 50, "admin subscriber never became ready");
+    }
+}
+
 /// Asks Mosquitto and every column about every row, prints the table, and
 /// fails on any disagreement (or on a lab row whose sheet answer Mosquitto
 /// does not give). `columns` builds the columns from the lab's directory
@@ -523,23 +563,7 @@ where
     let files = lab_files(acl);
     let broker = Mosquitto::start(files.path(), anonymous).await;
     let mut columns = columns(files.path().to_owned(), anonymous).await;
-    let mut admin = broker.subscribe(Some("labadmin"), "lab-admin-sub", &["#"]);
-    // The admin subscriber is up once it sees its own probe.
-    let mut k = 0;
-    loop {
-        k += 1;
-        let probe = format!("lab/probe/{k}");
-        assert!(
-            broker
-                .publish(Some("labadmin"), "lab-admin-pub", &probe, "probe")
-                .await
-        );
-        if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(200), admin.rx.recv()).await
-        {
-            break;
-        }
-        assert!(k < 50, "admin subscriber never became ready");
-    }
+    let mut admin = admin_subscriber(&broker).await;
 
     use std::fmt::Write;
     let mut table = format!(

@@ -145,6 +145,12 @@ pub(crate) async fn run(
     forward: Vec<TopicFilter>,
     ctx: AdapterContext,
 ) -> Result<(), AdapterError> {
+    if ctx.auth_enabled() && !s.users.is_empty() {
+        tracing::warn!(
+            adapter = %ctx.name(),
+            "The broker's own `users` are ignored: [auth] decides who logs in (its password_file). Move them there with `polyhub passwd`."
+        );
+    }
     let tcp = tokio::net::TcpListener::bind(s.listen)
         .await
         .map_err(|e| bind_error(s.listen, "listen", e))?;

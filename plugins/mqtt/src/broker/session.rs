@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use polyhub_sdk::{
-    ClientHandle, ClientInfo, Envelope, PublishError, QoS as HubQoS, SubscribeOptions,
-    Subscription, Topic, TopicFilter,
+    Action, ClientHandle, ClientInfo, Envelope, Identity, PublishError, QoS as HubQoS, Refused,
+    SubscribeOptions, Subscription, Topic, TopicFilter,
 };
 use rumqttc::v5::mqttbytes::v5::{
     ConnAckProperties, Connect, ConnectReturnCode, Disconnect, DisconnectReasonCode, LastWill,
@@ -83,8 +83,8 @@ pub(crate) struct Conn {
     will: Option<LastWill>,
     assigned: bool,
     peer: Peer,
-    /// The user name it logged in with, if any.
-    user: Option<String>,
+    /// Who logged in (`[auth]`), or the user name it gave.
+    identity: Identity,
     guard: ConnGuard,
 }
 
@@ -97,7 +97,12 @@ async fn send_now(io: &mut Box<dyn Io>, version: Version, p: &Packet) {
 }
 
 fn refuse_code(version: Version, code: ConnectReturnCode) -> Packet {
-    let _ = version;
+    // MQTT 3.1.1: Mosquitto answers a refused login with 5 (not
+    // authorized), whatever was wrong; so do we.
+    let code = match (version, code) {
+        (Version::V311, ConnectReturnCode::BadUserNamePassword) => ConnectReturnCode::NotAuthorized,
+        (_, code) => code,
+    };
     codec::connack(code, false, None)
 }
 
@@ -166,13 +171,16 @@ pub(crate) async fn serve(broker: Arc<Broker>, mut io: Box<dyn Io>, peer: Peer, 
         broker.rejected("malformed_packet");
         return;
     };
-    if !authenticated(&broker, login.as_ref()) {
-        broker.rejected("bad_credentials");
-        info!(adapter = %broker.ctx.name(), %peer, client_id = %connect.client_id, "Refused a device: bad user name or password.");
-        let p = refuse_code(version, ConnectReturnCode::BadUserNamePassword);
-        send_now(&mut io, version, &p).await;
-        return;
-    }
+    let identity = match authenticate(&broker, login.as_ref(), &peer) {
+        Ok(identity) => identity,
+        Err(code) => {
+            broker.rejected("bad_credentials");
+            info!(adapter = %broker.ctx.name(), %peer, client_id = %connect.client_id, "Refused a device: bad user name or password.");
+            let p = refuse_code(version, code);
+            send_now(&mut io, version, &p).await;
+            return;
+        }
+    };
     if let Some(max) = broker.settings.max_keep_alive {
         if version == Version::V311 && (connect.keep_alive == 0 || connect.keep_alive > max) {
             // 3.1.1 has no way to tell the device a shorter keepalive.
@@ -216,18 +224,40 @@ pub(crate) async fn serve(broker: Arc<Broker>, mut io: Box<dyn Io>, peer: Peer, 
         will,
         assigned,
         peer,
-        user: login.map(|l| l.username).filter(|u| !u.is_empty()),
+        identity,
         guard,
     };
     attach(broker, Box::new(conn)).await;
 }
 
-fn authenticated(broker: &Broker, login: Option<&Login>) -> bool {
-    let users = &broker.settings.users;
-    if users.is_empty() {
-        return true;
+/// Who the device is. With `[auth]`, its user name and password against
+/// the password file: refused, MQTT 3.1.1 gets CONNACK 5 (not authorized,
+/// as Mosquitto sends), MQTT 5 0x86 (bad user name or password) or, for an
+/// anonymous device when anonymous access is off, 0x87 (not authorized).
+/// Without `[auth]`, the broker's own `users` (when set), else anyone.
+fn authenticate(
+    broker: &Broker,
+    login: Option<&Login>,
+    peer: &Peer,
+) -> Result<Identity, ConnectReturnCode> {
+    let name = login.map(|l| l.username.as_str()).filter(|u| !u.is_empty());
+    if broker.ctx.auth_enabled() {
+        let password = login.map(|l| l.password.as_bytes());
+        return broker
+            .ctx
+            .authenticate(name, password, Some(&peer.to_string()))
+            .map_err(|why| match why {
+                Refused::AnonymousNotAllowed => ConnectReturnCode::NotAuthorized,
+                _ => ConnectReturnCode::BadUserNamePassword,
+            });
     }
-    login.is_some_and(|l| users.get(&l.username).is_some_and(|p| *p == l.password))
+    let users = &broker.settings.users;
+    if !users.is_empty()
+        && !login.is_some_and(|l| users.get(&l.username).is_some_and(|p| *p == l.password))
+    {
+        return Err(ConnectReturnCode::BadUserNamePassword);
+    }
+    Ok(name.map_or_else(Identity::anonymous, Identity::user))
 }
 
 /// Hands `conn` to the live session of its client id, or starts one
@@ -388,6 +418,8 @@ struct Session {
     /// `None`: never expires.
     expiry: Option<Duration>,
     will_at: Option<(Instant, LastWill)>,
+    /// Who the last connection logged in as (`[auth]` checks use it).
+    identity: Identity,
 }
 
 fn hub_qos(q: QoS) -> HubQoS {
@@ -508,6 +540,7 @@ impl Session {
             unyielded: 0,
             expiry: Some(Duration::ZERO),
             will_at: None,
+            identity: Identity::anonymous(),
         })
     }
 
@@ -571,7 +604,7 @@ impl Session {
             will,
             assigned,
             peer,
-            user,
+            identity,
             guard,
         } = *conn;
         let props = connect.properties.clone().unwrap_or_default_props();
@@ -592,7 +625,8 @@ impl Session {
         let mut info = ClientInfo::new("mqtt")
             .with_client_id(self.id.as_ref())
             .with_peer(peer.to_string());
-        info.user = user;
+        info.user = identity.username().map(str::to_owned);
+        self.identity = identity;
         let client = self.broker.ctx.client_connected(info);
         // MQTT 5: a keepalive over the broker's maximum (or none) is
         // replaced by the maximum, told in CONNACK.
@@ -870,6 +904,16 @@ impl Session {
                 return self.protocol_error("invalid_topic", DisconnectReasonCode::TopicNameInvalid)
             }
         };
+        if !self.may(topic.as_str(), Action::Write) {
+            // Dropped, as Mosquitto does: acknowledged (MQTT 5 with 0x87
+            // not authorized; 3.1.1 has no reason codes), never routed.
+            match p.qos {
+                QoS::AtMostOnce => {}
+                QoS::AtLeastOnce => link.send(&codec::puback(p.pkid, PubAckReason::NotAuthorized)),
+                QoS::ExactlyOnce => link.send(&codec::pubrec(p.pkid, PubRecReason::NotAuthorized)),
+            }
+            return None;
+        }
         if p.qos == QoS::ExactlyOnce {
             if self.qos2_in.contains(&p.pkid) {
                 // A resend of a message the hub already has.
@@ -884,7 +928,7 @@ impl Session {
             }
         }
         link.client.record_in();
-        let env = envelope(
+        let mut env = envelope(
             &self.broker,
             &self.id,
             topic,
@@ -898,6 +942,7 @@ impl Session {
             props.message_expiry_interval,
             props.payload_format_indicator,
         );
+        env.origin.user = self.identity.username().map(Arc::from);
         let result = if self.broker.enters_hub(&env.topic) {
             self.publish_to_hub(env).await
         } else {
@@ -907,6 +952,13 @@ impl Session {
         let quota = match result {
             Ok(()) => false,
             Err(PublishError::Closed | PublishError::Failed) => return Some(End::Shutdown),
+            // `[hub] data_dir` could not store it: no acknowledgement, and
+            // the connection is closed so that the device sends it again
+            // when it reconnects (MQTT redelivers unacknowledged QoS 1/2).
+            Err(PublishError::NotStored) if p.qos != QoS::AtMostOnce => {
+                self.broker.rejected("not_stored");
+                return Some(End::Lost(Some(DisconnectReasonCode::UnspecifiedError)));
+            }
             // `PublishError::Quota`: a retained publish past the hub's topic quota.
             Err(_) => {
                 self.broker.rejected("quota_exceeded");
@@ -974,6 +1026,11 @@ impl Session {
                     continue;
                 }
             };
+            // `$share/GROUP/FILTER` is checked on FILTER, as Mosquitto does.
+            if !self.may(filter.as_str(), Action::Subscribe) {
+                codes.push(SubscribeReasonCode::NotAuthorized);
+                continue;
+            }
             let key: Option<Arc<str>> = share.map(|_| Arc::from(f.path.as_str()));
             let existing = self.subs.iter().position(|s| s.raw == f.path);
             if existing.is_none() {
@@ -1110,7 +1167,20 @@ impl Session {
         self.enqueue(out);
     }
 
+    /// Whether `[auth]` lets this session's user do `action` on `topic`
+    /// (counted and logged when not); always true without `[auth]`.
+    fn may(&self, topic: &str, action: Action) -> bool {
+        self.broker
+            .ctx
+            .authorize(&self.identity, &self.id, topic, action)
+    }
+
+    /// Queues a message for the device: every delivery (live, retained,
+    /// shared, queued while offline) passes the `read` check here first.
     fn enqueue(&mut self, out: Out) {
+        if !self.may(out.env.topic.as_str(), Action::Read) {
+            return;
+        }
         if self.pending.len() >= self.broker.settings.max_queued_messages {
             self.broker.ctx.metrics().record_drop();
             self.broker.ctx.metrics().incr("queue_full");
@@ -1267,6 +1337,12 @@ impl Session {
             props.message_expiry_interval,
             props.payload_format_indicator,
         );
+        if !self.may(env.topic.as_str(), Action::Write) {
+            // Checked when it is sent, as Mosquitto does.
+            return;
+        }
+        let mut env = env;
+        env.origin.user = self.identity.username().map(Arc::from);
         debug!(adapter = %self.broker.ctx.name(), client_id = %self.id, topic = %env.topic, "Will published.");
         if self.broker.enters_hub(&env.topic) {
             let _ = self.publish_to_hub(env).await;
