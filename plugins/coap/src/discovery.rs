@@ -745,23 +745,15 @@ mod tests {
         );
     }
 
-    /// Many peers walking one listing far longer than the cache, some of
-    /// them eight times slower than the others, all finish: the slow ones'
-    /// cursors are thinned, never dropped (with only the oldest 64 cursors
-    /// as candidates, 80 peers over 200 000 topics and 4 096 cursors had a
-    /// slow peer refused at block 529; libcoap walks stopped at 1 379 links).
-    #[test]
-    fn slow_and_fast_walkers_of_a_long_listing_all_finish() {
-        let names: Vec<String> = (0..30_000)
+    /// `walkers` peers walk one listing of `topics` topics block by block
+    /// with a cache of `cap` cursors, every fourth of them eight times
+    /// slower than the others; panics if one is refused.
+    fn walkers_all_finish(topics: usize, cap: usize, walkers: usize) {
+        let by_topic: BTreeMap<String, Arc<Envelope>> = (0..topics)
             .map(|i| format!("fleet/{:02}/dev-{i:06}", i % 50))
-            .collect();
-        let by_topic: BTreeMap<String, Arc<Envelope>> = names
-            .iter()
             .map(|t| {
-                (
-                    t.clone(),
-                    Arc::new(Envelope::new(Topic::new(t).unwrap(), "v")),
-                )
+                let e = Arc::new(Envelope::new(Topic::new(&t).unwrap(), "v"));
+                (t, e)
             })
             .collect();
         let p = |prefix: &str, after: Option<&str>, limit: usize| -> Vec<Arc<Envelope>> {
@@ -776,20 +768,18 @@ mod tests {
                 .map(|(_, v)| v.clone())
                 .collect()
         };
-        const WALKERS: usize = 40;
-        let mut cache = CursorCache::new(256, 4 << 20, Duration::from_secs(60));
+        let mut cache = CursorCache::new(cap, 4 << 20, Duration::from_secs(60));
         let scope = Scope::Prefix(String::new());
         let start = Instant::now();
-        let mut next = [0usize; WALKERS];
-        let mut done = [false; WALKERS];
+        let mut next = vec![0usize; walkers];
+        let mut done = vec![false; walkers];
         let mut rng = 12345u64;
         let mut steps = 0u64;
         while done.iter().any(|d| !d) {
             rng = rng
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
-            let w = (rng >> 33) as usize % WALKERS;
-            // Every fourth walker gets one turn in eight.
+            let w = (rng >> 33) as usize % walkers;
             if done[w] || (w % 4 == 0 && (rng >> 20) % 8 != 0) {
                 continue;
             }
@@ -803,75 +793,27 @@ mod tests {
                 }
                 Err(e) => panic!("walker {w} refused at block {}: {e:?}", next[w]),
             }
-            assert!(cache.len() <= 256);
+            assert!(cache.len() <= cap);
             assert!(cache.order.len() <= 4 * cache.len() + 1025);
         }
     }
+
     /// Many peers walking one listing far longer than the cache, some of
     /// them eight times slower than the others, all finish: the slow ones'
-    /// cursors are thinned, never dropped (with only the oldest 64 cursors
-    /// as candidates, 80 peers over 200 000 topics and 4 096 cursors had a
-    /// slow peer refused at block 529; libcoap walks stopped at 1 379 links).
+    /// cursors are thinned, never dropped.
+    #[test]
+    fn slow_and_fast_walkers_of_a_long_listing_all_finish() {
+        walkers_all_finish(30_000, 256, 40);
+    }
+
     /// The reproduction at full size (`cargo test --release -p polyhub-coap
-    /// --lib eighty -- --ignored`, about 25 s): before the one-pass
-    /// thinning, walker 4 was refused at block 529; now all 80 finish. The
-    /// small test above runs in the suite but passed with the old code too.
+    /// --lib eighty -- --ignored`, about 25 s): with only the oldest 64
+    /// cursors as thinning candidates, walker 4 was refused at block 529
+    /// (libcoap walks stopped at 1 379 links); now all 80 finish. The small
+    /// test above runs in the suite but passed with the old code too.
     #[test]
     #[ignore]
     fn eighty_walkers_over_200_000_topics_all_finish() {
-        let names: Vec<String> = (0..200_000)
-            .map(|i| format!("fleet/{:02}/dev-{i:06}", i % 50))
-            .collect();
-        let by_topic: BTreeMap<String, Arc<Envelope>> = names
-            .iter()
-            .map(|t| {
-                (
-                    t.clone(),
-                    Arc::new(Envelope::new(Topic::new(t).unwrap(), "v")),
-                )
-            })
-            .collect();
-        let p = |prefix: &str, after: Option<&str>, limit: usize| -> Vec<Arc<Envelope>> {
-            let start = match after {
-                Some(a) => std::ops::Bound::Excluded(a.to_owned()),
-                None => std::ops::Bound::Included(prefix.to_owned()),
-            };
-            by_topic
-                .range((start, std::ops::Bound::Unbounded))
-                .take_while(|(k, _)| k.starts_with(prefix))
-                .take(limit)
-                .map(|(_, v)| v.clone())
-                .collect()
-        };
-        const WALKERS: usize = 80;
-        let mut cache = CursorCache::new(4096, 4 << 20, Duration::from_secs(60));
-        let scope = Scope::Prefix(String::new());
-        let start = Instant::now();
-        let mut next = [0usize; WALKERS];
-        let mut done = [false; WALKERS];
-        let mut rng = 12345u64;
-        let mut steps = 0u64;
-        while done.iter().any(|d| !d) {
-            rng = rng
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let w = (rng >> 33) as usize % WALKERS;
-            // Every fourth walker gets one turn in eight.
-            if done[w] || (w % 4 == 0 && (rng >> 20) % 8 != 0) {
-                continue;
-            }
-            steps += 1;
-            // 20 µs per request: 50 000 block requests a second in all.
-            let now = start + Duration::from_micros(20 * steps);
-            match cache.block(&p, &scope, next[w] * 1024, 1024, now) {
-                Ok(b) => {
-                    next[w] += 1;
-                    done[w] = !b.more;
-                }
-                Err(e) => panic!("walker {w} refused at block {}: {e:?}", next[w]),
-            }
-            assert!(cache.len() <= 4096);
-            assert!(cache.order.len() <= 4 * cache.len() + 1025);
-        }
+        walkers_all_finish(200_000, 4096, 80);
     }
 }
