@@ -196,7 +196,12 @@ impl LastValueStore {
             if retained.is_some() {
                 slot.retained = retained;
             }
-            slot.retained.clone()
+            // What the store writes; nothing to clone without one.
+            if self.persist.is_some() {
+                slot.retained.clone()
+            } else {
+                None
+            }
         } else {
             if inner.slots.len() >= self.max_topics {
                 if let Some(gone) = inner.evict_one() {

@@ -579,17 +579,7 @@ async fn with_auth_only_admin_users_reach_the_admin_api() {
     let dir = tempfile::tempdir().unwrap();
     let pw = dir.path().join("passwords");
     for (user, password) in [("ops", "ops-secret"), ("device", "device-secret")] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_polyhub"))
-            .args(["passwd", "-b", password])
-            .arg(&pw)
-            .arg(user)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        polyhub_passwd(&pw, user, password);
     }
     let hub = start_hub(&format!(
         "[admin]\nbind = \"127.0.0.1:0\"\n\

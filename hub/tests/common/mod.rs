@@ -81,3 +81,19 @@ pub fn libcoap(tool: &str) -> String {
     }
     panic!("{tool} not found: install libcoap3-bin (scripts/test.sh does)");
 }
+
+/// `polyhub passwd -b PASSWORD FILE USER`: adds or replaces `user` in a
+/// password file (created when missing).
+pub fn polyhub_passwd(file: &std::path::Path, user: &str, password: &str) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_polyhub"))
+        .args(["passwd", "-b", password])
+        .arg(file)
+        .arg(user)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

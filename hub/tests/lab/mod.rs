@@ -346,19 +346,7 @@ pub fn lab_files(acl: &str) -> tempfile::TempDir {
     dir
 }
 
-pub fn polyhub_passwd(file: &Path, user: &str, password: &str) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_polyhub"))
-        .args(["passwd", "-b", password])
-        .arg(file)
-        .arg(user)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+pub use crate::common::polyhub_passwd;
 
 pub fn mosquitto_passwd(file: &Path, options: &[&str], user: &str, password: &str) {
     let mut cmd = std::process::Command::new("mosquitto_passwd");
