@@ -579,7 +579,7 @@ async fn with_auth_only_admin_users_reach_the_admin_api() {
     let dir = tempfile::tempdir().unwrap();
     let pw = dir.path().join("passwords");
     for (user, password) in [("ops", "ops-secret"), ("device", "device-secret")] {
-        polyhub_passwd(&pw, user, password);
+        polyhub_passwd(env!("CARGO_BIN_EXE_polyhub"), &pw, user, password);
     }
     let hub = start_hub(&format!(
         "[admin]\nbind = \"127.0.0.1:0\"\n\

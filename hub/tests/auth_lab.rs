@@ -53,10 +53,20 @@ async fn deny_client_id_and_wildcard_rules_get_mosquittos_verdicts() {
 async fn mosquitto_accepts_a_password_file_written_by_polyhub() {
     let dir = tempfile::tempdir().unwrap();
     let pw = dir.path().join("passwords");
-    polyhub_passwd(&pw, "alice", "first");
-    polyhub_passwd(&pw, "bob", &password_of("bob"));
+    polyhub_passwd(env!("CARGO_BIN_EXE_polyhub"), &pw, "alice", "first");
+    polyhub_passwd(
+        env!("CARGO_BIN_EXE_polyhub"),
+        &pw,
+        "bob",
+        &password_of("bob"),
+    );
     // Replacing a password keeps one line for the user.
-    polyhub_passwd(&pw, "alice", &password_of("alice"));
+    polyhub_passwd(
+        env!("CARGO_BIN_EXE_polyhub"),
+        &pw,
+        "alice",
+        &password_of("alice"),
+    );
     let text = std::fs::read_to_string(&pw).unwrap();
     assert_eq!(text.lines().count(), 2, "{text}");
     assert!(text.lines().all(|l| l.contains(":$7$101$")), "{text}");

@@ -83,9 +83,11 @@ pub fn libcoap(tool: &str) -> String {
 }
 
 /// `polyhub passwd -b PASSWORD FILE USER`: adds or replaces `user` in a
-/// password file (created when missing).
-pub fn polyhub_passwd(file: &std::path::Path, user: &str, password: &str) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_polyhub"))
+/// password file (created when missing). Call it as
+/// `polyhub_passwd(env!("CARGO_BIN_EXE_polyhub"), ..)`: this module is
+/// shared with the plugins' tests, whose packages have no such binary.
+pub fn polyhub_passwd(bin: &str, file: &std::path::Path, user: &str, password: &str) {
+    let out = std::process::Command::new(bin)
         .args(["passwd", "-b", password])
         .arg(file)
         .arg(user)

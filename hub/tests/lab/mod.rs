@@ -337,7 +337,7 @@ pub fn lab_files(acl: &str) -> tempfile::TempDir {
     let pw = dir.path().join("passwords");
     // Half written by polyhub, half by Mosquitto's own tool.
     for user in ["user1", "user2"] {
-        polyhub_passwd(&pw, user, &password_of(user));
+        polyhub_passwd(env!("CARGO_BIN_EXE_polyhub"), &pw, user, &password_of(user));
     }
     for user in ["user3", "labadmin"] {
         mosquitto_passwd(&pw, &[], user, &password_of(user));
