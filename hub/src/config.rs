@@ -48,6 +48,15 @@ pub struct HubSection {
     /// milliseconds. Default 5.
     #[serde(default = "default_fsync_window_ms")]
     pub fsync_window_ms: u64,
+    /// Bytes each durable subscriber's queue holds at most (an MQTT
+    /// persistent session, an external broker or webhook forward); past it
+    /// the oldest envelope is dropped and counted. Default 16 MiB.
+    #[serde(default = "default_max_queue_bytes")]
+    pub max_queue_bytes: u64,
+}
+
+fn default_max_queue_bytes() -> u64 {
+    crate::durable::DEFAULT_MAX_QUEUE_BYTES
 }
 
 fn default_fsync_window_ms() -> u64 {
@@ -82,6 +91,7 @@ impl Default for HubSection {
             data_dir: None,
             fsync: crate::store::Fsync::default(),
             fsync_window_ms: default_fsync_window_ms(),
+            max_queue_bytes: default_max_queue_bytes(),
         }
     }
 }

@@ -9,9 +9,9 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use parking_lot::RwLock;
 use polyhub_sdk::{
-    AdapterContext, AdapterMetrics, AdapterSnapshot, AdapterState, ClientRegistry, Envelope,
-    HubLink, HubSnapshot, PublishError, SubscribeError, SubscribeOptions, SubscriptionId, Topic,
-    TopicFilter,
+    AdapterContext, AdapterMetrics, AdapterSnapshot, AdapterState, ClientRegistry, DurableOptions,
+    DurableQueue, Envelope, HubLink, HubSnapshot, PublishError, SubscribeError, SubscribeOptions,
+    SubscriptionId, Topic, TopicFilter,
 };
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
@@ -210,6 +210,33 @@ impl HubLink for Link {
         )
     }
 
+    fn subscribe_durable(
+        &self,
+        name: &str,
+        filters: &[TopicFilter],
+        options: DurableOptions,
+    ) -> Result<(SubscriptionId, Arc<dyn DurableQueue>), SubscribeError> {
+        self.shared.router.subscribe_durable(
+            name,
+            self.slot.name.clone(),
+            self.slot.metrics.clone(),
+            filters,
+            options,
+        )
+    }
+
+    fn state_get(&self, key: &str) -> Option<Vec<u8>> {
+        self.shared.router.state_get(key)
+    }
+
+    fn state_put(&self, key: &str, value: Option<Vec<u8>>) {
+        self.shared.router.state_put(key, value)
+    }
+
+    fn state_scan(&self, prefix: &str) -> Vec<(String, Vec<u8>)> {
+        self.shared.router.state_scan(prefix)
+    }
+
     fn add_filter(&self, id: SubscriptionId, filter: &TopicFilter) -> Result<(), SubscribeError> {
         self.shared.router.add_filter(id, filter)
     }
@@ -281,17 +308,23 @@ impl Hub {
     pub async fn start(config: Config) -> Result<Hub, HubError> {
         let mut values = LastValueStore::new(config.hub.max_topics);
         let mut store = None;
+        let mut loaded = crate::store::Loaded::default();
         if let Some(dir) = &config.hub.data_dir {
-            let (opened, slots) = crate::store::Store::open(
+            let (opened, mut l) = crate::store::Store::open(
                 dir,
                 config.hub.fsync,
                 Duration::from_millis(config.hub.fsync_window_ms),
             )?;
-            tracing::info!(file = %opened.path().display(), topics = slots.len(), fsync = ?config.hub.fsync, "Opened the data_dir store.");
-            values = values.with_persist(opened.persist().clone(), slots);
+            let queued: usize = l.queues.values().map(Vec::len).sum();
+            tracing::info!(file = %opened.path().display(), topics = l.slots.len(), queues = l.queues.len(), queued, fsync = ?config.hub.fsync, "Opened the data_dir store.");
+            values = values.with_persist(opened.persist().clone(), std::mem::take(&mut l.slots));
+            loaded = l;
             store = Some(opened);
         }
-        let router = Arc::new(Router::with_store(config.hub.queue_depth, values));
+        let router = Router::with_store(config.hub.queue_depth, values)
+            .with_max_queue_bytes(config.hub.max_queue_bytes);
+        router.restore(loaded.queues, loaded.state);
+        let router = Arc::new(router);
         let shared = Arc::new(Shared {
             name: config.hub.name.clone(),
             router,

@@ -10,6 +10,7 @@ pub mod auth;
 #[cfg(feature = "compare")]
 pub mod compare;
 pub mod config;
+pub mod durable;
 pub mod hub;
 pub mod last_value;
 pub mod plugin;

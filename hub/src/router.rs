@@ -10,15 +10,19 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use std::collections::BTreeMap;
+
 use ahash::AHashMap;
 use parking_lot::{Mutex, RwLock};
 use polyhub_sdk::{
-    AdapterMetrics, Envelope, HistogramSnapshot, MessageId, PublishError, QoS, SubscribeError,
-    SubscribeOptions, SubscriptionId, Topic, TopicFilter,
+    AdapterMetrics, DurableOptions, DurableQueue, Envelope, HistogramSnapshot, MessageId,
+    PublishError, QoS, SubscribeError, SubscribeOptions, SubscriptionId, Topic, TopicFilter,
 };
 use tokio::sync::mpsc;
 
+use crate::durable::{Queue, DEFAULT_MAX_QUEUE_BYTES};
 use crate::last_value::LastValueStore;
+use crate::store::Ticket;
 use crate::trie::TopicTrie;
 
 /// One subscription as the trie holds it.
@@ -33,11 +37,21 @@ pub(crate) struct SubEntry {
     /// Whether a full queue drops whatever the envelope's QoS
     /// (`SubscribeOptions::max_qos` at QoS 0).
     lossy: bool,
-    tx: mpsc::Sender<Arc<Envelope>>,
+    sink: Sink,
     metrics: Arc<AdapterMetrics>,
     /// Set while the subscription has more than one filter, so that an
     /// envelope matching two of them is queued once.
     multi: AtomicBool,
+}
+
+/// A durable queue and the id of the subscription holding it, if any.
+type QueueSlot = (Arc<Queue>, Option<u64>);
+
+/// Where a subscription's envelopes go.
+#[derive(Debug)]
+enum Sink {
+    Channel(mpsc::Sender<Arc<Envelope>>),
+    Durable(Arc<Queue>),
 }
 
 #[derive(Debug)]
@@ -125,6 +139,12 @@ pub struct Router {
     latency: LatencyHistogram,
     default_depth: usize,
     closed: AtomicBool,
+    /// Every durable queue, by name, with its live subscription if any.
+    queues: Mutex<AHashMap<Arc<str>, QueueSlot>>,
+    /// `[hub] max_queue_bytes`.
+    max_queue_bytes: u64,
+    /// Adapters' state values (`state_put`), mirrored to the store.
+    state: Mutex<BTreeMap<String, Vec<u8>>>,
 }
 
 impl Router {
@@ -144,7 +164,33 @@ impl Router {
             latency: LatencyHistogram::new(),
             default_depth: default_depth.max(1),
             closed: AtomicBool::new(false),
+            queues: Mutex::new(AHashMap::new()),
+            max_queue_bytes: DEFAULT_MAX_QUEUE_BYTES,
+            state: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Sets the default size of durable queues (`[hub] max_queue_bytes`).
+    pub fn with_max_queue_bytes(mut self, max: u64) -> Self {
+        self.max_queue_bytes = max.max(1);
+        self
+    }
+
+    /// Takes what the data_dir store held: durable queues (handed to their
+    /// subscribers when they subscribe again) and adapters' state.
+    pub fn restore(
+        &self,
+        queues: crate::store::Queues,
+        state: std::collections::HashMap<String, Vec<u8>>,
+    ) {
+        let persist = self.store.persist().cloned();
+        let mut all = self.queues.lock();
+        for (name, entries) in queues {
+            let name: Arc<str> = Arc::from(name);
+            let queue = Arc::new(Queue::new(name.clone(), persist.clone(), entries));
+            all.insert(name, (queue, None));
+        }
+        self.state.lock().extend(state);
     }
 
     /// The last-value store.
@@ -157,6 +203,9 @@ impl Router {
         self.closed.store(true, Ordering::SeqCst);
         *self.trie.write() = TopicTrie::new();
         self.subs.lock().clear();
+        for (queue, _) in self.queues.lock().values() {
+            queue.close();
+        }
     }
 
     /// Accepts an envelope: stamps it with an id and time, updates the
@@ -182,6 +231,7 @@ impl Router {
         publisher.record_in();
 
         let mut waiting: Vec<Arc<SubEntry>> = Vec::new();
+        let mut queued: Option<Ticket> = None;
         {
             let trie = self.trie.read();
             let mut seen: Vec<u64> = Vec::new();
@@ -198,7 +248,14 @@ impl Router {
                 {
                     return;
                 }
-                match entry.tx.try_send(envelope.clone()) {
+                let tx = match &entry.sink {
+                    Sink::Channel(tx) => tx,
+                    Sink::Durable(queue) => {
+                        queued = queued.max(queue.push(envelope.clone()));
+                        return;
+                    }
+                };
+                match tx.try_send(envelope.clone()) {
                     Ok(()) => entry.metrics.record_out(),
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         if envelope.qos.is_acknowledged() && !entry.lossy {
@@ -217,15 +274,18 @@ impl Router {
             });
         }
         for entry in waiting {
-            if entry.tx.send(envelope.clone()).await.is_ok() {
-                entry.metrics.record_out();
+            if let Sink::Channel(tx) = &entry.sink {
+                if tx.send(envelope.clone()).await.is_ok() {
+                    entry.metrics.record_out();
+                }
             }
         }
         self.latency.observe(start.elapsed());
         // With `[hub] data_dir`, a QoS 1 or 2 publisher hears back (and
         // acknowledges its device) only once the value is on disk; the
         // subscribers had it already.
-        if let (Some(ticket), true) = (ticket, envelope.qos.is_acknowledged()) {
+        // Durable queues' copies are in the same or a later batch.
+        if let (Some(ticket), true) = (ticket.max(queued), envelope.qos.is_acknowledged()) {
             if let Some(persist) = self.store.persist() {
                 persist
                     .stored(ticket)
@@ -277,10 +337,143 @@ impl Router {
             adapter,
             include_own: options.include_own,
             lossy: options.max_qos == Some(QoS::AtMostOnce),
-            tx,
+            sink: Sink::Channel(tx),
             metrics,
             multi: AtomicBool::new(unique.len() > 1),
         });
+        self.insert(entry, unique);
+        Ok((SubscriptionId(id), rx))
+    }
+
+    /// Subscribes `adapter` through the durable queue `name`, made now or
+    /// taken over (with what it holds) from an earlier subscriber or from
+    /// the store.
+    pub fn subscribe_durable(
+        self: &Arc<Self>,
+        name: &str,
+        adapter: Arc<str>,
+        metrics: Arc<AdapterMetrics>,
+        filters: &[TopicFilter],
+        options: DurableOptions,
+    ) -> Result<(SubscriptionId, Arc<dyn DurableQueue>), SubscribeError> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(SubscribeError::Closed);
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let queue = {
+            let mut queues = self.queues.lock();
+            if let Some((_, Some(_))) = queues.get(name) {
+                return Err(SubscribeError::QueueInUse(name.to_owned()));
+            }
+            let (queue, owner) = queues.entry(Arc::from(name)).or_insert_with(|| {
+                let q = Queue::new(Arc::from(name), self.store.persist().cloned(), Vec::new());
+                (Arc::new(q), None)
+            });
+            *owner = Some(id);
+            queue.clone()
+        };
+        queue.attach(
+            metrics.clone(),
+            options.max_queue_bytes.unwrap_or(self.max_queue_bytes),
+        );
+        let (waiting, _) = queue.depth();
+        if waiting > 0 {
+            tracing::info!(queue = %name, envelopes = waiting, "Durable queue resumed with envelopes waiting.");
+        }
+        let mut unique: Vec<TopicFilter> = Vec::with_capacity(filters.len());
+        for f in filters {
+            if !unique.contains(f) {
+                unique.push(f.clone());
+            }
+        }
+        let entry = Arc::new(SubEntry {
+            id,
+            adapter,
+            include_own: options.include_own,
+            lossy: false,
+            sink: Sink::Durable(queue.clone()),
+            metrics,
+            multi: AtomicBool::new(unique.len() > 1),
+        });
+        self.insert(entry, unique);
+        let router = Arc::downgrade(self);
+        Ok((
+            SubscriptionId(id),
+            Arc::new(crate::durable::Handle {
+                queue,
+                forget: Box::new(move |name| {
+                    if let Some(r) = router.upgrade() {
+                        r.forget_queue(name);
+                    }
+                }),
+            }),
+        ))
+    }
+
+    /// Drops a durable queue and everything in it.
+    pub fn forget_queue(&self, name: &str) {
+        let removed = self.queues.lock().remove(name);
+        if let Some((queue, owner)) = removed {
+            if let Some(id) = owner {
+                self.unsubscribe(SubscriptionId(id));
+            }
+            queue.clear();
+        }
+    }
+
+    /// Durable queues: name, waiting, in flight, and whether a subscriber
+    /// holds it.
+    pub fn durable_queues(&self) -> Vec<(String, usize, usize, bool)> {
+        let mut out: Vec<_> = self
+            .queues
+            .lock()
+            .iter()
+            .map(|(name, (q, owner))| {
+                let (w, f) = q.depth();
+                (name.to_string(), w, f, owner.is_some())
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// An adapter's state value.
+    pub fn state_get(&self, key: &str) -> Option<Vec<u8>> {
+        self.state.lock().get(key).cloned()
+    }
+
+    /// Stores or removes an adapter's state value.
+    pub fn state_put(&self, key: &str, value: Option<Vec<u8>>) {
+        {
+            let mut state = self.state.lock();
+            match &value {
+                Some(v) => {
+                    state.insert(key.to_owned(), v.clone());
+                }
+                None => {
+                    if state.remove(key).is_none() {
+                        return;
+                    }
+                }
+            }
+        }
+        if let Some(p) = self.store.persist() {
+            p.state_put(key, value);
+        }
+    }
+
+    /// Adapters' state values under `prefix`.
+    pub fn state_scan(&self, prefix: &str) -> Vec<(String, Vec<u8>)> {
+        self.state
+            .lock()
+            .range(prefix.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    fn insert(&self, entry: Arc<SubEntry>, unique: Vec<TopicFilter>) {
+        let id = entry.id;
         let mut subs = self.subs.lock();
         {
             let mut trie = self.trie.write();
@@ -295,7 +488,6 @@ impl Router {
                 filters: unique,
             },
         );
-        Ok((SubscriptionId(id), rx))
     }
 
     /// Adds a filter to a subscription (no-op if it already has it).
@@ -344,6 +536,16 @@ impl Router {
             for f in &record.filters {
                 trie.remove(f, |e| e.id == id.0);
             }
+            drop(trie);
+            drop(subs);
+            if let Sink::Durable(queue) = &record.entry.sink {
+                if let Some((_, owner)) = self.queues.lock().get_mut(queue.name()) {
+                    if *owner == Some(id.0) {
+                        *owner = None;
+                    }
+                }
+                queue.detach();
+            }
         }
     }
 
@@ -371,8 +573,14 @@ impl Router {
                 adapter: r.entry.adapter.to_string(),
                 filters: r.filters.iter().map(|f| f.to_string()).collect(),
                 include_own: r.entry.include_own,
-                queued: r.entry.tx.max_capacity() - r.entry.tx.capacity(),
-                depth: r.entry.tx.max_capacity(),
+                queued: match &r.entry.sink {
+                    Sink::Channel(tx) => tx.max_capacity() - tx.capacity(),
+                    Sink::Durable(q) => q.depth().0,
+                },
+                depth: match &r.entry.sink {
+                    Sink::Channel(tx) => tx.max_capacity(),
+                    Sink::Durable(_) => 0,
+                },
             })
             .collect()
     }

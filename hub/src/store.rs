@@ -39,6 +39,12 @@ pub const FILE_NAME: &str = "polyhub.redb";
 /// Topic → its slot (format: [`encode_slot`]).
 const LAST_VALUES: TableDefinition<&str, &[u8]> = TableDefinition::new("last_values");
 
+/// (durable queue, sequence) → a queued envelope (format: [`encode_queued`]).
+const QUEUES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("queues");
+
+/// Adapter state key → value (`AdapterContext::state_put`).
+const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
+
 /// The first byte of every stored slot; another value is refused.
 const FORMAT: u8 = 1;
 
@@ -107,6 +113,10 @@ enum Change {
 #[derive(Debug, Default)]
 struct Pending {
     changes: HashMap<Topic, Change>,
+    /// Durable-queue entries to write (`Some`) or remove (`None`).
+    queued: HashMap<(Arc<str>, u64), Option<Arc<Envelope>>>,
+    /// Adapter state to write (`Some`) or remove (`None`).
+    state: HashMap<String, Option<Vec<u8>>>,
     /// The batch the pending changes will be committed in.
     epoch: u64,
     shutdown: bool,
@@ -136,8 +146,22 @@ pub struct Persist {
     stats: StoreStats,
 }
 
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.changes.is_empty() && self.queued.is_empty() && self.state.is_empty()
+    }
+}
+
+/// What one commit writes.
+#[derive(Debug, Default)]
+struct Batch {
+    changes: HashMap<Topic, Change>,
+    queued: HashMap<(Arc<str>, u64), Option<Arc<Envelope>>>,
+    state: HashMap<String, Option<Vec<u8>>>,
+}
+
 /// A batch a QoS 1 publisher waits for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Ticket(u64);
 
 /// The batch holding a change could not be written.
@@ -165,6 +189,36 @@ impl Persist {
         ticket
     }
 
+    /// Records an envelope queued for a durable subscriber.
+    pub fn queue_put(&self, queue: &Arc<str>, seq: u64, envelope: Arc<Envelope>) -> Ticket {
+        let mut p = self.pending.lock();
+        p.queued.insert((queue.clone(), seq), Some(envelope));
+        let ticket = Ticket(p.epoch);
+        drop(p);
+        self.wake.notify_one();
+        ticket
+    }
+
+    /// Removes a queued envelope (delivered, or dropped past the queue's
+    /// size). One still waiting to be written is simply never written.
+    pub fn queue_delete(&self, queue: &Arc<str>, seq: u64) {
+        let mut p = self.pending.lock();
+        let key = (queue.clone(), seq);
+        if let Some(Some(_)) = p.queued.get(&key) {
+            p.queued.remove(&key);
+            return;
+        }
+        p.queued.insert(key, None);
+        drop(p);
+        self.wake.notify_one();
+    }
+
+    /// Records (`Some`) or removes (`None`) an adapter's state value.
+    pub fn state_put(&self, key: &str, value: Option<Vec<u8>>) {
+        self.pending.lock().state.insert(key.to_owned(), value);
+        self.wake.notify_one();
+    }
+
     /// Waits until the batch of `ticket` is committed.
     pub async fn stored(&self, ticket: Ticket) -> Result<(), NotStored> {
         let mut rx = self.committed.subscribe();
@@ -185,6 +239,20 @@ impl Persist {
     }
 }
 
+/// Durable queues' entries by queue name, each (sequence, envelope).
+pub type Queues = HashMap<String, Vec<(u64, Arc<Envelope>)>>;
+
+/// What the store held when it was opened.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// Every topic's slot.
+    pub slots: Vec<(Topic, StoredSlot)>,
+    /// Every durable queue's envelopes, by queue, in order.
+    pub queues: Queues,
+    /// Adapter state.
+    pub state: HashMap<String, Vec<u8>>,
+}
+
 /// The open store: the writer thread and what was read at start.
 #[derive(Debug)]
 pub struct Store {
@@ -199,14 +267,18 @@ impl Store {
         data_dir: &Path,
         fsync: Fsync,
         window: Duration,
-    ) -> Result<(Store, Vec<(Topic, StoredSlot)>), StoreError> {
+    ) -> Result<(Store, Loaded), StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|e| StoreError::Io {
             path: data_dir.to_owned(),
             message: format!("cannot create the data_dir: {e}"),
         })?;
         let path = data_dir.join(FILE_NAME);
         let db = open_db(&path)?;
-        let slots = read_all(&db, &path)?;
+        let loaded = Loaded {
+            slots: read_all(&db, &path)?,
+            queues: read_queues(&db, &path)?,
+            state: read_state(&db, &path)?,
+        };
         let persist = Arc::new(Persist {
             pending: Mutex::new(Pending {
                 epoch: 1,
@@ -234,7 +306,7 @@ impl Store {
                 writer: Mutex::new(Some(writer)),
                 path,
             },
-            slots,
+            loaded,
         ))
     }
 
@@ -276,11 +348,20 @@ pub fn describe(data_dir: &Path) -> Result<String, StoreError> {
     let db = open_db(&path)?;
     let slots = read_all(&db, &path)?;
     let retained = slots.iter().filter(|(_, s)| s.retained.is_some()).count();
-    Ok(format!(
-        "{}: {} topics stored, {retained} with a retained value",
+    let queues = read_queues(&db, &path)?;
+    let queued: usize = queues.values().map(Vec::len).sum();
+    let mut text = format!(
+        "{}: {} topics stored, {retained} with a retained value; {queued} envelopes in {} durable queues",
         path.display(),
-        slots.len()
-    ))
+        slots.len(),
+        queues.len()
+    );
+    let mut names: Vec<_> = queues.iter().map(|(n, q)| (n.as_str(), q.len())).collect();
+    names.sort_unstable();
+    for (name, n) in names {
+        text.push_str(&format!("\n  queue {name}: {n} envelopes"));
+    }
+    Ok(text)
 }
 
 fn open_db(path: &Path) -> Result<Database, StoreError> {
@@ -336,12 +417,47 @@ fn read_all(db: &Database, path: &Path) -> Result<Vec<(Topic, StoredSlot)>, Stor
     Ok(out)
 }
 
+fn read_queues(db: &Database, path: &Path) -> Result<Queues, StoreError> {
+    let txn = db.begin_read().map_err(|e| corrupt(path, e))?;
+    let table = match txn.open_table(QUEUES) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(HashMap::new()),
+        Err(e) => return Err(corrupt(path, e)),
+    };
+    let mut out: Queues = HashMap::new();
+    for row in table.iter().map_err(|e| corrupt(path, e))? {
+        let (k, v) = row.map_err(|e| corrupt(path, e))?;
+        let (queue, seq) = k.value();
+        let envelope = decode_queued(v.value())
+            .map_err(|e| corrupt(path, format!("queue `{queue}` entry {seq}: {e}")))?;
+        out.entry(queue.to_owned())
+            .or_default()
+            .push((seq, Arc::new(envelope)));
+    }
+    Ok(out)
+}
+
+fn read_state(db: &Database, path: &Path) -> Result<HashMap<String, Vec<u8>>, StoreError> {
+    let txn = db.begin_read().map_err(|e| corrupt(path, e))?;
+    let table = match txn.open_table(STATE) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(HashMap::new()),
+        Err(e) => return Err(corrupt(path, e)),
+    };
+    let mut out = HashMap::new();
+    for row in table.iter().map_err(|e| corrupt(path, e))? {
+        let (k, v) = row.map_err(|e| corrupt(path, e))?;
+        out.insert(k.value().to_owned(), v.value().to_vec());
+    }
+    Ok(out)
+}
+
 fn write_loop(db: Database, path: &Path, persist: &Persist, fsync: Fsync, window: Duration) {
     let mut last_commit = Instant::now() - window;
     loop {
-        let (changes, epoch, shutdown) = {
+        let (batch, epoch, shutdown) = {
             let mut p = persist.pending.lock();
-            while p.changes.is_empty() && !p.shutdown {
+            while p.is_empty() && !p.shutdown {
                 persist.wake.wait(&mut p);
             }
             if fsync == Fsync::Batch && !p.shutdown {
@@ -353,11 +469,16 @@ fn write_loop(db: Database, path: &Path, persist: &Persist, fsync: Fsync, window
             }
             let epoch = p.epoch;
             p.epoch += 1;
-            (std::mem::take(&mut p.changes), epoch, p.shutdown)
+            let batch = Batch {
+                changes: std::mem::take(&mut p.changes),
+                queued: std::mem::take(&mut p.queued),
+                state: std::mem::take(&mut p.state),
+            };
+            (batch, epoch, p.shutdown)
         };
-        if !changes.is_empty() {
-            let n = changes.len() as u64;
-            match commit(&db, &changes, fsync) {
+        let n = (batch.changes.len() + batch.queued.len() + batch.state.len()) as u64;
+        if n > 0 {
+            match commit(&db, &batch, fsync) {
                 Ok(()) => {
                     persist.stats.commits.fetch_add(1, Ordering::Relaxed);
                     persist.stats.writes.fetch_add(n, Ordering::Relaxed);
@@ -368,8 +489,24 @@ fn write_loop(db: Database, path: &Path, persist: &Persist, fsync: Fsync, window
                     tracing::error!(file = %path.display(), error = %e, topics = n, "Could not write to the data_dir store; retrying in 1 s (QoS 1 publishers of these values get an error).");
                     // Put back what no newer change replaced, and retry.
                     let mut p = persist.pending.lock();
-                    for (topic, change) in changes {
+                    for (topic, change) in batch.changes {
                         p.changes.entry(topic).or_insert(change);
+                    }
+                    for (key, entry) in batch.queued {
+                        match p.queued.get(&key) {
+                            // Deleted meanwhile: the put was never written,
+                            // so neither is needed.
+                            Some(None) if entry.is_some() => {
+                                p.queued.remove(&key);
+                            }
+                            Some(_) => {}
+                            None => {
+                                p.queued.insert(key, entry);
+                            }
+                        }
+                    }
+                    for (key, value) in batch.state {
+                        p.state.entry(key).or_insert(value);
                     }
                     drop(p);
                     persist.committed.send_replace(epoch);
@@ -380,13 +517,14 @@ fn write_loop(db: Database, path: &Path, persist: &Persist, fsync: Fsync, window
         }
         last_commit = Instant::now();
         persist.committed.send_replace(epoch);
-        if shutdown && persist.pending.lock().changes.is_empty() {
+        if shutdown && persist.pending.lock().is_empty() {
             return;
         }
     }
 }
 
-fn commit(db: &Database, changes: &HashMap<Topic, Change>, fsync: Fsync) -> Result<(), String> {
+fn commit(db: &Database, batch: &Batch, fsync: Fsync) -> Result<(), String> {
+    let changes = &batch.changes;
     let mut txn = db.begin_write().map_err(|e| e.to_string())?;
     if fsync == Fsync::Never {
         txn.set_durability(redb::Durability::None)
@@ -406,6 +544,39 @@ fn commit(db: &Database, changes: &HashMap<Topic, Change>, fsync: Fsync) -> Resu
                 }
                 Change::Delete => {
                     table.remove(topic.as_str()).map_err(|e| e.to_string())?;
+                }
+            }
+        }
+    }
+    if !batch.queued.is_empty() {
+        let mut table = txn.open_table(QUEUES).map_err(|e| e.to_string())?;
+        let mut buf = Vec::new();
+        for ((queue, seq), entry) in &batch.queued {
+            match entry {
+                Some(envelope) => {
+                    buf.clear();
+                    encode_queued(envelope, &mut buf);
+                    table
+                        .insert((&**queue, *seq), buf.as_slice())
+                        .map_err(|e| e.to_string())?;
+                }
+                None => {
+                    table.remove((&**queue, *seq)).map_err(|e| e.to_string())?;
+                }
+            }
+        }
+    }
+    if !batch.state.is_empty() {
+        let mut table = txn.open_table(STATE).map_err(|e| e.to_string())?;
+        for (key, value) in &batch.state {
+            match value {
+                Some(v) => {
+                    table
+                        .insert(key.as_str(), v.as_slice())
+                        .map_err(|e| e.to_string())?;
+                }
+                None => {
+                    table.remove(key.as_str()).map_err(|e| e.to_string())?;
                 }
             }
         }
@@ -477,6 +648,39 @@ fn encode_slot(slot: &StoredSlot, out: &mut Vec<u8>) {
     if let Some(r) = &slot.retained {
         out.extend_from_slice(&r.payload);
     }
+}
+
+/// A queued envelope: `FORMAT`, the header's length (u32 LE), the header
+/// (postcard: the topic and the envelope's fields), the payload.
+fn encode_queued(e: &Envelope, out: &mut Vec<u8>) {
+    let header = (e.topic.as_str(), meta(e));
+    let bytes = postcard::to_stdvec(&header).unwrap_or_default();
+    out.push(FORMAT);
+    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    out.extend_from_slice(&bytes);
+    out.extend_from_slice(&e.payload);
+}
+
+fn decode_queued(value: &[u8]) -> Result<Envelope, String> {
+    let (&format, rest) = value.split_first().ok_or("empty value")?;
+    if format != FORMAT {
+        return Err(format!("unknown format {format}"));
+    }
+    if rest.len() < 4 {
+        return Err("truncated".into());
+    }
+    let (len, rest) = rest.split_at(4);
+    let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    if rest.len() < len {
+        return Err("truncated header".into());
+    }
+    let (header, payload) = rest.split_at(len);
+    let (topic, m): (String, Meta) = postcard::from_bytes(header).map_err(|e| e.to_string())?;
+    let topic = Topic::new(&topic).map_err(|e| format!("topic `{topic}`: {e}"))?;
+    if payload.len() != m.payload_len as usize {
+        return Err("truncated payload".into());
+    }
+    envelope(&topic, m, Bytes::copy_from_slice(payload))
 }
 
 fn decode_slot(topic: &Topic, value: &[u8]) -> Result<StoredSlot, String> {
@@ -601,7 +805,8 @@ mod tests {
     #[test]
     fn values_survive_reopening_and_a_second_opener_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, slots) = Store::open(dir.path(), Fsync::Always, Duration::ZERO).unwrap();
+        let (store, loaded) = Store::open(dir.path(), Fsync::Always, Duration::ZERO).unwrap();
+        let slots = loaded.slots;
         assert!(slots.is_empty());
         let t = Topic::new("x/1").unwrap();
         let ticket = store.persist().put(
@@ -636,7 +841,8 @@ mod tests {
         store.persist().delete(&t);
         store.close();
         drop(store);
-        let (_store, slots) = Store::open(dir.path(), Fsync::Batch, Duration::ZERO).unwrap();
+        let (_store, loaded) = Store::open(dir.path(), Fsync::Batch, Duration::ZERO).unwrap();
+        let slots = loaded.slots;
         assert_eq!(slots.len(), 1);
         assert_eq!(slots[0].0.as_str(), "x/2");
         assert_eq!(&slots[0].1.retained.as_ref().unwrap().payload[..], b"two");

@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 use crate::access::{Access, Action, DenialLog, Identity, Refused};
 use crate::clients::{ClientHandle, ClientInfo, ClientRegistry};
 use crate::config::{AdapterConfig, ConfigError};
-use crate::envelope::{Envelope, Origin, QoS};
+use crate::envelope::{Envelope, MessageId, Origin, QoS};
 use crate::metrics::{AdapterMetrics, HubSnapshot};
 use crate::topic::{Topic, TopicFilter};
 
@@ -152,6 +152,46 @@ pub enum SubscribeError {
     /// The hub on the other side of this link does not offer the option.
     #[error("this hub does not support {0}")]
     Unsupported(&'static str),
+    /// A durable subscription of that name is live already.
+    #[error("the durable queue `{0}` has a subscriber already")]
+    QueueInUse(String),
+}
+
+/// How a durable subscription behaves ([`AdapterContext::subscribe_durable`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DurableOptions {
+    /// Bytes the queue holds at most, waiting and unacknowledged envelopes
+    /// together; past it the oldest is dropped and counted (`None`: the
+    /// hub's `[hub] max_queue_bytes`).
+    pub max_queue_bytes: Option<u64>,
+    /// Also receive envelopes this same adapter instance published.
+    pub include_own: bool,
+}
+
+/// The hub's side of a durable subscription: a queue that outlives its
+/// subscriber. With `[hub] data_dir`, every QoS 1/2 envelope in it is on
+/// disk before its publisher is acknowledged and stays there until the
+/// subscriber acknowledges it, so that a hub restart (or `kill -9`)
+/// delivers it again. Envelopes handed out are "in flight" until
+/// [`DurableQueue::ack`]; [`DurableQueue::redeliver`] hands them out again.
+pub trait DurableQueue: Send + Sync + 'static {
+    /// The next envelope, waiting for one; `None` once the hub shut down.
+    fn next(&self) -> BoxFuture<'_, Option<Arc<Envelope>>>;
+    /// The next envelope if one is waiting.
+    fn try_next(&self) -> Option<Arc<Envelope>>;
+    /// The subscriber's peer has the envelope: forget it.
+    fn ack(&self, id: MessageId);
+    /// Everything handed out and not acknowledged goes back to the front of
+    /// the queue, in order (the subscriber lost its peer).
+    fn redeliver(&self);
+    /// Drops the queue and everything in it (an MQTT clean session).
+    fn forget(&self);
+    /// Envelopes waiting (not handed out yet).
+    fn len(&self) -> usize;
+    /// Whether nothing waits.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// How a subscription behaves.
@@ -208,6 +248,35 @@ pub trait HubLink: Send + Sync + 'static {
             return Err(SubscribeError::Unsupported("include_own subscriptions"));
         }
         self.subscribe(filters, options.depth)
+    }
+    /// Creates (or takes over) the durable queue `name` (unique in the
+    /// hub; [`AdapterContext::subscribe_durable`] prefixes the adapter's
+    /// name). Envelopes that were queued for it before, in this process or
+    /// in the data_dir before a restart, come first.
+    fn subscribe_durable(
+        &self,
+        name: &str,
+        filters: &[TopicFilter],
+        options: DurableOptions,
+    ) -> Result<(SubscriptionId, Arc<dyn DurableQueue>), SubscribeError> {
+        let _ = (name, filters, options);
+        Err(SubscribeError::Unsupported("durable subscriptions"))
+    }
+    /// A value the adapter stored under `key` ([`HubLink::state_put`]).
+    fn state_get(&self, key: &str) -> Option<Vec<u8>> {
+        let _ = key;
+        None
+    }
+    /// Stores (`Some`) or removes (`None`) a small value under `key`, on
+    /// disk with `[hub] data_dir` (written with the next group commit), in
+    /// memory otherwise. Links without a store keep nothing.
+    fn state_put(&self, key: &str, value: Option<Vec<u8>>) {
+        let _ = (key, value);
+    }
+    /// Every key starting with `prefix`, with its value.
+    fn state_scan(&self, prefix: &str) -> Vec<(String, Vec<u8>)> {
+        let _ = prefix;
+        Vec::new()
     }
     /// Adds a filter to a subscription.
     fn add_filter(&self, id: SubscriptionId, filter: &TopicFilter) -> Result<(), SubscribeError>;
@@ -355,11 +424,7 @@ impl AdapterContext {
     {
         let filters: Vec<TopicFilter> = filters.into_iter().map(Into::into).collect();
         let (id, rx) = self.link.subscribe(&filters, depth)?;
-        Ok(Subscription {
-            id,
-            rx,
-            link: self.link.clone(),
-        })
+        Ok(Subscription::from_parts(id, rx, self.link.clone()))
     }
 
     /// Subscribes to `filters` with [`SubscribeOptions`] (queue depth, and
@@ -375,11 +440,75 @@ impl AdapterContext {
     {
         let filters: Vec<TopicFilter> = filters.into_iter().map(Into::into).collect();
         let (id, rx) = self.link.subscribe_with_options(&filters, options)?;
-        Ok(Subscription {
-            id,
-            rx,
-            link: self.link.clone(),
-        })
+        Ok(Subscription::from_parts(id, rx, self.link.clone()))
+    }
+
+    /// Subscribes to `filters` through the durable queue `name` (unique
+    /// within this adapter; the hub keys it as `{adapter}/{name}`): what a
+    /// subscriber that forwards to a peer which acknowledges (an external
+    /// broker, a webhook, an MQTT persistent session) uses. The queue never
+    /// makes a publisher wait; it holds up to
+    /// [`DurableOptions::max_queue_bytes`] and drops (and counts) its oldest
+    /// past that. Call [`Subscription::ack`] once the peer has an envelope,
+    /// [`Subscription::redeliver`] when the peer was lost.
+    ///
+    /// A link without durable queues (a loaded plugin, ABI 1.1) gives an
+    /// ordinary subscription instead: in memory, no acknowledgements.
+    pub fn subscribe_durable<I>(
+        &self,
+        name: &str,
+        filters: I,
+        options: DurableOptions,
+    ) -> Result<Subscription, SubscribeError>
+    where
+        I: IntoIterator,
+        I::Item: Into<TopicFilter>,
+    {
+        let filters: Vec<TopicFilter> = filters.into_iter().map(Into::into).collect();
+        let full = format!("{}/{name}", self.name);
+        match self.link.subscribe_durable(&full, &filters, options) {
+            Ok((id, queue)) => Ok(Subscription {
+                id,
+                rx: Source::Durable(queue),
+                link: self.link.clone(),
+            }),
+            Err(SubscribeError::Unsupported(_)) => {
+                tracing::warn!(adapter = %self.name, queue = %full, "This hub link has no durable queues (a loaded plugin); the subscription keeps its envelopes in memory only.");
+                self.subscribe_with(
+                    filters,
+                    SubscribeOptions {
+                        include_own: options.include_own,
+                        ..SubscribeOptions::default()
+                    },
+                )
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The value this adapter stored under `key` (see
+    /// [`AdapterContext::state_put`]).
+    pub fn state_get(&self, key: &str) -> Option<Vec<u8>> {
+        self.link.state_get(&format!("{}/{key}", self.name))
+    }
+
+    /// Stores (`Some`) or removes (`None`) a small value of this adapter's
+    /// under `key`: in the data_dir with `[hub] data_dir` (so it survives a
+    /// restart), in memory otherwise. For session state such as an MQTT
+    /// persistent session's subscriptions.
+    pub fn state_put(&self, key: &str, value: Option<Vec<u8>>) {
+        self.link.state_put(&format!("{}/{key}", self.name), value)
+    }
+
+    /// This adapter's keys starting with `prefix`, with their values (the
+    /// keys without the adapter's own prefix).
+    pub fn state_scan(&self, prefix: &str) -> Vec<(String, Vec<u8>)> {
+        let own = format!("{}/", self.name);
+        self.link
+            .state_scan(&format!("{own}{prefix}"))
+            .into_iter()
+            .filter_map(|(k, v)| k.strip_prefix(&own).map(|k| (k.to_owned(), v)))
+            .collect()
     }
 
     /// The last value of a topic.
@@ -580,18 +709,26 @@ impl AdapterContext {
     }
 }
 
-/// A stream of envelopes matching one or more filters, with a bounded queue.
-/// Dropping it unsubscribes.
+/// A stream of envelopes matching one or more filters, with a bounded queue
+/// (or a durable one, [`AdapterContext::subscribe_durable`]). Dropping it
+/// unsubscribes; a durable queue keeps what it holds for the next
+/// subscriber of its name.
 pub struct Subscription {
     id: SubscriptionId,
-    rx: mpsc::Receiver<Arc<Envelope>>,
+    rx: Source,
     link: Arc<dyn HubLink>,
+}
+
+enum Source {
+    Channel(mpsc::Receiver<Arc<Envelope>>),
+    Durable(Arc<dyn DurableQueue>),
 }
 
 impl fmt::Debug for Subscription {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Subscription")
             .field("id", &self.id)
+            .field("durable", &self.is_durable())
             .finish_non_exhaustive()
     }
 }
@@ -603,7 +740,11 @@ impl Subscription {
         rx: mpsc::Receiver<Arc<Envelope>>,
         link: Arc<dyn HubLink>,
     ) -> Self {
-        Subscription { id, rx, link }
+        Subscription {
+            id,
+            rx: Source::Channel(rx),
+            link,
+        }
     }
 
     /// The subscription's id.
@@ -611,14 +752,61 @@ impl Subscription {
         self.id
     }
 
+    /// Whether it reads a durable queue (acknowledgements matter).
+    pub fn is_durable(&self) -> bool {
+        matches!(self.rx, Source::Durable(_))
+    }
+
     /// The next envelope; `None` once the hub has shut down.
     pub async fn recv(&mut self) -> Option<Arc<Envelope>> {
-        self.rx.recv().await
+        match &mut self.rx {
+            Source::Channel(rx) => rx.recv().await,
+            Source::Durable(q) => q.next().await,
+        }
     }
 
     /// The next envelope if one is queued.
     pub fn try_recv(&mut self) -> Option<Arc<Envelope>> {
-        self.rx.try_recv().ok()
+        match &mut self.rx {
+            Source::Channel(rx) => rx.try_recv().ok(),
+            Source::Durable(q) => q.try_next(),
+        }
+    }
+
+    /// Envelopes waiting to be received.
+    pub fn len(&self) -> usize {
+        match &self.rx {
+            Source::Channel(rx) => rx.len(),
+            Source::Durable(q) => q.len(),
+        }
+    }
+
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The peer has `envelope` (a durable queue forgets it; a no-op
+    /// otherwise). QoS 0 envelopes need no acknowledgement.
+    pub fn ack(&self, envelope: &Envelope) {
+        if let Source::Durable(q) = &self.rx {
+            q.ack(envelope.id);
+        }
+    }
+
+    /// The peer was lost: a durable queue hands out again, first and in
+    /// order, everything not acknowledged (a no-op otherwise).
+    pub fn redeliver(&self) {
+        if let Source::Durable(q) = &self.rx {
+            q.redeliver();
+        }
+    }
+
+    /// Unsubscribes and drops a durable queue with everything in it.
+    pub fn forget(self) {
+        if let Source::Durable(q) = &self.rx {
+            q.forget();
+        }
     }
 
     /// Adds a filter.

@@ -24,8 +24,9 @@ pub mod topic;
 
 pub use access::{Access, Action, Denied, Identity, Refused};
 pub use adapter::{
-    Adapter, AdapterContext, AdapterError, AdapterFactory, AdapterState, HubLink, PublishError,
-    SubscribeError, SubscribeOptions, Subscription, SubscriptionId,
+    Adapter, AdapterContext, AdapterError, AdapterFactory, AdapterState, DurableOptions,
+    DurableQueue, HubLink, PublishError, SubscribeError, SubscribeOptions, Subscription,
+    SubscriptionId,
 };
 pub use bytes::Bytes;
 pub use clients::{ClientHandle, ClientInfo, ClientRegistry, ClientSnapshot};
