@@ -10,8 +10,8 @@ use futures::FutureExt;
 use parking_lot::RwLock;
 use polyhub_sdk::{
     AdapterContext, AdapterMetrics, AdapterSnapshot, AdapterState, ClientRegistry, DurableOptions,
-    DurableQueue, Envelope, HubLink, HubSnapshot, PublishError, SubscribeError, SubscribeOptions,
-    SubscriptionId, Topic, TopicFilter,
+    DurableQueue, Envelope, HubLink, HubSnapshot, PublishError, Stored, SubscribeError,
+    SubscribeOptions, SubscriptionId, Topic, TopicFilter,
 };
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
@@ -165,20 +165,47 @@ struct Link {
     slot: Arc<Slot>,
 }
 
+impl Link {
+    /// Marks an envelope as this adapter's (a failed adapter may not publish).
+    fn stamp(&self, envelope: &mut Envelope) -> Result<(), PublishError> {
+        if self.slot.state() == AdapterState::Failed {
+            return Err(PublishError::Failed);
+        }
+        envelope.origin.adapter = self.slot.name.clone();
+        if *envelope.origin.protocol != self.slot.kind {
+            envelope.origin.protocol = Arc::from(self.slot.kind.as_str());
+        }
+        Ok(())
+    }
+}
+
 impl HubLink for Link {
     fn publish(&self, mut envelope: Envelope) -> BoxFuture<'_, Result<(), PublishError>> {
         async move {
-            if self.slot.state() == AdapterState::Failed {
-                return Err(PublishError::Failed);
-            }
-            envelope.origin.adapter = self.slot.name.clone();
-            if *envelope.origin.protocol != self.slot.kind {
-                envelope.origin.protocol = Arc::from(self.slot.kind.as_str());
-            }
+            self.stamp(&mut envelope)?;
             self.shared
                 .router
                 .publish(envelope, &self.slot.metrics)
                 .await
+        }
+        .boxed()
+    }
+
+    fn publish_routed(
+        &self,
+        mut envelope: Envelope,
+    ) -> BoxFuture<'_, Result<Stored, PublishError>> {
+        async move {
+            self.stamp(&mut envelope)?;
+            let stored = self
+                .shared
+                .router
+                .publish_routed(envelope, &self.slot.metrics)
+                .await?;
+            Ok(match stored {
+                Some(wait) => Box::pin(wait.wait()) as Stored,
+                None => Box::pin(std::future::ready(Ok(()))) as Stored,
+            })
         }
         .boxed()
     }

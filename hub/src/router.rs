@@ -44,6 +44,24 @@ pub(crate) struct SubEntry {
     multi: AtomicBool,
 }
 
+/// The commit a routed QoS 1/2 envelope waits for ([`Router::publish_routed`]).
+#[derive(Debug)]
+pub struct StoredWait {
+    persist: Arc<crate::store::Persist>,
+    ticket: Ticket,
+}
+
+impl StoredWait {
+    /// Waits until the envelope (its last value and durable-queue copies)
+    /// is on disk.
+    pub async fn wait(self) -> Result<(), PublishError> {
+        self.persist
+            .stored(self.ticket)
+            .await
+            .map_err(|_| PublishError::NotStored)
+    }
+}
+
 /// A durable queue and the id of the subscription holding it, if any.
 type QueueSlot = (Arc<Queue>, Option<u64>);
 
@@ -214,9 +232,25 @@ impl Router {
     /// adapter's counters.
     pub async fn publish(
         &self,
-        mut envelope: Envelope,
+        envelope: Envelope,
         publisher: &AdapterMetrics,
     ) -> Result<(), PublishError> {
+        match self.publish_routed(envelope, publisher).await? {
+            Some(stored) => stored.wait().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Like [`Router::publish`], but returns once the envelope is routed:
+    /// with `[hub] data_dir`, a QoS 1/2 envelope comes with the commit to
+    /// wait for before its device is acknowledged, so that a device (an
+    /// MQTT connection, an AMQP consumer) can go on with its next message
+    /// meanwhile and acknowledge in order as commits land.
+    pub async fn publish_routed(
+        &self,
+        mut envelope: Envelope,
+        publisher: &AdapterMetrics,
+    ) -> Result<Option<StoredWait>, PublishError> {
         if self.closed.load(Ordering::Relaxed) {
             return Err(PublishError::Closed);
         }
@@ -287,13 +321,13 @@ impl Router {
         // Durable queues' copies are in the same or a later batch.
         if let (Some(ticket), true) = (ticket.max(queued), envelope.qos.is_acknowledged()) {
             if let Some(persist) = self.store.persist() {
-                persist
-                    .stored(ticket)
-                    .await
-                    .map_err(|_| PublishError::NotStored)?;
+                return Ok(Some(StoredWait {
+                    persist: persist.clone(),
+                    ticket,
+                }));
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Creates a subscription owned by `adapter`, which is never handed the

@@ -139,6 +139,9 @@ pub enum PublishError {
     NotStored,
 }
 
+/// Resolves once a routed envelope is stored ([`AdapterContext::publish_routed`]).
+pub type Stored = BoxFuture<'static, Result<(), PublishError>>;
+
 /// Why a subscription could not be made.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
 #[non_exhaustive]
@@ -229,6 +232,16 @@ pub trait HubLink: Send + Sync + 'static {
     /// Routes `envelope` (its `origin.adapter` and `origin.protocol` are set
     /// by the link). Waits when a QoS 1 subscriber's queue is full.
     fn publish(&self, envelope: Envelope) -> BoxFuture<'_, Result<(), PublishError>>;
+    /// Routes `envelope` and returns what to wait for before acknowledging
+    /// its device: with `[hub] data_dir`, a QoS 1/2 envelope is
+    /// acknowledged only once on disk, and the returned future resolves
+    /// then (in publish order). This default waits for everything inside.
+    fn publish_routed(&self, envelope: Envelope) -> BoxFuture<'_, Result<Stored, PublishError>> {
+        Box::pin(async move {
+            self.publish(envelope).await?;
+            Ok(Box::pin(std::future::ready(Ok(()))) as Stored)
+        })
+    }
     /// Creates a subscription to `filters` whose queue holds `depth`
     /// envelopes (the hub's default when `None`).
     fn subscribe(
@@ -401,6 +414,17 @@ impl AdapterContext {
     /// took it (QoS 1) or it was queued or dropped (QoS 0).
     pub async fn publish(&self, envelope: Envelope) -> Result<(), PublishError> {
         self.link.publish(envelope).await
+    }
+
+    /// Routes an envelope and returns, without waiting for the disk, what
+    /// to await before the device may be told its QoS 1/2 message is safe
+    /// (`[hub] data_dir`: the group commit holding it; otherwise ready).
+    /// A device connection that must acknowledge in order (MQTT PUBACK,
+    /// AMQP ack) keeps these futures in order and reads its next message
+    /// meanwhile, so that one connection's stream is not one commit per
+    /// message.
+    pub async fn publish_routed(&self, envelope: Envelope) -> Result<Stored, PublishError> {
+        self.link.publish_routed(envelope).await
     }
 
     /// Subscribes to `filters` with the hub's default queue depth.

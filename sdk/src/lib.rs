@@ -25,7 +25,7 @@ pub mod topic;
 pub use access::{Access, Action, Denied, Identity, Refused};
 pub use adapter::{
     Adapter, AdapterContext, AdapterError, AdapterFactory, AdapterState, DurableOptions,
-    DurableQueue, HubLink, PublishError, SubscribeError, SubscribeOptions, Subscription,
+    DurableQueue, HubLink, PublishError, Stored, SubscribeError, SubscribeOptions, Subscription,
     SubscriptionId,
 };
 pub use bytes::Bytes;
