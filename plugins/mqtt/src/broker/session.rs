@@ -16,7 +16,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use polyhub_sdk::{
     Action, ClientHandle, ClientInfo, Envelope, Identity, PublishError, QoS as HubQoS, Refused,
-    SubscribeOptions, Subscription, Topic, TopicFilter,
+    Stored, SubscribeOptions, Subscription, Topic, TopicFilter,
 };
 use rumqttc::v5::mqttbytes::v5::{
     ConnAckProperties, Connect, ConnectReturnCode, Disconnect, DisconnectReasonCode, LastWill,
@@ -412,6 +412,10 @@ struct Session {
     pending: VecDeque<Out>,
     inflight: BTreeMap<u16, Inflight>,
     qos2_in: HashSet<u16>,
+    /// PUBACKs/PUBRECs waiting for the hub's group commit (`[hub]
+    /// data_dir`), in the order their PUBLISHes came; sent as commits land
+    /// while the connection reads on.
+    acks: VecDeque<(Stored, Packet)>,
     next_pkid: u16,
     /// Packets handled since this task last yielded (`YIELD_EVERY`).
     unyielded: u32,
@@ -456,6 +460,14 @@ fn expiry_left(env: &Envelope) -> Option<u32> {
     let interval: u32 = env.header(EXPIRY_HEADER)?.parse().ok()?;
     let age = env.timestamp.elapsed().map(|d| d.as_secs()).unwrap_or(0);
     Some(u32::try_from(u64::from(interval).saturating_sub(age)).unwrap_or(0))
+}
+
+/// Waits for the commit of the acknowledgement in front of `acks`.
+async fn front_stored(acks: &mut VecDeque<(Stored, Packet)>) -> Result<(), PublishError> {
+    match acks.front_mut() {
+        Some((stored, _)) => stored.await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Splits `$share/GROUP/FILTER` into its group key and filter.
@@ -536,6 +548,7 @@ impl Session {
             pending: VecDeque::new(),
             inflight: BTreeMap::new(),
             qos2_in: HashSet::new(),
+            acks: VecDeque::new(),
             next_pkid: 0,
             unyielded: 0,
             expiry: Some(Duration::ZERO),
@@ -563,6 +576,8 @@ impl Session {
     /// A connection ended: closes it, sends the will (now or later) and
     /// waits offline while the session lives; the next connection, if any.
     async fn ended(&mut self, mut link: Link, end: End) -> Option<Box<Conn>> {
+        // Not on disk yet: unacknowledged, the device sends them again.
+        self.acks.clear();
         let will = link.will.take();
         match end {
             End::Shutdown => {
@@ -775,6 +790,11 @@ impl Session {
                     Some(env) => self.deliver(env),
                     None => return End::Shutdown,
                 },
+                stored = front_stored(&mut self.acks), if !self.acks.is_empty() => {
+                    if let Some(end) = self.stored(link, stored) {
+                        return end;
+                    }
+                }
                 _ = sleep_until(ka.unwrap_or_else(Instant::now)), if ka.is_some() => {
                     self.broker.rejected("keepalive_timeout");
                     debug!(adapter = %self.broker.ctx.name(), client_id = %self.id, "Keepalive ran out; closed.");
@@ -944,54 +964,86 @@ impl Session {
         );
         env.origin.user = self.identity.username().map(Arc::from);
         let result = if self.broker.enters_hub(&env.topic) {
-            self.publish_to_hub(env).await
+            self.publish_to_hub(env).await.map(Some)
         } else {
             self.broker.local_fanout(Arc::new(env));
-            Ok(())
+            Ok(None)
         };
-        let quota = match result {
-            Ok(()) => false,
+        let (quota, stored) = match result {
+            Ok(stored) => (false, stored),
             Err(PublishError::Closed | PublishError::Failed) => return Some(End::Shutdown),
-            // `[hub] data_dir` could not store it: no acknowledgement, and
-            // the connection is closed so that the device sends it again
-            // when it reconnects (MQTT redelivers unacknowledged QoS 1/2).
-            Err(PublishError::NotStored) if p.qos != QoS::AtMostOnce => {
-                self.broker.rejected("not_stored");
-                return Some(End::Lost(Some(DisconnectReasonCode::UnspecifiedError)));
-            }
             // `PublishError::Quota`: a retained publish past the hub's topic quota.
             Err(_) => {
                 self.broker.rejected("quota_exceeded");
-                true
+                (true, None)
             }
         };
-        match p.qos {
-            QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => link.send(&codec::puback(
+        let ack = match p.qos {
+            QoS::AtMostOnce => return None,
+            QoS::AtLeastOnce => codec::puback(
                 p.pkid,
                 if quota {
                     PubAckReason::QuotaExceeded
                 } else {
                     PubAckReason::Success
                 },
-            )),
+            ),
             QoS::ExactlyOnce => {
                 if quota {
-                    link.send(&codec::pubrec(p.pkid, PubRecReason::QuotaExceeded));
+                    codec::pubrec(p.pkid, PubRecReason::QuotaExceeded)
                 } else {
                     self.qos2_in.insert(p.pkid);
-                    link.send(&codec::pubrec(p.pkid, PubRecReason::Success));
+                    codec::pubrec(p.pkid, PubRecReason::Success)
+                }
+            }
+        };
+        // With `[hub] data_dir` the acknowledgement waits for the commit;
+        // the ones behind it wait too, so that they go out in order.
+        match stored {
+            None if self.acks.is_empty() => link.send(&ack),
+            stored => {
+                let stored =
+                    stored.unwrap_or_else(|| Box::pin(std::future::ready(Ok(()))) as Stored);
+                self.acks.push_back((stored, ack));
+                while self.acks.len() > usize::from(RECEIVE_MAX) {
+                    let r = front_stored(&mut self.acks).await;
+                    if let Some(end) = self.stored(link, r) {
+                        return Some(end);
+                    }
                 }
             }
         }
         None
     }
 
-    /// Publishes into the hub, still draining this session's subscription
-    /// meanwhile (the hub may be waiting for exactly that queue).
-    async fn publish_to_hub(&mut self, env: Envelope) -> Result<(), PublishError> {
+    /// The acknowledgement in front of `acks` has its commit: sends it, or
+    /// closes the connection if the store could not write it (no
+    /// acknowledgement: the device sends it again when it reconnects, as
+    /// MQTT does with unacknowledged QoS 1/2).
+    fn stored(&mut self, link: &mut Link, r: Result<(), PublishError>) -> Option<End> {
+        let (_, ack) = self.acks.pop_front()?;
+        match r {
+            Err(PublishError::NotStored) => {
+                self.broker.rejected("not_stored");
+                if let Packet::PubRec(r) = &ack {
+                    // Not a message the hub has: its resend must be routed.
+                    self.qos2_in.remove(&r.pkid);
+                }
+                Some(End::Lost(Some(DisconnectReasonCode::UnspecifiedError)))
+            }
+            _ => {
+                link.send(&ack);
+                None
+            }
+        }
+    }
+
+    /// Routes into the hub, still draining this session's subscription
+    /// meanwhile (the hub may be waiting for exactly that queue); what
+    /// comes back resolves once the envelope is on disk.
+    async fn publish_to_hub(&mut self, env: Envelope) -> Result<Stored, PublishError> {
         let ctx = self.broker.ctx.clone();
-        let fut = ctx.publish(env);
+        let fut = ctx.publish_routed(env);
         tokio::pin!(fut);
         loop {
             tokio::select! {
