@@ -52,6 +52,7 @@ pub(crate) fn router(state: Arc<AdminState>) -> Router {
         .route("/api/adapters", get(adapters))
         .route("/api/clients", get(clients))
         .route("/api/subscriptions", get(subscriptions))
+        .route("/api/queues", get(queues))
         .route("/api/topics", get(topics))
         .route("/api/rates", get(rates))
         .route("/api/events", get(events))
@@ -338,6 +339,25 @@ async fn subscriptions(State(s): St, Query(q): Query<HashMap<String, String>>) -
         .collect();
     Json(json!({ "subscriptions": items, "next": next, "total": router.subscription_count() }))
         .into_response()
+}
+
+/// Durable queues: name, waiting, in flight, whether a subscriber holds it.
+async fn queues(State(s): St) -> Response {
+    let items: Vec<Value> = s
+        .hub
+        .router
+        .durable_queues()
+        .into_iter()
+        .map(|(name, waiting, in_flight, attached)| {
+            json!({
+                "name": name,
+                "waiting": waiting,
+                "in_flight": in_flight,
+                "subscribed": attached,
+            })
+        })
+        .collect();
+    Json(json!({ "queues": items })).into_response()
 }
 
 async fn topics(State(s): St, Query(q): Query<HashMap<String, String>>) -> Response {
