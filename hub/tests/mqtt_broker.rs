@@ -427,3 +427,78 @@ async fn paho_v5_server_keep_alive_caps_the_devices_keepalive() {
 async fn paho_v311_keepalive_over_the_maximum_is_refused() {
     paho_capped("v311:server_keep_alive").await;
 }
+
+/// With `[hub] data_dir`, a persistent session (MQTT 5 with a session
+/// expiry, MQTT 3.1.1 with clean session off) keeps its subscriptions and
+/// the QoS 1 messages queued while its device was away across a hub
+/// restart; what the device acknowledged is not sent again after the next
+/// one; a clean session leaves nothing behind.
+#[tokio::test]
+async fn persistent_sessions_outlive_a_hub_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_tcp_port();
+    let config = format!(
+        "[hub]\ndata_dir = \"{}\"\n{}",
+        dir.path().join("data").display(),
+        embedded(port, "")
+    );
+    let v5: &[&str] = &["-V", "5", "-c", "-i", "ps-v5", "-x", "3600"];
+    let v311: &[&str] = &["-V", "311", "-c", "-i", "ps-v311"];
+    let clean: &[&str] = &["-V", "5", "-i", "ps-clean"];
+
+    let hub = start_hub(&config).await;
+    for args in [v5, v311, clean] {
+        // Subscribes, then the device is gone (killed: no DISCONNECT).
+        drop(Sub::start(port, "ps/#", args).await);
+    }
+    for i in 0..5 {
+        publish(port, &format!("ps/{i}"), &format!("m{i}"), &["-q", "1"]).await;
+    }
+    let queues: Vec<String> = hub
+        .router()
+        .durable_queues()
+        .into_iter()
+        .map(|(name, ..)| name)
+        .collect();
+    assert_eq!(queues, ["mqtt/session/ps-v311", "mqtt/session/ps-v5"]);
+    hub.shutdown().await.unwrap();
+
+    let hub = start_hub(&config).await;
+    for (args, id) in [(v5, "ps-v5"), (v311, "ps-v311")] {
+        // Its own subscription is in the restored session: it gets the
+        // queue before (and without) subscribing again.
+        let mut sub = Sub::spawn(port, "none/none", args);
+        let got: Vec<String> = {
+            let mut got = Vec::new();
+            for _ in 0..5 {
+                let m = sub.next().await;
+                assert_eq!(m.qos, 1, "{id}: {m:?}");
+                got.push(format!("{} {}", m.topic, m.payload));
+            }
+            got
+        };
+        let want: Vec<String> = (0..5).map(|i| format!("ps/{i} m{i}")).collect();
+        assert_eq!(got, want, "{id} after the restart");
+        // Acknowledged by now (mosquitto_sub sends PUBACK as it prints);
+        // the session leaves cleanly so that nothing is in flight.
+        drop(sub);
+    }
+    wait_until("both queues acknowledged", Duration::from_secs(10), || {
+        hub.router()
+            .durable_queues()
+            .iter()
+            .all(|(_, waiting, in_flight, _)| *waiting == 0 && *in_flight == 0)
+    })
+    .await;
+    hub.shutdown().await.unwrap();
+
+    // A second restart sends nothing of the first five again.
+    let hub = start_hub(&config).await;
+    let mut sub = Sub::spawn(port, "ps/#", v5);
+    sub.wait_subscribed().await;
+    publish(port, "ps/end", "end", &["-q", "1"]).await;
+    let m = sub.next().await;
+    assert_eq!((m.topic.as_str(), m.payload.as_str()), ("ps/end", "end"));
+    drop(sub);
+    hub.shutdown().await.unwrap();
+}

@@ -37,6 +37,15 @@ impl Sub {
     /// Starts `mosquitto_sub` on 127.0.0.1:`port` for `filter` at QoS 1 and
     /// waits until the broker acknowledged the subscription.
     pub async fn start(port: u16, filter: &str, extra: &[&str]) -> Sub {
+        let mut sub = Sub::spawn(port, filter, extra);
+        sub.wait_subscribed().await;
+        sub
+    }
+
+    /// Starts `mosquitto_sub` without waiting for its SUBACK: a resumed
+    /// session's queued messages come before it, and [`Sub::next`] gets
+    /// them.
+    pub fn spawn(port: u16, filter: &str, extra: &[&str]) -> Sub {
         // Line-buffered, or its debug lines wait in a pipe buffer.
         let mut cmd = Command::new("stdbuf");
         cmd.args(["-oL", "mosquitto_sub"])
@@ -69,9 +78,7 @@ impl Sub {
                 }
             }
         });
-        let mut sub = Sub { child, rx };
-        sub.wait_subscribed().await;
-        sub
+        Sub { child, rx }
     }
 
     /// Waits for the next SUBACK (after a start or a reconnect).

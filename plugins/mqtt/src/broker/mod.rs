@@ -200,6 +200,10 @@ pub(crate) async fn run(
         wss_listen = ?broker.settings.wss,
         "Embedded MQTT broker listening."
     );
+    let restored = session::restore(&broker);
+    if restored > 0 {
+        info!(adapter = %ctx.name(), sessions = restored, "Persistent sessions restored from the data_dir.");
+    }
     ctx.set_state(AdapterState::Up, None);
 
     let mut tasks = tokio::task::JoinSet::new();

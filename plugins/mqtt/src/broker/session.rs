@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use polyhub_sdk::{
-    Action, ClientHandle, ClientInfo, Envelope, Identity, PublishError, QoS as HubQoS, Refused,
-    Stored, SubscribeOptions, Subscription, Topic, TopicFilter,
+    Action, ClientHandle, ClientInfo, DurableOptions, Envelope, Identity, PublishError,
+    QoS as HubQoS, Refused, Stored, SubscribeOptions, Subscription, Topic, TopicFilter,
 };
 use rumqttc::v5::mqttbytes::v5::{
     ConnAckProperties, Connect, ConnectReturnCode, Disconnect, DisconnectReasonCode, LastWill,
@@ -24,10 +24,11 @@ use rumqttc::v5::mqttbytes::v5::{
     RetainForwardRule, SubAck, Subscribe, SubscribeReasonCode, UnsubAckReason, Unsubscribe,
 };
 use rumqttc::v5::mqttbytes::QoS;
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, timeout_at, Instant};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::codec::{self, Version, WireError};
 use super::listen::{ConnGuard, Io, Peer};
@@ -72,6 +73,66 @@ pub(crate) enum Msg {
     },
     /// A device publish outside `subscribe` (never entered the hub).
     Local(Arc<Envelope>),
+}
+
+/// What a restart needs of a persistent session (`[hub] data_dir`), kept
+/// with `state_put` under [`record_key`]; its messages are in the durable
+/// queue of the same name.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Record {
+    /// Session expiry interval in seconds (`None`: never); counted again
+    /// from the restart.
+    expiry: Option<u64>,
+    /// Who the device logged in as (`[auth]` read checks on delivery).
+    user: Option<String>,
+    subs: Vec<RecordSub>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct RecordSub {
+    raw: String,
+    qos: u8,
+    no_local: bool,
+    retain_as_published: bool,
+    id: Option<usize>,
+}
+
+/// The state key and durable queue name of client `id`'s session.
+pub(crate) fn record_key(id: &str) -> String {
+    format!("session/{id}")
+}
+
+/// Starts the persistent sessions the data_dir holds (at broker start),
+/// each offline until its device connects; a record that cannot be read is
+/// logged and dropped.
+pub(crate) fn restore(broker: &Arc<Broker>) -> usize {
+    let mut started = 0;
+    for (key, value) in broker.ctx.state_scan("session/") {
+        let Some(id) = key.strip_prefix("session/") else {
+            continue;
+        };
+        let record: Record = match serde_json::from_slice(&value) {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(adapter = %broker.ctx.name(), client_id = %id, error = %e, "Unreadable persistent-session record; dropped.");
+                broker.ctx.state_put(&key, None);
+                continue;
+            }
+        };
+        let id: Arc<str> = Arc::from(id);
+        let (tx, rx) = mpsc::channel(INBOX);
+        let Some(session) = Session::restored(broker.clone(), id.clone(), tx.clone(), rx, record)
+        else {
+            warn!(adapter = %broker.ctx.name(), client_id = %id, "Persistent session could not be restored.");
+            continue;
+        };
+        if let Ok(mut sessions) = broker.sessions.lock() {
+            sessions.insert(id, tx);
+        }
+        tokio::spawn(session.run(None));
+        started += 1;
+    }
+    started
 }
 
 /// A connection past its CONNECT.
@@ -282,7 +343,7 @@ async fn attach_inner(broker: Arc<Broker>, mut conn: Box<Conn>) {
                     let Some(session) = Session::new(broker.clone(), id.clone(), tx, rx) else {
                         return;
                     };
-                    tokio::spawn(session.run(conn));
+                    tokio::spawn(session.run(Some(conn)));
                     return;
                 }
             }
@@ -314,6 +375,9 @@ struct Out {
     qos: QoS,
     retain: bool,
     ids: Vec<usize>,
+    /// From the session's durable queue: acknowledged there once the device
+    /// has it (or it is dropped).
+    ack: bool,
 }
 
 enum Inflight {
@@ -408,6 +472,10 @@ struct Session {
     tx: mpsc::Sender<Msg>,
     inbox: mpsc::Receiver<Msg>,
     hub: Subscription,
+    /// `hub` is the durable queue `session/{client id}` (a persistent
+    /// session: its session expiry is not 0); its subscriptions, expiry and
+    /// user are kept with `state_put` under the same key.
+    durable: bool,
     subs: Vec<Sub>,
     pending: VecDeque<Out>,
     inflight: BTreeMap<u16, Inflight>,
@@ -544,6 +612,7 @@ impl Session {
             tx,
             inbox,
             hub,
+            durable: false,
             subs: Vec::new(),
             pending: VecDeque::new(),
             inflight: BTreeMap::new(),
@@ -557,9 +626,17 @@ impl Session {
         })
     }
 
-    async fn run(mut self, first: Box<Conn>) {
-        let mut next = Some(first);
-        let mut existed = false;
+    /// Runs the session: from its first connection, or (`None`: restored
+    /// from the data_dir at start) offline until its device comes back.
+    async fn run(mut self, first: Option<Box<Conn>>) {
+        let mut existed = first.is_none();
+        let mut next = match first {
+            Some(conn) => Some(conn),
+            None => match Box::pin(self.offline()).await {
+                Off::Attach(conn) => Some(conn),
+                Off::Expired | Off::Shutdown => None,
+            },
+        };
         while let Some(conn) = next.take() {
             let mut link = self.open(conn, existed);
             existed = true;
@@ -642,6 +719,7 @@ impl Session {
             .with_peer(peer.to_string());
         info.user = identity.username().map(str::to_owned);
         self.identity = identity;
+        self.persistence(connect.clean_start);
         let client = self.broker.ctx.client_connected(info);
         // MQTT 5: a keepalive over the broker's maximum (or none) is
         // replaced by the maximum, told in CONNACK.
@@ -720,6 +798,192 @@ impl Session {
         link
     }
 
+    /// Puts the session on its durable queue when it is persistent (its
+    /// expiry is not 0), back on a plain subscription when it is not, and
+    /// records what a restart needs. A clean start of a persistent session
+    /// begins a new queue.
+    fn persistence(&mut self, clean_start: bool) {
+        let persistent = self.expiry != Some(Duration::ZERO);
+        if self.durable && (clean_start || !persistent) {
+            self.forget_queue();
+        }
+        if persistent && !self.durable {
+            // What the plain subscription still holds goes first.
+            while let Some(env) = self.hub.try_recv() {
+                self.deliver(env, true);
+            }
+            let filters: Vec<TopicFilter> = self
+                .subs
+                .iter()
+                .filter(|s| s.share.is_none())
+                .map(|s| s.filter.clone())
+                .collect();
+            let options = DurableOptions {
+                include_own: true,
+                ..DurableOptions::default()
+            };
+            match self
+                .broker
+                .ctx
+                .subscribe_durable(&record_key(&self.id), filters, options)
+            {
+                Ok(sub) => {
+                    self.durable = sub.is_durable();
+                    self.hub = sub;
+                }
+                Err(e) => {
+                    warn!(adapter = %self.broker.ctx.name(), client_id = %self.id, error = %e, "Persistent session kept in memory only.");
+                }
+            }
+        }
+        self.save();
+    }
+
+    /// Drops the session's durable queue and record (back on a plain
+    /// subscription with the same filters).
+    fn forget_queue(&mut self) {
+        if !self.durable {
+            return;
+        }
+        let filters: Vec<TopicFilter> = self
+            .subs
+            .iter()
+            .filter(|s| s.share.is_none())
+            .map(|s| s.filter.clone())
+            .collect();
+        let Ok(plain) = self.broker.ctx.subscribe_with(
+            filters,
+            SubscribeOptions {
+                depth: Some(SESSION_QUEUE),
+                include_own: true,
+                ..SubscribeOptions::default()
+            },
+        ) else {
+            return;
+        };
+        let old = std::mem::replace(&mut self.hub, plain);
+        self.durable = false;
+        // In memory, the pending and in-flight messages no longer count on
+        // the queue.
+        for out in self.pending.iter_mut() {
+            out.ack = false;
+        }
+        for f in self.inflight.values_mut() {
+            if let Inflight::Publish(out) = f {
+                out.ack = false;
+            }
+        }
+        old.forget();
+        self.broker.ctx.state_put(&record_key(&self.id), None);
+    }
+
+    /// Writes the session's record (persistent sessions only).
+    fn save(&self) {
+        if !self.durable {
+            return;
+        }
+        let record = Record {
+            expiry: self.expiry.map(|e| e.as_secs()),
+            user: self.identity.username().map(str::to_owned),
+            subs: self
+                .subs
+                .iter()
+                .map(|s| RecordSub {
+                    raw: s.raw.clone(),
+                    qos: s.qos as u8,
+                    no_local: s.no_local,
+                    retain_as_published: s.retain_as_published,
+                    id: s.id,
+                })
+                .collect(),
+        };
+        match serde_json::to_vec(&record) {
+            Ok(bytes) => self
+                .broker
+                .ctx
+                .state_put(&record_key(&self.id), Some(bytes)),
+            Err(e) => {
+                warn!(adapter = %self.broker.ctx.name(), client_id = %self.id, error = %e, "Session record not written.");
+            }
+        }
+    }
+
+    /// A persistent session read back from the data_dir at start: its
+    /// subscriptions on its durable queue (which holds what it had not
+    /// delivered), waiting offline for its device.
+    fn restored(
+        broker: Arc<Broker>,
+        id: Arc<str>,
+        tx: mpsc::Sender<Msg>,
+        inbox: mpsc::Receiver<Msg>,
+        record: Record,
+    ) -> Option<Session> {
+        let mut subs = Vec::with_capacity(record.subs.len());
+        for r in record.subs {
+            let share = parse_share(&r.raw).ok()?;
+            let filter = TopicFilter::new(share.unwrap_or(&r.raw)).ok()?;
+            let qos = match r.qos {
+                0 => QoS::AtMostOnce,
+                1 => QoS::AtLeastOnce,
+                _ => QoS::ExactlyOnce,
+            };
+            subs.push(Sub {
+                share: share.map(|_| Arc::from(r.raw.as_str())),
+                raw: r.raw,
+                filter,
+                qos,
+                no_local: r.no_local,
+                retain_as_published: r.retain_as_published,
+                id: r.id,
+            });
+        }
+        let filters: Vec<TopicFilter> = subs
+            .iter()
+            .filter(|s| s.share.is_none())
+            .map(|s| s.filter.clone())
+            .collect();
+        let options = DurableOptions {
+            include_own: true,
+            ..DurableOptions::default()
+        };
+        let hub = broker
+            .ctx
+            .subscribe_durable(&record_key(&id), filters, options)
+            .ok()?;
+        for s in &subs {
+            if let Some(key) = &s.share {
+                let _ = broker.groups.join(
+                    &broker,
+                    key.clone(),
+                    s.filter.clone(),
+                    id.clone(),
+                    tx.clone(),
+                );
+            }
+        }
+        Some(Session {
+            durable: hub.is_durable(),
+            broker,
+            id,
+            tx,
+            inbox,
+            hub,
+            subs,
+            pending: VecDeque::new(),
+            inflight: BTreeMap::new(),
+            qos2_in: HashSet::new(),
+            acks: VecDeque::new(),
+            next_pkid: 0,
+            unyielded: 0,
+            expiry: record.expiry.map(Duration::from_secs),
+            will_at: None,
+            identity: record
+                .user
+                .as_deref()
+                .map_or_else(Identity::anonymous, Identity::user),
+        })
+    }
+
     /// Forgets subscriptions and queued or in-flight messages.
     fn reset(&mut self) {
         for s in self.subs.drain(..) {
@@ -733,6 +997,7 @@ impl Session {
         self.pending.clear();
         self.inflight.clear();
         self.qos2_in.clear();
+        self.save();
     }
 
     async fn connected(&mut self, link: &mut Link) -> End {
@@ -787,7 +1052,7 @@ impl Session {
                     }
                 },
                 env = self.hub.recv() => match env {
-                    Some(env) => self.deliver(env),
+                    Some(env) => self.deliver(env, true),
                     None => return End::Shutdown,
                 },
                 stored = front_stored(&mut self.acks), if !self.acks.is_empty() => {
@@ -848,18 +1113,25 @@ impl Session {
             Packet::Publish(p) => return self.publish(link, p).await,
             Packet::PubAck(a) => {
                 if matches!(self.inflight.get(&a.pkid), Some(Inflight::Publish(_))) {
-                    self.inflight.remove(&a.pkid);
+                    if let Some(Inflight::Publish(out)) = self.inflight.remove(&a.pkid) {
+                        self.done(&out);
+                    }
                 }
             }
             Packet::PubRec(r) => {
                 let failed = (r.reason as u8) >= 0x80 && r.reason != PubRecReason::Success;
-                if failed {
-                    self.inflight.remove(&r.pkid);
+                // PUBREC: the device has the message (a refusal: it never
+                // will); either way the durable queue is done with it.
+                let was = if failed {
+                    self.inflight.remove(&r.pkid)
                 } else {
-                    if let Some(f) = self.inflight.get_mut(&r.pkid) {
-                        *f = Inflight::Released;
-                    }
+                    let f = self.inflight.get_mut(&r.pkid);
+                    let was = f.map(|f| std::mem::replace(f, Inflight::Released));
                     link.send(&codec::pubrel(r.pkid));
+                    was
+                };
+                if let Some(Inflight::Publish(out)) = was {
+                    self.done(&out);
                 }
             }
             Packet::PubComp(c) => {
@@ -1049,7 +1321,7 @@ impl Session {
             tokio::select! {
                 r = &mut fut => return r,
                 e = self.hub.recv() => match e {
-                    Some(e) => self.deliver(e),
+                    Some(e) => self.deliver(e, true),
                     None => return Err(PublishError::Closed),
                 },
             }
@@ -1130,6 +1402,7 @@ impl Session {
                         qos: min_qos(f.qos, mqtt_qos(env.qos)),
                         retain: true,
                         ids: sub_id.into_iter().collect(),
+                        ack: false,
                         env,
                     });
                 }
@@ -1143,6 +1416,7 @@ impl Session {
         for out in retained {
             self.enqueue(out);
         }
+        self.save();
     }
 
     fn unsubscribe(&mut self, link: &mut Link, u: Unsubscribe) {
@@ -1163,13 +1437,14 @@ impl Session {
             }
         }
         link.send(&codec::unsuback(u.pkid, reasons));
+        self.save();
     }
 
     /// A message from the inbox (not a connection).
     fn take(&mut self, m: Msg) {
         match m {
             Msg::Attach(_) => {}
-            Msg::Local(env) => self.deliver(env),
+            Msg::Local(env) => self.deliver(env, false),
             Msg::Shared { env, key } => {
                 let Some(s) = self.subs.iter().find(|s| s.share.as_ref() == Some(&key)) else {
                     return;
@@ -1178,6 +1453,7 @@ impl Session {
                     qos: min_qos(s.qos, mqtt_qos(env.qos)),
                     retain: s.retain_as_published && env.retain,
                     ids: s.id.into_iter().collect(),
+                    ack: false,
                     env,
                 };
                 self.enqueue(out);
@@ -1187,8 +1463,12 @@ impl Session {
 
     /// Queues a hub envelope for this device under its matching
     /// subscriptions (highest QoS of them; none when no-local skips all).
-    fn deliver(&mut self, env: Arc<Envelope>) {
+    fn deliver(&mut self, env: Arc<Envelope>, from_hub: bool) {
+        let ack = from_hub && self.durable;
         if !self.broker.deliverable(&env) {
+            if ack {
+                self.hub.ack(&env);
+            }
             return;
         }
         let own = self.broker.ctx.is_own(&env) && env.origin.peer.as_deref() == Some(&*self.id);
@@ -1208,12 +1488,16 @@ impl Session {
             }
         }
         let Some(granted) = best else {
+            if ack {
+                self.hub.ack(&env);
+            }
             return;
         };
         let out = Out {
             qos: min_qos(granted, mqtt_qos(env.qos)),
             retain: rap && env.retain,
             ids,
+            ack,
             env,
         };
         self.enqueue(out);
@@ -1231,14 +1515,24 @@ impl Session {
     /// shared, queued while offline) passes the `read` check here first.
     fn enqueue(&mut self, out: Out) {
         if !self.may(out.env.topic.as_str(), Action::Read) {
+            self.done(&out);
             return;
         }
         if self.pending.len() >= self.broker.settings.max_queued_messages {
             self.broker.ctx.metrics().record_drop();
             self.broker.ctx.metrics().incr("queue_full");
+            self.done(&out);
             return;
         }
         self.pending.push_back(out);
+    }
+
+    /// The device has `out`, or it will never get it: its durable queue
+    /// (if it came from there) forgets it.
+    fn done(&self, out: &Out) {
+        if out.ack {
+            self.hub.ack(&out.env);
+        }
     }
 
     fn alloc_pkid(&mut self) -> u16 {
@@ -1293,6 +1587,7 @@ impl Session {
             };
             if expiry_left(&out.env) == Some(0) {
                 self.broker.ctx.metrics().incr("expired");
+                self.done(&out);
                 continue;
             }
             let pkid = if out.qos == QoS::AtMostOnce {
@@ -1305,6 +1600,7 @@ impl Session {
                 if p.size() > max {
                     self.broker.ctx.metrics().record_drop();
                     self.broker.ctx.metrics().incr("too_large_for_device");
+                    self.done(&out);
                     continue;
                 }
             }
@@ -1328,7 +1624,9 @@ impl Session {
             }
             link.send(&Packet::Publish(p));
             link.client.record_out();
-            if out.qos != QoS::AtMostOnce {
+            if out.qos == QoS::AtMostOnce {
+                self.done(&out);
+            } else {
                 self.inflight.insert(pkid, Inflight::Publish(out));
             }
         }
@@ -1420,7 +1718,7 @@ impl Session {
                     None => return Off::Shutdown,
                 },
                 env = self.hub.recv() => match env {
-                    Some(env) => self.deliver(env),
+                    Some(env) => self.deliver(env, true),
                     None => return Off::Shutdown,
                 },
                 _ = sleep_until(will_at.unwrap_or_else(Instant::now)), if will_at.is_some() => {
@@ -1441,6 +1739,14 @@ impl Session {
         if let Some((_, will)) = self.will_at.take() {
             self.publish_will(will).await;
         }
+        let stopping = self.broker.stop.is_cancelled();
+        if stopping {
+            // A persistent session outlives the hub: its queue and record
+            // stay in the data_dir for the next start.
+            self.durable = false;
+        } else {
+            self.forget_queue();
+        }
         self.reset();
         if let Ok(mut sessions) = self.broker.sessions.lock() {
             if sessions
@@ -1451,7 +1757,6 @@ impl Session {
             }
         }
         self.inbox.close();
-        let stopping = self.broker.stop.is_cancelled();
         while let Ok(m) = self.inbox.try_recv() {
             if let (Msg::Attach(conn), false) = (m, stopping) {
                 tokio::spawn(attach(self.broker.clone(), conn));
