@@ -4,15 +4,13 @@
 
 use std::sync::Arc;
 
-use polyhub_sdk::{
-    Adapter, AdapterContext, AdapterError, AdapterState, SubscribeOptions, TopicFilter,
-};
+use polyhub_sdk::{Adapter, AdapterContext, AdapterError, AdapterState, DurableOptions};
 use tokio::net::UdpSocket;
 use tracing::{info, Instrument};
 
 use crate::config::Settings;
 use crate::dtls::Sessions;
-use crate::push::{self, PushQueue};
+use crate::push;
 use crate::server::{Link, Server};
 
 /// A configured CoAP adapter, ready to run.
@@ -47,39 +45,19 @@ async fn run(settings: Arc<Settings>, ctx: AdapterContext) -> Result<(), Adapter
         })?;
     let local_addr = socket.local_addr()?;
 
-    let queues: Arc<Vec<PushQueue>> = Arc::new(
-        settings
-            .push
-            .iter()
-            .map(|p| push::start(&ctx, &settings, p.clone()))
-            .collect(),
-    );
-    if !queues.is_empty() {
-        let filters: Vec<TopicFilter> = queues.iter().map(|q| q.endpoint.filter.clone()).collect();
-        // Including what this adapter's own clients publish.
-        let options = SubscribeOptions {
-            depth: None,
+    // One durable queue per push target (at least once, across device
+    // outages and hub restarts), including what this adapter's own clients
+    // publish.
+    let names = push::queue_names(&settings.push);
+    for (endpoint, queue) in settings.push.iter().zip(names) {
+        let options = DurableOptions {
+            max_queue_bytes: None,
             include_own: true,
-            ..SubscribeOptions::default()
         };
-        let mut sub = ctx
-            .subscribe_with(filters, options)
+        let sub = ctx
+            .subscribe_durable(&queue, [endpoint.filter.clone()], options)
             .map_err(|e| AdapterError::protocol(format!("cannot subscribe for push: {e}")))?;
-        let (ctx2, queues2) = (ctx.clone(), queues.clone());
-        ctx.spawn(async move {
-            loop {
-                let envelope = tokio::select! {
-                    _ = ctx2.shutdown().cancelled() => break,
-                    e = sub.recv() => match e { Some(e) => e, None => break },
-                };
-                for q in queues2
-                    .iter()
-                    .filter(|q| q.endpoint.filter.matches(&envelope.topic))
-                {
-                    q.push(&ctx2, envelope.clone()).await;
-                }
-            }
-        });
+        push::start(&ctx, &settings, endpoint.clone(), sub);
     }
 
     let dtls = match &settings.dtls {
@@ -106,7 +84,7 @@ async fn run(settings: Arc<Settings>, ctx: AdapterContext) -> Result<(), Adapter
     };
     let server = Server::new(ctx.clone(), settings.clone(), Arc::new(socket), Link::Plain);
     ctx.set_state(AdapterState::Up, None);
-    info!(adapter = %ctx.name(), addr = %local_addr, push_targets = queues.len(), "CoAP server listening.");
+    info!(adapter = %ctx.name(), addr = %local_addr, push_targets = settings.push.len(), "CoAP server listening.");
     match dtls {
         Some(secure) => {
             tokio::join!(server.serve(), secure.serve());

@@ -1,17 +1,27 @@
 //! Push targets: envelopes matching a `push` filter are sent as CON `PUT` to
 //! a device's CoAP server, block-wise when large, retransmitted with the RFC
-//! 7252 back-off, and counted as failed when the device never answers.
-//! Each target has its own socket, queue and task, so a dead device delays
-//! no other.
+//! 7252 back-off. Each target has its own durable queue (`push/{url}`, see
+//! [`queue_names`]), socket and task, so a dead device delays no other.
+//!
+//! An envelope is acknowledged to its queue only once the device answered
+//! it with a success (`2.xx`, piggybacked on the ACK or separate), so that
+//! with `[hub] data_dir` a QoS 1/2 envelope survives a hub restart until
+//! then. A failed exchange (no answer after the retransmissions, a RST, a
+//! `5.xx`, a socket error) is counted (`push_failures`) and the same
+//! envelope is tried again after a backoff (100 ms doubling to 5 s), in
+//! order, for as long as it takes: nothing is dropped but what the queue's
+//! `[hub] max_queue_bytes` bound drops. A `4.xx` refuses that one envelope
+//! for good: counted (`push_refused`, `dropped`), logged, acknowledged.
+//! (Pushes are always CON; a NON push would be acknowledged once sent.)
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
-use polyhub_sdk::{AdapterContext, Envelope};
+use polyhub_sdk::reconnect::Backoff;
+use polyhub_sdk::{AdapterContext, Envelope, Subscription};
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
@@ -21,48 +31,51 @@ use crate::error::CoapError;
 use crate::server::MAX_DATAGRAM;
 use crate::transmission::{self, MessageIds};
 
-/// The sending side of one push target's queue.
-#[derive(Debug, Clone)]
-pub struct PushQueue {
-    /// Which envelopes go to this target.
-    pub endpoint: Arc<PushEndpoint>,
-    tx: mpsc::Sender<Arc<Envelope>>,
-}
+/// First delay before a failed push is tried again.
+const RETRY_MIN: Duration = Duration::from_millis(100);
+/// Longest delay between two tries of a failed push.
+const RETRY_MAX: Duration = Duration::from_secs(5);
 
-impl PushQueue {
-    /// Queues an envelope: waits for room when it is QoS 1, drops and counts
-    /// it when QoS 0 and the queue is full.
-    pub async fn push(&self, ctx: &AdapterContext, envelope: Arc<Envelope>) {
-        if envelope.qos.is_acknowledged() {
-            let _ = self.tx.send(envelope).await;
+/// The durable queue name of each push target, in config order:
+/// `push/{url}`, and `push/{url}#{n}` for the `n`-th (from 2) target with
+/// the same URL. Stable across restarts as long as the config keeps its
+/// targets' URLs (and the order of those sharing one).
+pub fn queue_names(endpoints: &[PushEndpoint]) -> Vec<String> {
+    let mut names = Vec::with_capacity(endpoints.len());
+    for (i, e) in endpoints.iter().enumerate() {
+        let n = 1 + endpoints[..i].iter().filter(|o| o.url == e.url).count();
+        names.push(if n == 1 {
+            format!("push/{}", e.url)
         } else {
-            self.try_push(ctx, envelope);
-        }
+            format!("push/{}#{n}", e.url)
+        });
     }
-
-    /// Queues an envelope without waiting; drops and counts it when full.
-    pub fn try_push(&self, ctx: &AdapterContext, envelope: Arc<Envelope>) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(envelope) {
-            ctx.metrics().record_drop();
-            ctx.metrics().incr("push_queue_full");
-            warn!(adapter = %ctx.name(), url = %self.endpoint.url, "Push queue full; envelope dropped.");
-        }
-    }
+    names
 }
 
-/// Starts the task of one push target; returns its queue.
-pub fn start(ctx: &AdapterContext, settings: &Arc<Settings>, endpoint: PushEndpoint) -> PushQueue {
-    let (tx, rx) = mpsc::channel(settings.push_queue_depth);
-    let endpoint = Arc::new(endpoint);
+/// Starts the task of one push target, which reads `sub` (its durable
+/// queue) until shutdown.
+pub fn start(
+    ctx: &AdapterContext,
+    settings: &Arc<Settings>,
+    endpoint: PushEndpoint,
+    sub: Subscription,
+) {
     let pusher = Pusher {
         ctx: ctx.clone(),
         settings: settings.clone(),
-        endpoint: endpoint.clone(),
+        endpoint: Arc::new(endpoint),
         ids: MessageIds::default(),
         socket: None,
     };
-    ctx.spawn(pusher.run(rx));
-    PushQueue { endpoint, tx }
+    ctx.spawn(pusher.run(sub));
+}
+
+/// Whether a failed exchange refuses the envelope for good: a `4.xx`
+/// answer (the code as `4.04`). Everything else (timeouts, RST, `5.xx`,
+/// socket errors) is worth trying again.
+fn refused_for_good(e: &CoapError) -> bool {
+    matches!(e, CoapError::Rejected { code, .. } if code.starts_with("4."))
 }
 
 struct Pusher {
@@ -74,29 +87,59 @@ struct Pusher {
 }
 
 impl Pusher {
-    async fn run(mut self, mut rx: mpsc::Receiver<Arc<Envelope>>) {
+    /// Delivers the queue's envelopes in order; on shutdown the one being
+    /// delivered stays unacknowledged (dropping `sub` puts it back first).
+    async fn run(mut self, mut sub: Subscription) {
+        let shutdown = self.ctx.shutdown().clone();
         loop {
             let envelope = tokio::select! {
-                _ = self.ctx.shutdown().cancelled() => break,
-                e = rx.recv() => match e { Some(e) => e, None => break },
-            };
-            let shutdown = self.ctx.shutdown().clone();
-            let result = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                r = self.deliver(&envelope) => r,
+                e = sub.recv() => match e { Some(e) => e, None => break },
             };
-            match result {
-                Ok(()) => self.ctx.metrics().incr("push_delivered"),
-                Err(e) => {
-                    self.ctx.metrics().record_error();
-                    self.ctx.metrics().incr("push_failures");
-                    warn!(adapter = %self.ctx.name(), url = %self.endpoint.url, topic = %envelope.topic, error = %e, "Push to device failed.");
-                    if matches!(e, CoapError::Io(_) | CoapError::Resolve { .. }) {
-                        // Resolve and bind again for the next envelope.
-                        self.socket = None;
+            let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
+            let mut failures = 0u32;
+            loop {
+                let result = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    r = self.deliver(&envelope) => r,
+                };
+                match result {
+                    Ok(()) => {
+                        self.ctx.metrics().incr("push_delivered");
+                        if failures > 0 {
+                            debug!(adapter = %self.ctx.name(), url = %self.endpoint.url, failures, "Push delivered after failures.");
+                        }
+                        break;
+                    }
+                    Err(e) if refused_for_good(&e) => {
+                        self.ctx.metrics().record_error();
+                        self.ctx.metrics().record_drop();
+                        self.ctx.metrics().incr("push_refused");
+                        warn!(adapter = %self.ctx.name(), url = %self.endpoint.url, topic = %envelope.topic, error = %e, "Device refused the push for good; skipped it.");
+                        break;
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        self.ctx.metrics().record_error();
+                        self.ctx.metrics().incr("push_failures");
+                        if matches!(e, CoapError::Io(_) | CoapError::Resolve { .. }) {
+                            // Resolve and bind again for the next try.
+                            self.socket = None;
+                        }
+                        let delay = backoff.next_delay();
+                        if failures == 1 {
+                            warn!(adapter = %self.ctx.name(), url = %self.endpoint.url, topic = %envelope.topic, error = %e, retry_in = ?delay, "Push to device failed; retrying until it answers.");
+                        } else {
+                            debug!(adapter = %self.ctx.name(), url = %self.endpoint.url, failures, error = %e, retry_in = ?delay, "Push to device failed again.");
+                        }
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(delay) => {}
+                        }
                     }
                 }
             }
+            sub.ack(&envelope);
         }
     }
 
@@ -289,5 +332,29 @@ impl Pusher {
                 _ => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_4_xx_refuses_a_push_for_good() {
+        let peer = SocketAddr::from(([127, 0, 0, 1], 5683));
+        let rejected = |class| CoapError::Rejected {
+            peer,
+            code: MessageClass::Response(class).to_string(),
+        };
+        assert!(refused_for_good(&rejected(ResponseType::NotFound)));
+        assert!(refused_for_good(&rejected(ResponseType::BadRequest)));
+        assert!(!refused_for_good(&rejected(
+            ResponseType::InternalServerError
+        )));
+        assert!(!refused_for_good(&rejected(
+            ResponseType::ServiceUnavailable
+        )));
+        assert!(!refused_for_good(&CoapError::Reset(peer)));
+        assert!(!refused_for_good(&CoapError::Timeout { peer, attempts: 5 }));
     }
 }

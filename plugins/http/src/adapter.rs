@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::serve::ListenerExt;
-use polyhub_sdk::{Adapter, AdapterContext, AdapterError, AdapterState, SubscribeOptions};
+use polyhub_sdk::{Adapter, AdapterContext, AdapterError, AdapterState, DurableOptions};
 use tokio::net::TcpListener;
 use tokio_rustls::rustls;
 
@@ -48,16 +48,17 @@ impl Adapter for HttpAdapter {
                 .user_agent(concat!("polyhub/", env!("CARGO_PKG_VERSION")))
                 .build()
                 .map_err(|e| AdapterError::Other(Box::new(e)))?;
-            for hook in webhooks {
-                // What this adapter's own clients POST goes to its
-                // webhooks too.
-                let options = SubscribeOptions {
-                    depth: config.queue_depth,
+            let names = webhook::queue_names(&webhooks);
+            for (hook, queue) in webhooks.into_iter().zip(names) {
+                // One durable queue per webhook (at least once, across
+                // receiver outages and hub restarts); what this adapter's
+                // own clients POST goes to its webhooks too.
+                let options = DurableOptions {
+                    max_queue_bytes: None,
                     include_own: true,
-                    ..SubscribeOptions::default()
                 };
                 let sub = ctx
-                    .subscribe_with([hook.filter.clone()], options)
+                    .subscribe_durable(&queue, [hook.filter.clone()], options)
                     .map_err(|e| {
                         AdapterError::protocol(format!("cannot subscribe webhook: {e}"))
                     })?;

@@ -76,8 +76,9 @@ pub struct HttpConfig {
     /// seconds. Default 15.
     #[serde(default = "default_keep_alive_secs")]
     pub sse_keep_alive_secs: u64,
-    /// Queue depth of each `/events` stream and webhook, in envelopes.
-    /// Default: the hub's `queue_depth` for this adapter.
+    /// Queue depth of each `/events` stream, in envelopes. Default: the
+    /// hub's `queue_depth` for this adapter. (Webhooks have durable queues
+    /// bounded by `[hub] max_queue_bytes` instead.)
     #[serde(default)]
     pub queue_depth: Option<usize>,
     /// HTTP endpoints that receive matching envelopes as `POST`s.
@@ -143,9 +144,12 @@ pub struct WebhookConfig {
     pub filter: TopicFilter,
     /// `http://` or `https://` URL to `POST` to.
     pub url: String,
-    /// Attempts after the first failed one for QoS 1 envelopes (QoS 0 ones
-    /// are tried once), with exponential backoff from `reconnect_min_ms` to
-    /// `reconnect_max_ms`; then the envelope is dropped and counted. Default 5.
+    /// Failed retries after which the webhook logs at WARN that it keeps
+    /// failing. Retries go on, with exponential backoff from
+    /// `reconnect_min_ms` to `reconnect_max_ms`, until the receiver takes
+    /// the envelope: nothing is dropped after them any more (the webhook's
+    /// durable queue, bounded by `[hub] max_queue_bytes`, holds what comes
+    /// meanwhile). Default 5.
     #[serde(default = "default_retries")]
     pub retries: u32,
     /// First retry delay in milliseconds, doubled (jittered) on each retry.
@@ -199,7 +203,7 @@ pub struct Webhook {
     pub filter: TopicFilter,
     /// Target URL.
     pub url: url::Url,
-    /// Retries for QoS 1 envelopes.
+    /// Failed retries before the webhook warns that it keeps failing.
     pub retries: u32,
     /// First retry delay.
     pub backoff: Backoff,

@@ -2,12 +2,19 @@
 //! envelope, in order, with the payload as body and the topic in
 //! `X-Polyhub-Topic`.
 //!
-//! Each webhook's subscription takes this adapter's own clients' envelopes
-//! too (`include_own`). Its queue is bounded: when full, QoS 0 envelopes are
-//! dropped and counted, QoS 1 ones hold the publisher back. A QoS 1 envelope
-//! whose delivery fails (connection error, timeout, `5xx`, `408`, `429`) is
-//! retried with exponential backoff; after the last retry, or on any other
-//! non-`2xx` answer, it is dropped and counted.
+//! Each webhook reads its own durable queue (`webhook/{url}`, see
+//! [`queue_names`]), which takes this adapter's own clients' envelopes too
+//! (`include_own`) and never makes a publisher wait. An envelope is
+//! acknowledged to the queue only once the receiver answered `2xx`, so that
+//! with `[hub] data_dir` a QoS 1/2 envelope survives a hub restart until
+//! then. A failed delivery (connection error, timeout, `5xx`, `408`, `429`,
+//! or anything else that is not a `4xx`) is retried with exponential
+//! backoff, in order, for as long as it takes: nothing is dropped but what
+//! the queue's `max_queue_bytes` bound drops. A `4xx` other than `408` and
+//! `429` refuses that one envelope for good: it is counted
+//! (`webhook_refused`, `dropped`), logged, acknowledged, and the next one
+//! goes. QoS 0 envelopes need no acknowledgement but are retried the same
+//! way while the process lives.
 
 use std::sync::Arc;
 
@@ -17,7 +24,27 @@ use reqwest::StatusCode;
 use crate::config::Webhook;
 use crate::convert::webhook_headers;
 
-/// Delivers envelopes from `hub` to `hook` until shutdown.
+/// The durable queue name of each webhook, in config order:
+/// `webhook/{url}`, and `webhook/{url}#{n}` for the `n`-th (from 2) webhook
+/// with the same URL. Stable across restarts as long as the config keeps
+/// its webhooks' URLs (and the order of those sharing one).
+pub fn queue_names(hooks: &[Webhook]) -> Vec<String> {
+    let mut names = Vec::with_capacity(hooks.len());
+    for (i, hook) in hooks.iter().enumerate() {
+        let url = hook.url.as_str();
+        let n = 1 + hooks[..i].iter().filter(|h| h.url.as_str() == url).count();
+        names.push(if n == 1 {
+            format!("webhook/{url}")
+        } else {
+            format!("webhook/{url}#{n}")
+        });
+    }
+    names
+}
+
+/// Delivers envelopes from `hub` to `hook` until shutdown. On shutdown the
+/// envelope being delivered stays unacknowledged: dropping the subscription
+/// puts it back at the front of the queue (on disk with a data_dir).
 pub async fn run(
     hook: Webhook,
     client: reqwest::Client,
@@ -37,16 +64,36 @@ pub async fn run(
             _ = shutdown.cancelled() => return,
             _ = deliver(&hook, &client, &envelope, &ctx) => {}
         }
+        // Delivered, or refused for good: either way the queue may forget it.
+        hub.ack(&envelope);
     }
 }
 
 /// What one attempt came to.
+#[derive(Debug, PartialEq, Eq)]
 enum Attempt {
     Delivered,
     /// Worth trying again.
     Retry(String),
     /// Refused for good.
     Refused(String),
+}
+
+/// How an answer's status counts: `2xx` delivered; a `4xx` other than `408`
+/// and `429` refused; anything else (`5xx`, `408`, `429`, a `3xx` since
+/// redirects are not followed) worth trying again.
+fn classify(status: StatusCode) -> Attempt {
+    if status.is_success() {
+        return Attempt::Delivered;
+    }
+    let why = format!("answered {status}");
+    let transient =
+        status == StatusCode::REQUEST_TIMEOUT || status == StatusCode::TOO_MANY_REQUESTS;
+    if status.is_client_error() && !transient {
+        Attempt::Refused(why)
+    } else {
+        Attempt::Retry(why)
+    }
 }
 
 async fn attempt(hook: &Webhook, client: &reqwest::Client, envelope: &Envelope) -> Attempt {
@@ -58,23 +105,15 @@ async fn attempt(hook: &Webhook, client: &reqwest::Client, envelope: &Envelope) 
         .send()
         .await;
     match result {
-        Ok(resp) if resp.status().is_success() => Attempt::Delivered,
-        Ok(resp) => {
-            let status = resp.status();
-            let retryable = status.is_server_error()
-                || status == StatusCode::REQUEST_TIMEOUT
-                || status == StatusCode::TOO_MANY_REQUESTS;
-            let why = format!("answered {status}");
-            if retryable {
-                Attempt::Retry(why)
-            } else {
-                Attempt::Refused(why)
-            }
-        }
+        Ok(resp) => classify(resp.status()),
         Err(e) => Attempt::Retry(e.to_string()),
     }
 }
 
+/// Tries `envelope` until the receiver takes it or refuses it for good
+/// (or the adapter shuts down, which the caller's `select!` sees). After
+/// `retries` failed retries it says so at WARN once, then keeps trying at
+/// the backoff's longest delay.
 async fn deliver(
     hook: &Webhook,
     client: &reqwest::Client,
@@ -82,36 +121,81 @@ async fn deliver(
     ctx: &AdapterContext,
 ) {
     let name = ctx.name();
-    let tries = if envelope.qos.is_acknowledged() {
-        hook.retries.saturating_add(1)
-    } else {
-        1
-    };
     let mut backoff = hook.backoff.clone();
-    for n in 1..=tries {
+    let mut n: u64 = 0;
+    loop {
+        n += 1;
         match attempt(hook, client, envelope).await {
-            Attempt::Delivered => return,
+            Attempt::Delivered => {
+                if n > u64::from(hook.retries) + 1 {
+                    tracing::info!(adapter = %name, url = %hook.url, attempts = n, "Webhook delivery succeeded again.");
+                }
+                return;
+            }
             Attempt::Refused(why) => {
                 ctx.metrics().record_error();
                 ctx.metrics().record_drop();
-                tracing::warn!(adapter = %name, url = %hook.url, topic = %envelope.topic, error = %why, "Webhook refused the envelope; dropped it.");
+                ctx.metrics().incr("webhook_refused");
+                tracing::warn!(adapter = %name, url = %hook.url, topic = %envelope.topic, error = %why, "Webhook refused the envelope for good; skipped it.");
                 return;
             }
             Attempt::Retry(why) => {
                 ctx.metrics().record_error();
-                if n == tries {
-                    ctx.metrics().record_drop();
-                    tracing::warn!(adapter = %name, url = %hook.url, topic = %envelope.topic, attempts = n, error = %why, "Webhook delivery failed; dropped the envelope.");
-                    return;
-                }
                 ctx.metrics().incr("webhook_retries");
                 let delay = backoff.next_delay();
-                tracing::debug!(adapter = %name, url = %hook.url, attempt = n, retry_in = ?delay, error = %why, "Webhook delivery failed; retrying.");
-                tokio::select! {
-                    _ = ctx.shutdown().cancelled() => return,
-                    _ = tokio::time::sleep(delay) => {}
+                if n == u64::from(hook.retries) + 1 {
+                    tracing::warn!(adapter = %name, url = %hook.url, topic = %envelope.topic, attempts = n, retry_every = ?backoff.max(), error = %why, "Webhook delivery keeps failing; still retrying (nothing is dropped but what the queue's max_queue_bytes drops).");
+                } else {
+                    tracing::debug!(adapter = %name, url = %hook.url, attempt = n, retry_in = ?delay, error = %why, "Webhook delivery failed; retrying.");
                 }
+                tokio::time::sleep(delay).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hook(url: &str) -> Webhook {
+        Webhook {
+            filter: polyhub_sdk::TopicFilter::new("#").unwrap(),
+            url: url::Url::parse(url).unwrap(),
+            retries: 5,
+            backoff: polyhub_sdk::reconnect::Backoff::from_ms(100, 5000).unwrap(),
+            timeout: std::time::Duration::from_secs(5),
+        }
+    }
+
+    #[test]
+    fn only_a_4xx_other_than_408_and_429_refuses_for_good() {
+        assert_eq!(classify(StatusCode::OK), Attempt::Delivered);
+        assert_eq!(classify(StatusCode::NO_CONTENT), Attempt::Delivered);
+        for code in [400, 401, 403, 404, 410, 413, 422] {
+            let s = StatusCode::from_u16(code).unwrap();
+            assert!(matches!(classify(s), Attempt::Refused(_)), "{code}");
+        }
+        for code in [301, 307, 408, 429, 500, 502, 503, 504] {
+            let s = StatusCode::from_u16(code).unwrap();
+            assert!(matches!(classify(s), Attempt::Retry(_)), "{code}");
+        }
+    }
+
+    #[test]
+    fn queue_names_follow_the_url_and_tell_apart_webhooks_sharing_one() {
+        let hooks = [
+            hook("http://127.0.0.1:9000/a"),
+            hook("http://127.0.0.1:9000/b"),
+            hook("http://127.0.0.1:9000/a"),
+        ];
+        assert_eq!(
+            queue_names(&hooks),
+            [
+                "webhook/http://127.0.0.1:9000/a",
+                "webhook/http://127.0.0.1:9000/b",
+                "webhook/http://127.0.0.1:9000/a#2",
+            ]
+        );
     }
 }

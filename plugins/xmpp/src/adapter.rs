@@ -14,7 +14,7 @@ use polyhub_sdk::{
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_xmpp::minidom::Element;
-use tokio_xmpp::stanzastream::{Connection, Event, StanzaStream, StreamEvent};
+use tokio_xmpp::stanzastream::{Connection, Event, StanzaStream, StanzaToken, StreamEvent};
 use tokio_xmpp::Stanza;
 use tracing::{debug, info, warn};
 use xmpp_parsers::iq::Iq;
@@ -30,7 +30,7 @@ use crate::config::Settings;
 use crate::connection::Connector;
 use crate::convert::{self, Inbound};
 use crate::stanza_guard::NS_REFUSED;
-use crate::subscribers::{Change, Outgoing, Subscribers};
+use crate::subscribers::{Change, Outgoing, Sent, Subscribers};
 
 /// Depth of the stanza queues between the run loop and tokio-xmpp.
 const STANZA_QUEUE: usize = 256;
@@ -69,9 +69,7 @@ impl Adapter for XmppAdapter {
         );
         let (out_tx, out_rx) = mpsc::channel(OUTGOING_QUEUE);
         let mut subscribers = Subscribers::new(ctx.clone(), out_tx, self.settings.queue_depth);
-        for (jid, filter) in &self.settings.subscribers {
-            subscribers.add_static(jid, filter);
-        }
+        subscribers.add_static_all(&self.settings.subscribers);
         let own = self.settings.jid.to_bare();
         let session = Session {
             ctx,
@@ -175,10 +173,16 @@ impl Session {
     }
 
     async fn send(&mut self, stanza: impl Into<Stanza>) {
+        self.send_tracked(stanza).await;
+    }
+
+    /// Sends a stanza and returns the token that tells whether tokio-xmpp
+    /// wrote it out; `None` on shutdown.
+    async fn send_tracked(&mut self, stanza: impl Into<Stanza>) -> Option<StanzaToken> {
         let stanza = Box::new(stanza.into());
         tokio::select! {
-            _ = self.stream.send(stanza) => {}
-            _ = self.ctx.shutdown().cancelled() => {}
+            token = self.stream.send(stanza) => Some(token),
+            _ = self.ctx.shutdown().cancelled() => None,
         }
     }
 
@@ -411,27 +415,41 @@ impl Session {
             self.deliver(Outgoing {
                 to,
                 envelope: env.clone(),
+                done: None,
             })
             .await;
         }
         true
     }
 
+    /// Sends `out` to its subscriber. A subscriber of the config (durable)
+    /// gets it whatever its presence (the server keeps messages for an
+    /// offline JID) and hears back through `out.done`; a dynamic one that
+    /// went offline does not (dropped, counted).
     async fn deliver(&mut self, out: Outgoing) {
-        if !self.may_receive(&out.to, &out.envelope.topic) {
-            return;
+        let Outgoing { to, envelope, done } = out;
+        let skip = |done: Option<oneshot::Sender<Sent>>| {
+            if let Some(done) = done {
+                let _ = done.send(Sent::Skipped);
+            }
+        };
+        if !self.may_receive(&to, &envelope.topic) {
+            return skip(done);
         }
-        match self.subscribers.presence(&out.to) {
-            None => return,
-            Some(crate::subscribers::Presence::Offline) => {
+        match self.subscribers.presence(&to) {
+            None => return skip(done),
+            Some(crate::subscribers::Presence::Offline) if !self.subscribers.is_durable(&to) => {
                 self.ctx.metrics().record_drop();
                 self.ctx.metrics().incr("offline_skipped");
-                return;
+                return skip(done);
             }
             Some(_) => {}
         }
-        let msg = convert::outbound_message(&out.to, &out.envelope);
-        self.send(msg).await;
+        let msg = convert::outbound_message(&to, &envelope);
+        let token = self.send_tracked(msg).await;
+        if let (Some(done), Some(token)) = (done, token) {
+            let _ = done.send(Sent::Queued(token));
+        }
     }
 
     async fn on_presence(&mut self, p: Presence) {

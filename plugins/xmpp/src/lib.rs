@@ -16,9 +16,11 @@
 //!   (`<set xmlns="urn:xmpp:iot:control">`, in a message or an IQ) on
 //!   `xmpp/{bare jid}/control/{field}`.
 //! - The hub tracks its subscribers' presence (it asks for a presence
-//!   subscription): nothing is sent to an offline subscriber (counted as
-//!   `offline_skipped`), and one coming back online gets the retained values
-//!   of its filters. XEP-0199 pings and XEP-0030 disco#info are answered.
+//!   subscription): nothing is sent to an offline dynamic subscriber
+//!   (counted as `offline_skipped`), and one coming back online gets the
+//!   retained values of its filters. Static subscribers of the config read
+//!   a durable queue each and are sent to whatever their presence (the
+//!   server keeps offline messages); see `subscribers.rs`. XEP-0199 pings and XEP-0030 disco#info are answered.
 //! - Reconnects with backoff after the server goes away; dynamic
 //!   subscriptions live in the adapter and survive it.
 //! - Every stanza from the server passes a bounded, non-recursive check

@@ -4,13 +4,26 @@
 //! run loop. The hub's trie router does the matching; the local scan in
 //! [`Subscribers::local_targets`] only serves envelopes that came in through
 //! this same adapter, which the router never hands back to it.
+//!
+//! A subscriber of the config (static, trusted) reads a durable queue
+//! (`xmpp/{jid}`): its forwarder hands out one envelope at a time and
+//! acknowledges it once the run loop put the stanza on the XMPP connection
+//! and tokio-xmpp wrote it out ([`StanzaStage::Sent`]; the server stores
+//! messages for offline JIDs itself); a stanza that failed or was dropped
+//! with the connection is handed out again ([`Subscription::redeliver`]).
+//! Subscribers made at run time by a `subscribe` message stay in memory.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
-use polyhub_sdk::{AdapterContext, Envelope, Topic, TopicFilter};
-use tokio::sync::mpsc;
+use polyhub_sdk::{AdapterContext, DurableOptions, Envelope, Subscription, Topic, TopicFilter};
+use tokio::sync::{mpsc, oneshot};
+use tokio_xmpp::stanzastream::{StanzaStage, StanzaState, StanzaToken};
 use xmpp_parsers::jid::BareJid;
+
+/// Pause before a stanza that could not be sent is handed out again.
+const RESEND_PAUSE: Duration = Duration::from_millis(200);
 
 /// An envelope to send to one subscriber.
 #[derive(Debug)]
@@ -19,6 +32,31 @@ pub struct Outgoing {
     pub to: BareJid,
     /// What.
     pub envelope: Arc<Envelope>,
+    /// For a durable subscriber: what became of it ([`Sent`]).
+    pub done: Option<oneshot::Sender<Sent>>,
+}
+
+/// What the run loop did with an [`Outgoing`] of a durable subscriber.
+pub enum Sent {
+    /// Handed to the connection: the token says whether it was written.
+    Queued(StanzaToken),
+    /// Not to be sent (not a subscriber any more, `[auth]` refused it):
+    /// done with it.
+    Skipped,
+}
+
+impl std::fmt::Debug for Sent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Sent::Queued(token) => write!(f, "Queued({:?})", token.state()),
+            Sent::Skipped => f.write_str("Skipped"),
+        }
+    }
+}
+
+/// The durable queue name of a static subscriber.
+pub fn queue_name(jid: &BareJid) -> String {
+    format!("xmpp/{jid}")
 }
 
 /// What the hub knows of a subscriber's presence.
@@ -44,6 +82,8 @@ struct Entry {
     presence: Presence,
     control: mpsc::Sender<Control>,
     client: std::sync::Arc<polyhub_sdk::ClientHandle>,
+    /// Reads a durable queue (a subscriber of the config).
+    durable: bool,
 }
 
 impl Entry {
@@ -94,37 +134,78 @@ impl Subscribers {
                 .ctx
                 .subscribe_with_depth(Vec::<TopicFilter>::new(), self.depth)
                 .ok()?;
-            let (control, rx) = mpsc::channel(64);
-            let info = polyhub_sdk::ClientInfo::new("xmpp").with_client_id(jid.to_string());
-            let client = std::sync::Arc::new(self.ctx.client_connected(info));
-            let fwd = forward(sub, rx, jid.clone(), self.out.clone(), client.clone());
-            self.ctx.spawn(fwd);
-            self.map.insert(
-                jid.clone(),
-                Entry {
-                    static_filters: Vec::new(),
-                    dynamic: Vec::new(),
-                    resources: HashSet::new(),
-                    presence: Presence::Unknown,
-                    control,
-                    client,
-                },
-            );
+            self.insert(jid, sub, false);
         }
         self.map.get_mut(jid)
     }
 
-    /// Adds a subscription from the config.
-    pub fn add_static(&mut self, jid: &BareJid, filter: &TopicFilter) -> Change {
-        let Some(e) = self.entry(jid) else {
-            return Change::Failed;
-        };
-        if e.static_filters.contains(filter) {
-            return Change::Unchanged;
+    fn insert(&mut self, jid: &BareJid, sub: Subscription, durable: bool) {
+        let (control, rx) = mpsc::channel(64);
+        let info = polyhub_sdk::ClientInfo::new("xmpp").with_client_id(jid.to_string());
+        let client = std::sync::Arc::new(self.ctx.client_connected(info));
+        let out = self.out.clone();
+        if durable {
+            self.ctx
+                .spawn(forward_durable(sub, rx, jid.clone(), out, client.clone()));
+        } else {
+            self.ctx
+                .spawn(forward(sub, rx, jid.clone(), out, client.clone()));
         }
-        e.static_filters.push(filter.clone());
-        let _ = e.control.try_send(Control::Add(filter.clone()));
-        Change::Done
+        self.map.insert(
+            jid.clone(),
+            Entry {
+                static_filters: Vec::new(),
+                dynamic: Vec::new(),
+                resources: HashSet::new(),
+                presence: Presence::Unknown,
+                control,
+                client,
+                durable,
+            },
+        );
+    }
+
+    /// Adds the subscriptions from the config: one durable queue per JID
+    /// (`xmpp/{jid}`), which finds what an earlier run left in it.
+    pub fn add_static_all(&mut self, subscribers: &[(BareJid, TopicFilter)]) {
+        let mut jids: Vec<&BareJid> = Vec::new();
+        for (jid, _) in subscribers {
+            if !jids.contains(&jid) {
+                jids.push(jid);
+            }
+        }
+        for jid in jids {
+            let filters: Vec<TopicFilter> = subscribers
+                .iter()
+                .filter(|(j, _)| j == jid)
+                .map(|(_, f)| f.clone())
+                .collect();
+            let queue = queue_name(jid);
+            match self
+                .ctx
+                .subscribe_durable(&queue, filters.clone(), DurableOptions::default())
+            {
+                Ok(sub) => {
+                    self.insert(jid, sub, true);
+                    if let Some(e) = self.map.get_mut(jid) {
+                        for f in filters {
+                            if !e.static_filters.contains(&f) {
+                                e.static_filters.push(f);
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(adapter = %self.ctx.name(), subscriber = %jid, queue, error = %e, "Could not subscribe a static subscriber.");
+                }
+            }
+        }
+    }
+
+    /// Whether `jid` is a subscriber of the config, whose envelopes go to
+    /// the server whatever its presence (the server keeps them for it).
+    pub fn is_durable(&self, jid: &BareJid) -> bool {
+        self.map.get(jid).is_some_and(|e| e.durable)
     }
 
     /// A `subscribe FILTER` from `jid`.
@@ -155,7 +236,7 @@ impl Subscribers {
         };
         e.dynamic.remove(pos);
         let _ = e.control.try_send(Control::Remove(filter.clone()));
-        if e.dynamic.is_empty() && e.static_filters.is_empty() {
+        if e.dynamic.is_empty() && e.static_filters.is_empty() && !e.durable {
             // Dropping the control sender ends the forwarder and its hub
             // subscription.
             self.map.remove(jid);
@@ -275,13 +356,88 @@ async fn forward(
             env = sub.recv() => match env {
                 Some(envelope) => {
                     let to = jid.clone();
-                    if out.send(Outgoing { to, envelope }).await.is_err() {
+                    if out.send(Outgoing { to, envelope, done: None }).await.is_err() {
                         return;
                     }
                     client.record_out();
                 }
                 None => return,
             },
+        }
+    }
+}
+
+/// Applies a filter change to `sub`; false when the control sender is gone.
+fn apply(sub: &Subscription, c: Option<Control>, jid: &BareJid) -> bool {
+    match c {
+        Some(Control::Add(f)) => {
+            if let Err(e) = sub.add(&f) {
+                tracing::warn!(subscriber = %jid, filter = %f, error = %e, "Could not subscribe.");
+            }
+            true
+        }
+        Some(Control::Remove(f)) => {
+            sub.remove(&f);
+            true
+        }
+        None => false,
+    }
+}
+
+/// The forwarder of a static subscriber's durable queue: one envelope at a
+/// time to the run loop, acknowledged once its stanza was written to the
+/// connection, handed out again (after [`RESEND_PAUSE`]) when it was not.
+/// Ends when the control sender is dropped or the hub shuts down; what is
+/// not acknowledged then stays in the queue.
+async fn forward_durable(
+    mut sub: Subscription,
+    mut control: mpsc::Receiver<Control>,
+    jid: BareJid,
+    out: mpsc::Sender<Outgoing>,
+    client: std::sync::Arc<polyhub_sdk::ClientHandle>,
+) {
+    loop {
+        let envelope = tokio::select! {
+            biased;
+            c = control.recv() => {
+                if !apply(&sub, c, &jid) {
+                    return;
+                }
+                continue;
+            }
+            env = sub.recv() => match env {
+                Some(envelope) => envelope,
+                None => return,
+            },
+        };
+        let (done, result) = oneshot::channel();
+        let outgoing = Outgoing {
+            to: jid.clone(),
+            envelope: envelope.clone(),
+            done: Some(done),
+        };
+        if out.send(outgoing).await.is_err() {
+            return;
+        }
+        // The run loop takes it once the session is online.
+        let sent = match result.await {
+            Ok(Sent::Skipped) => true,
+            Ok(Sent::Queued(mut token)) => match token.wait_for(StanzaStage::Sent).await {
+                Some(StanzaState::Sent { .. } | StanzaState::Acked { .. }) => {
+                    client.record_out();
+                    true
+                }
+                _ => false,
+            },
+            // The run loop is gone (shutdown).
+            Err(_) => false,
+        };
+        if sent {
+            sub.ack(&envelope);
+        } else {
+            tracing::debug!(subscriber = %jid, topic = %envelope.topic, "Stanza not written to the connection; it goes again.");
+            sub.redeliver();
+            tokio::time::sleep(RESEND_PAUSE).await;
         }
     }
 }

@@ -1,0 +1,378 @@
+//! Store and forward through a webhook: the hub runs as a process with a
+//! `data_dir` and an HTTP adapter whose webhook `POST`s `sf/#` to a receiver
+//! (an axum server in this test, the webhook's real peer). QoS 1 messages
+//! are `POST`ed to the hub while the receiver goes away for 10 s and the hub
+//! is killed (`SIGKILL`) and started again in the middle of that outage;
+//! every message the hub answered 202 must reach the receiver once it is
+//! back. A second test holds a receiver that answers 500 forever and checks
+//! that the webhook's queue stays within `[hub] max_queue_bytes`.
+#![cfg(unix)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use common::*;
+use parking_lot::Mutex;
+
+/// What the receiver saw: each body in arrival order, across its restarts.
+#[derive(Default)]
+struct Received {
+    bodies: Mutex<Vec<String>>,
+    /// Requests answered (any status).
+    hits: AtomicU64,
+}
+
+/// The webhook's receiver on a fixed port: stopped by aborting its task,
+/// which closes the listener and every connection at once (like a crash).
+struct Receiver {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Receiver {
+    async fn start(port: u16, seen: Arc<Received>, status: StatusCode) -> Receiver {
+        let app = axum::Router::new()
+            .route(
+                "/hook",
+                post(
+                    move |State(seen): State<Arc<Received>>, body: Bytes| async move {
+                        seen.hits.fetch_add(1, Ordering::Relaxed);
+                        if status.is_success() {
+                            seen.bodies
+                                .lock()
+                                .push(String::from_utf8_lossy(&body).into_owned());
+                        }
+                        status
+                    },
+                ),
+            )
+            .with_state(seen);
+        // The port was just freed by the aborted server: bind until it is ours.
+        let listener = within("receiver bind", async {
+            loop {
+                match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+                    Ok(l) => break l,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        })
+        .await;
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Receiver { task }
+    }
+
+    async fn stop(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+fn config(dir: &Path, http: u16, admin: u16, receiver: u16, max_queue_bytes: u64) -> String {
+    format!(
+        "[hub]\ndata_dir = \"{}\"\nmax_queue_bytes = {max_queue_bytes}\n\
+         [admin]\nbind = \"127.0.0.1:{admin}\"\n\
+         [[adapters]]\nname = \"web\"\ntype = \"http\"\n[adapters.config]\nbind = \"127.0.0.1:{http}\"\n\
+         webhooks = [{{ filter = \"sf/#\", url = \"http://127.0.0.1:{receiver}/hook\", \
+         reconnect_min_ms = 50, reconnect_max_ms = 500, timeout_ms = 2000 }}]\n",
+        dir.join("data").display()
+    )
+}
+
+/// A hub process, killed (`SIGKILL`) when dropped, so that a failing test
+/// leaves none behind.
+struct HubProcess(Child);
+
+impl HubProcess {
+    fn id(&self) -> u32 {
+        self.0.id()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for HubProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `polyhub run` on `file`, stderr to `log`.
+fn spawn_hub(file: &Path, log: &Path) -> HubProcess {
+    HubProcess(
+        Command::new(env!("CARGO_BIN_EXE_polyhub"))
+            .args(["run", "--config"])
+            .arg(file)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+async fn wait_http(port: u16) {
+    wait_until("the hub's HTTP port", Duration::from_secs(30), || {
+        service_up(port)
+    })
+    .await;
+}
+
+/// `GET` a JSON document from the admin API.
+async fn admin_json(client: &reqwest::Client, admin: u16, path: &str) -> serde_json::Value {
+    let r = within(
+        "admin GET",
+        client.get(format!("http://127.0.0.1:{admin}{path}")).send(),
+    )
+    .await
+    .unwrap();
+    let text = within("admin body", r.text()).await.unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The hub process's resident memory, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_receiver_outage_and_a_hub_kill_lose_no_accepted_qos_1_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http, admin, port) = (free_tcp_port(), free_tcp_port(), free_tcp_port());
+    let file = dir.path().join("hub.toml");
+    std::fs::write(&file, config(dir.path(), http, admin, port, 16 << 20)).unwrap();
+    let client = reqwest::Client::new();
+    let seen = Arc::new(Received::default());
+
+    let mut hub = spawn_hub(&file, &dir.path().join("hub-0.log"));
+    wait_http(http).await;
+    let mut receiver = Some(Receiver::start(port, seen.clone(), StatusCode::OK).await);
+
+    // One publisher, in order, a message every few ms; a message the hub
+    // did not answer 202 (it is down) is not counted and goes again.
+    let accepted = Arc::new(Mutex::new(Vec::<u64>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = {
+        let (client, accepted, stop) = (client.clone(), accepted.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            let mut refused = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let r = client
+                    .post(format!("http://127.0.0.1:{http}/topics/sf/{}?qos=1", i % 8))
+                    .body(format!("m{i}"))
+                    .timeout(Duration::from_secs(5))
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) if r.status().as_u16() == 202 => {
+                        accepted.lock().push(i);
+                        i += 1;
+                        tokio::time::sleep(Duration::from_millis(4)).await;
+                    }
+                    _ => {
+                        refused += 1;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+            refused
+        })
+    };
+    let count = |v: &Mutex<Vec<u64>>| v.lock().len();
+    let delivered = || seen.bodies.lock().len();
+
+    wait_until(
+        "the receiver gets the first messages",
+        Duration::from_secs(15),
+        || delivered() >= 50,
+    )
+    .await;
+    // The receiver goes away for 10 s; the hub is killed 5 s into that
+    // outage and started again while it lasts.
+    receiver.take().unwrap().stop().await;
+    let outage = Instant::now();
+    let before_outage = count(&accepted);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let before_kill = count(&accepted);
+    hub.kill();
+    let mut hub = spawn_hub(&file, &dir.path().join("hub-1.log"));
+    wait_http(http).await;
+    let restarted_after = outage.elapsed();
+    wait_until(
+        "the publisher goes on after the restart",
+        Duration::from_secs(15),
+        || count(&accepted) > before_kill + 20,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(10).saturating_sub(outage.elapsed())).await;
+    let during_outage = count(&accepted) - before_outage;
+    let _receiver = Receiver::start(port, seen.clone(), StatusCode::OK).await;
+    // A little more traffic with the receiver back, then stop publishing.
+    let at_return = count(&accepted);
+    wait_until(
+        "traffic after the receiver is back",
+        Duration::from_secs(15),
+        || count(&accepted) > at_return + 100,
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let refused = within("publisher stop", publisher).await.unwrap();
+    let accepted = accepted.lock().clone();
+
+    let all_arrived = || {
+        let got: std::collections::HashSet<String> = seen.bodies.lock().iter().cloned().collect();
+        accepted.iter().all(|i| got.contains(&format!("m{i}")))
+    };
+    // Wait (bounded) for the backlog to drain; the counts are printed
+    // before any assertion.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !all_arrived() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let bodies = seen.bodies.lock().clone();
+    let mut times: BTreeMap<&str, usize> = BTreeMap::new();
+    for b in &bodies {
+        *times.entry(b.as_str()).or_default() += 1;
+    }
+    let lost: Vec<u64> = accepted
+        .iter()
+        .copied()
+        .filter(|i| !times.contains_key(format!("m{i}").as_str()))
+        .collect();
+    let duplicates: usize = times.values().map(|n| n - 1).sum();
+    // First arrivals in publish order.
+    let mut first = Vec::new();
+    let mut once = std::collections::HashSet::new();
+    for b in &bodies {
+        if once.insert(b.as_str()) {
+            first.push(b[1..].parse::<u64>().unwrap());
+        }
+    }
+    let in_order = first.windows(2).all(|w| w[0] < w[1]);
+    let queues = admin_json(&client, admin, "/api/queues").await;
+    hub.kill();
+    println!(
+        "accepted {} (during the 10 s outage {during_outage}, {} before the kill), \
+         not accepted while the hub was down {refused}, hub back {restarted_after:?} into the outage; \
+         receiver got {} requests, {} distinct, {duplicates} duplicates, lost {}, first arrivals in order: {in_order}; \
+         queues at the end: {queues}",
+        accepted.len(),
+        before_kill - before_outage,
+        bodies.len(),
+        times.len(),
+        lost.len(),
+    );
+    assert!(lost.is_empty(), "accepted but never delivered: {lost:?}");
+    assert!(in_order, "first arrivals out of publish order");
+    assert!(during_outage > 100, "too little traffic during the outage");
+}
+
+/// A receiver that answers 500 to everything: the webhook retries the head
+/// of its queue forever, the queue stays within `max_queue_bytes` (its
+/// oldest dropped and counted), and the hub's memory does not follow the
+/// traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_answering_500_forever_keeps_the_queue_within_max_queue_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http, admin, port) = (free_tcp_port(), free_tcp_port(), free_tcp_port());
+    let file = dir.path().join("hub.toml");
+    let max_queue_bytes: u64 = 1 << 20;
+    std::fs::write(
+        &file,
+        config(dir.path(), http, admin, port, max_queue_bytes),
+    )
+    .unwrap();
+    let client = reqwest::Client::new();
+    let seen = Arc::new(Received::default());
+    let mut hub = spawn_hub(&file, &dir.path().join("hub.log"));
+    wait_http(http).await;
+    let _receiver = Receiver::start(port, seen.clone(), StatusCode::INTERNAL_SERVER_ERROR).await;
+    let rss_start = rss_kib(hub.id());
+
+    // 16 MiB of QoS 1 payloads in 4 KiB messages, 16 times the bound, from
+    // 4 connections.
+    let payload = "x".repeat(4096);
+    let per_task = 1024u64;
+    let mut tasks = Vec::new();
+    for w in 0..4u64 {
+        let (client, payload) = (client.clone(), payload.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut ok = 0u64;
+            for _ in 0..per_task {
+                let r = client
+                    .post(format!("http://127.0.0.1:{http}/topics/sf/{w}?qos=1"))
+                    .body(payload.clone())
+                    .send()
+                    .await;
+                if matches!(r, Ok(r) if r.status().as_u16() == 202) {
+                    ok += 1;
+                }
+            }
+            ok
+        }));
+    }
+    let mut accepted = 0;
+    for t in tasks {
+        accepted += within_for(Duration::from_secs(60), "publishers", t)
+            .await
+            .unwrap();
+    }
+    let queues = admin_json(&client, admin, "/api/queues").await;
+    let adapters = admin_json(&client, admin, "/api/adapters").await;
+    let rss_end = rss_kib(hub.id());
+    hub.kill();
+
+    let queue = &queues["queues"][0];
+    let held = queue["waiting"].as_u64().unwrap() + queue["in_flight"].as_u64().unwrap();
+    let web = adapters["adapters"]
+        .as_array()
+        .and_then(|a| a.iter().find(|a| a["name"] == "web"))
+        .cloned()
+        .unwrap_or_default();
+    let queue_dropped = web["events"]["queue_dropped"].as_u64().unwrap_or(0);
+    let retries = web["events"]["webhook_retries"].as_u64().unwrap_or(0);
+    let entry = 4096 + 8 + 96; // payload, topic and the queue's overhead, about
+    println!(
+        "accepted {accepted} x 4 KiB; queue holds {held} (bound {max_queue_bytes} bytes = about {} entries), \
+         queue_dropped {queue_dropped}, receiver hits {}, webhook_retries {retries}; \
+         hub RSS {rss_start} KiB at start, {rss_end} KiB after {} MiB of traffic",
+        max_queue_bytes / entry,
+        seen.hits.load(Ordering::Relaxed),
+        accepted * 4 / 1024,
+    );
+    assert_eq!(accepted, 4 * per_task);
+    assert!(
+        held * 4096 <= max_queue_bytes,
+        "queue past its bound: {queues}"
+    );
+    assert!(
+        held > 0 && queue_dropped >= accepted - held,
+        "drops not counted: {adapters}"
+    );
+    assert!(seen.bodies.lock().is_empty() && seen.hits.load(Ordering::Relaxed) > 1);
+    // The hub's memory grows by far less than the traffic (16 MiB).
+    assert!(
+        rss_end.saturating_sub(rss_start) < 12 * 1024,
+        "RSS grew from {rss_start} to {rss_end} KiB"
+    );
+}
