@@ -134,7 +134,7 @@ async fn kill_9_at_random_points_loses_no_acknowledged_qos_1_message() {
     .await;
     let port = mqtt.to_string();
     let received = p("sub.out");
-    let mut sub = device(&[
+    let sub = device(&[
         "sub",
         &port,
         &format!("crash-sub-{tag}"),
@@ -157,7 +157,7 @@ async fn kill_9_at_random_points_loses_no_acknowledged_qos_1_message() {
     })
     .await;
     let mqtt_acked = p("mqtt.acked");
-    let mut publisher = device(&[
+    let publisher = device(&[
         "pub",
         &port,
         "crash/mqtt",
