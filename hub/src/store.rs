@@ -200,15 +200,14 @@ impl Persist {
     }
 
     /// Removes a queued envelope (delivered, or dropped past the queue's
-    /// size). One still waiting to be written is simply never written.
+    /// size). One still waiting to be written is replaced by its removal
+    /// rather than taken out of the batch: a publisher may hold a ticket for
+    /// that batch, and a batch emptied that way would never be committed, so
+    /// the publisher would wait for ever. Deleting a key never written costs
+    /// one lookup in the commit.
     pub fn queue_delete(&self, queue: &Arc<str>, seq: u64) {
         let mut p = self.pending.lock();
-        let key = (queue.clone(), seq);
-        if let Some(Some(_)) = p.queued.get(&key) {
-            p.queued.remove(&key);
-            return;
-        }
-        p.queued.insert(key, None);
+        p.queued.insert((queue.clone(), seq), None);
         drop(p);
         self.wake.notify_one();
     }

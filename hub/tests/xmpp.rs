@@ -163,6 +163,9 @@ struct Device {
     child: Child,
     stdin: ChildStdin,
     lines: mpsc::Receiver<String>,
+    /// Messages that came before the device was online (the server's
+    /// offline store), kept by [`Device::online_keeping`].
+    early: std::collections::VecDeque<Ev>,
 }
 
 impl Drop for Device {
@@ -176,6 +179,17 @@ impl Device {
     /// Starts `user@localhost` (STARTTLS with the instance's CA) and waits
     /// until it is online.
     async fn online(user: &str, port: u16, dir: &str) -> Device {
+        Device::start(user, port, dir, false).await
+    }
+
+    /// Like [`Device::online`], but keeps the messages that arrive before
+    /// the device is online (what the server kept while it was away) for
+    /// [`Device::message`].
+    async fn online_keeping(user: &str, port: u16, dir: &str) -> Device {
+        Device::start(user, port, dir, true).await
+    }
+
+    async fn start(user: &str, port: u16, dir: &str, keep_early: bool) -> Device {
         let mut child = Command::new("python3")
             .arg(repo().join("hub/tests/xmpp_devices/device.py"))
             .arg(format!("{user}@localhost"))
@@ -203,8 +217,17 @@ impl Device {
             child,
             stdin,
             lines,
+            early: Default::default(),
         };
-        d.expect("online", |e| e.name == "online").await;
+        let early = std::sync::Mutex::new(Vec::new());
+        d.expect("online", |e| {
+            if keep_early && e.name == "message" {
+                early.lock().unwrap().push(e.clone());
+            }
+            e.name == "online"
+        })
+        .await;
+        d.early = early.into_inner().unwrap().into();
         d
     }
 
@@ -238,6 +261,9 @@ impl Device {
 
     /// The next message (skipping other events).
     async fn message(&mut self) -> Ev {
+        if let Some(ev) = self.early.pop_front() {
+            return ev;
+        }
         self.expect("a message", |e| e.name == "message").await
     }
 
@@ -654,12 +680,18 @@ async fn strangers_are_refused_and_malformed_stanzas_are_survived() {
     within("shutdown", hub.shutdown()).await.unwrap();
 }
 
-/// An offline subscriber is not sent to (counted) and gets the retained
-/// values of its filters when it comes back.
+/// Away from the server: a subscriber of the config (durable queue) is sent
+/// to whatever its presence, so the server's offline store hands it what
+/// came while it was away; a dynamic subscriber that went offline is skipped
+/// (counted) and gets the retained values of its filters when it comes back.
+/// A private Prosody, so that its offline store holds only this test's
+/// messages.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn offline_subscriber_is_skipped_and_gets_retained_values_back() {
-    let port = shared_prosody();
-    let erin = Device::online("erin", port, SHARED_DIR).await;
+async fn offline_subscribers_static_ones_get_the_servers_offline_store_dynamic_ones_retained_values(
+) {
+    let (_dir, dir_s, port) = private_prosody("hub4 erin grace");
+    let _stop = StopProsody(dir_s.clone());
+    let erin = Device::online("erin", port, &dir_s).await;
     let hub = start_hub(&xmpp_adapter(
         "xmpp",
         "hub4",
@@ -667,14 +699,30 @@ async fn offline_subscriber_is_skipped_and_gets_retained_values_back() {
         "subscribers = [{ jid = \"erin@localhost\", filter = \"home/#\" }]",
     ))
     .await;
+    assert_eq!(adapter_state(&hub, "xmpp"), AdapterState::Up);
     let probe = hub.attach("probe", "test");
-    // The hub asks erin for her presence (slixmpp authorizes it); once she
-    // leaves, the hub knows she is offline.
+    let mut grace = Device::online("grace", port, &dir_s).await;
+    grace.send("hub4@localhost", None, "subscribe home/#").await;
+    assert_eq!(
+        grace.message().await.get("body"),
+        "polyhub: subscribed to home/#"
+    );
+    // The hub asks both for their presence (slixmpp authorizes it); once
+    // they leave, the hub knows they are offline. Probes until the hub
+    // skips grace (a dynamic subscriber) say it has seen her go.
     erin.quit().await;
-    wait_until("erin seen offline", Duration::from_secs(10), || {
-        counter(&hub, "xmpp", "subscribers_gone_offline") >= 1
+    grace.quit().await;
+    within("grace seen offline", async {
+        while counter(&hub, "xmpp", "offline_skipped") == 0 {
+            probe
+                .publish(Envelope::new(Topic::new("home/probe").unwrap(), "p"))
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     })
     .await;
+    let skipped = counter(&hub, "xmpp", "offline_skipped");
 
     let door = Envelope::new(Topic::new("home/door").unwrap(), "open").with_retain(true);
     probe.publish(door).await.unwrap();
@@ -682,26 +730,76 @@ async fn offline_subscriber_is_skipped_and_gets_retained_values_back() {
         .publish(Envelope::new(Topic::new("home/bell").unwrap(), "ring"))
         .await
         .unwrap();
-    wait_until("both skipped", Duration::from_secs(10), || {
-        counter(&hub, "xmpp", "offline_skipped") >= 2
+    wait_until("grace skipped twice more", Duration::from_secs(10), || {
+        counter(&hub, "xmpp", "offline_skipped") >= skipped + 2
     })
     .await;
-    assert!(counter(&hub, "xmpp", "dropped") >= 2);
 
-    let mut erin = Device::online("erin", port, SHARED_DIR).await;
-    let m = erin.message().await;
-    assert_eq!((m.get("subject"), m.get("body")), ("home/door", "open"));
+    // erin: the server's offline store has both, in order; the retained door
+    // may come once more when the hub sees her back online.
+    let mut erin = Device::online_keeping("erin", port, &dir_s).await;
+    let mut got: Vec<(String, String)> = Vec::new();
+    let has = |got: &[(String, String)], topic: &str| got.iter().any(|(t, _)| t == topic);
+    while !(has(&got, "home/door") && has(&got, "home/bell")) {
+        let m = erin.message().await;
+        got.push((m.get("subject").to_owned(), m.get("body").to_owned()));
+    }
     probe
         .publish(Envelope::new(Topic::new("home/marker").unwrap(), "m"))
         .await
         .unwrap();
-    let m = erin.message().await;
-    assert_eq!(
-        (m.get("subject"), m.get("body")),
-        ("home/marker", "m"),
-        "the bell rang while erin was away: not sent"
+    while !has(&got, "home/marker") {
+        let m = erin.message().await;
+        got.push((m.get("subject").to_owned(), m.get("body").to_owned()));
+    }
+    let topics: Vec<&str> = got.iter().map(|(t, _)| t.as_str()).collect();
+    let bell = topics.iter().position(|t| *t == "home/bell").unwrap();
+    assert!(
+        topics[..bell].contains(&"home/door"),
+        "the door before the bell: {got:?}"
     );
+    assert!(
+        topics
+            .iter()
+            .all(|t| ["home/probe", "home/door", "home/bell", "home/marker"].contains(t)),
+        "{got:?}"
+    );
+    assert_eq!(
+        topics.iter().filter(|t| **t == "home/bell").count(),
+        1,
+        "{got:?}"
+    );
+    assert!(got.contains(&("home/door".to_owned(), "open".to_owned())));
+    assert!(got.contains(&("home/bell".to_owned(), "ring".to_owned())));
+
+    // grace: only the retained door on her return (once per presence the
+    // hub sees come online), not the bell.
+    // (Probes sent before the hub saw her go are in the server's offline
+    // store.)
+    let mut grace = Device::online_keeping("grace", port, &dir_s).await;
+    let mut door_seen = false;
+    while !door_seen {
+        let m = grace.message().await;
+        match (m.get("subject"), m.get("body")) {
+            ("home/door", "open") => door_seen = true,
+            ("home/probe", _) => {}
+            other => panic!("grace: {other:?} before the retained door"),
+        }
+    }
+    probe
+        .publish(Envelope::new(Topic::new("home/marker2").unwrap(), "m"))
+        .await
+        .unwrap();
+    loop {
+        let m = grace.message().await;
+        match m.get("subject") {
+            "home/marker2" => break,
+            "home/door" | "home/probe" => {}
+            other => panic!("the bell rang while grace was away: not sent; got {other}"),
+        }
+    }
     erin.quit().await;
+    grace.quit().await;
     within("shutdown", hub.shutdown()).await.unwrap();
 }
 

@@ -79,10 +79,11 @@ pub struct CoapConfig {
     /// Observe option (not registered). Default 10000.
     #[serde(default = "default_max_observers")]
     pub max_observers: usize,
-    /// Depth of each push target's queue of envelopes waiting to be sent.
-    /// Full: QoS 0 envelopes are dropped and counted, QoS 1 ones wait.
-    /// (Observers use the hub's subscription queues, sized by the adapter's
-    /// `queue_depth`.) Default 1024.
+    /// No longer used, still accepted so that old configs load: each push
+    /// target reads a durable queue (`push/{url}`) bounded by `[hub]
+    /// max_queue_bytes`, whose publishers never wait. (Observers use the
+    /// hub's subscription queues, sized by the adapter's `queue_depth`.)
+    /// Default 1024.
     #[serde(default = "default_push_queue_depth")]
     pub push_queue_depth: usize,
     /// Most observers one peer (address and port) may hold; registrations
@@ -300,7 +301,7 @@ pub struct Settings {
     pub observe_con_interval: Duration,
     /// Most observers.
     pub max_observers: usize,
-    /// Queue depth of each push target.
+    /// `push_queue_depth` as configured (no longer used).
     pub push_queue_depth: usize,
     /// Bounds of the adapter's caches and per-peer state.
     pub limits: Limits,

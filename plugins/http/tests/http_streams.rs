@@ -247,10 +247,13 @@ async fn qos1_webhooks_are_retried_until_delivered_and_counted() {
 }
 
 #[tokio::test]
-async fn failed_webhooks_drop_and_count_qos0_at_once_and_qos1_after_retries() {
-    let (url, mut hooks, hits) = hook_server(usize::MAX).await;
+async fn failing_webhooks_keep_retrying_past_retries_and_deliver_everything_in_order() {
+    // The receiver fails the first seven POSTs: far more than `retries = 2`
+    // allows. A webhook reads a durable queue, so nothing is dropped after
+    // the retries, QoS 0 included; both messages arrive, in order.
+    let (url, mut hooks, hits) = hook_server(7).await;
     let web = start_web(&format!(
-        "webhooks = [{{ filter = \"#\", url = \"{url}\", retries = 2, reconnect_min_ms = 10 }}]"
+        "webhooks = [{{ filter = \"#\", url = \"{url}\", retries = 2, reconnect_min_ms = 10, reconnect_max_ms = 40 }}]"
     ))
     .await;
     let device = web.hub.attach("device", "mqtt");
@@ -259,28 +262,33 @@ async fn failed_webhooks_drop_and_count_qos0_at_once_and_qos1_after_retries() {
         .publish(env("b", "qos1").with_qos(QoS::AtLeastOnce))
         .await
         .unwrap();
-    let dropped = || {
-        web.hub
-            .snapshot()
-            .adapters
-            .into_iter()
-            .find(|a| a.name == "web")
-            .unwrap()
-            .metrics
-            .dropped
-    };
-    wait_until("two drops", Duration::from_secs(10), || dropped() == 2).await;
+    let first = within("first message after the failures", hooks.recv())
+        .await
+        .unwrap();
+    assert_eq!(first.headers["x-polyhub-topic"], "a");
+    assert_eq!(&first.body[..], b"qos0");
+    let second = within("second message", hooks.recv()).await.unwrap();
+    assert_eq!(second.headers["x-polyhub-topic"], "b");
+    assert_eq!(&second.body[..], b"qos1");
     assert_eq!(
         hits.load(Ordering::SeqCst),
-        1 + 3,
-        "QoS 0 once, QoS 1 three times"
+        7 + 2,
+        "7 failures, then one POST each"
     );
-    assert!(hooks.try_recv().is_err());
+    let adapter = web
+        .hub
+        .snapshot()
+        .adapters
+        .into_iter()
+        .find(|a| a.name == "web")
+        .unwrap();
+    assert_eq!(adapter.metrics.dropped, 0, "nothing dropped");
     let metrics = curl(&[&web.url("/metrics")]).await.text();
     assert!(
-        metrics.lines().any(|l| l == "polyhub_dropped_total{hub=\"test-hub\",adapter=\"web\",kind=\"http\"} 2"),
+        metrics.lines().any(|l| l == "polyhub_dropped_total{hub=\"test-hub\",adapter=\"web\",kind=\"http\"} 0"),
         "{metrics}"
     );
+    assert!(hooks.try_recv().is_err(), "each message once");
     web.stop().await;
 }
 
