@@ -2,6 +2,13 @@
 //! until the connection fails, and reconnect with backoff. Envelopes bound
 //! for the broker live in an [`Outbox`] that outlives each connection, so
 //! QoS 1 messages that were not confirmed are sent again after a reconnect.
+//!
+//! With `qos = 1` (the default) the forward reads the durable queue
+//! `forward` of the hub: an envelope leaves it only once the broker
+//! confirmed it (or refused it for good), so that with `[hub] data_dir` what
+//! the broker has not confirmed survives a hub restart or `kill -9` and is
+//! sent again, and a broker that is down for a while costs nothing but the
+//! queue's `max_queue_bytes`.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -23,8 +30,8 @@ use lapin::{
     PublisherConfirm,
 };
 use polyhub_sdk::{
-    Action, Adapter, AdapterContext, AdapterError, Envelope, Identity, Origin, PublishError, QoS,
-    Subscription,
+    Action, Adapter, AdapterContext, AdapterError, DurableOptions, Envelope, Identity, Origin,
+    PublishError, QoS, Subscription,
 };
 use tracing::{debug, warn};
 
@@ -35,6 +42,8 @@ use polyhub_sdk::reconnect::{Next, Supervisor};
 
 /// How long shutdown waits for outstanding publisher confirms.
 const DRAIN: Duration = Duration::from_secs(2);
+/// The durable queue of the forward (`{adapter}/forward` in the hub).
+pub const FORWARD_QUEUE: &str = "forward";
 
 /// A running `type = "amqp"` adapter.
 #[derive(Debug)]
@@ -102,12 +111,13 @@ impl Adapter for AmqpAdapter {
             identity: None,
             cert_chain: settings.ca_pem.clone(),
         };
-        let mut sub = ctx
-            .subscribe_with_depth(
-                settings.config.forward.iter().cloned(),
-                Some(settings.config.buffer),
-            )
-            .map_err(|_| AdapterError::HubClosed)?;
+        let forward = settings.config.forward.iter().cloned();
+        let mut sub = if settings.qos == QoS::AtLeastOnce {
+            ctx.subscribe_durable(FORWARD_QUEUE, forward, DurableOptions::default())
+        } else {
+            ctx.subscribe_with_depth(forward, Some(settings.config.buffer))
+        }
+        .map_err(|_| AdapterError::HubClosed)?;
         let shared = Shared {
             ctx: ctx.clone(),
             exchange: ShortString::from(settings.config.exchange.as_str()),
@@ -139,7 +149,7 @@ impl Adapter for AmqpAdapter {
                     ));
                     let outcome = shared.serve(&conn, consumer, &mut sub, &mut outbox).await;
                     if outcome.is_ok() {
-                        shared.drain(&mut outbox).await;
+                        shared.drain(&mut outbox, &sub).await;
                     }
                     close(&conn).await;
                     outcome
@@ -163,7 +173,13 @@ impl Adapter for AmqpAdapter {
         let lost = outbox.retry.len() + outbox.in_flight.len();
         if lost > 0 {
             ctx.metrics().add("unsent_at_shutdown", lost as u64);
-            warn!(adapter = %ctx.name(), count = lost, "Messages not confirmed by the broker at shutdown.");
+            if sub.is_durable() {
+                // Unacknowledged, they stay in the durable queue (on disk
+                // with a data_dir) and go first after the next start.
+                warn!(adapter = %ctx.name(), count = lost, "Messages not confirmed by the broker at shutdown; kept in the forward's durable queue.");
+            } else {
+                warn!(adapter = %ctx.name(), count = lost, "Messages not confirmed by the broker at shutdown.");
+            }
         }
         Ok(())
     }
@@ -445,7 +461,9 @@ impl Shared {
                 let Some(envelope) = outbox.retry.pop_front() else {
                     break;
                 };
-                self.start_publish(ch, envelope, outbox, &mut writes).await;
+                if let Some(dropped) = self.start_publish(ch, envelope, outbox, &mut writes).await {
+                    sub.ack(&dropped);
+                }
             }
             let taking = outbox.in_flight.len() < max && outbox.retry.is_empty();
             let writing = !writes.is_empty();
@@ -469,18 +487,25 @@ impl Shared {
                             f.confirm = Some(confirm);
                             written += 1;
                         }
-                    } else {
-                        outbox.in_flight.pop_front();
+                    } else if let Some(f) = outbox.in_flight.pop_front() {
+                        sub.ack(&f.envelope);
                     }
                 }
                 c = oldest, if has_waiting => {
                     let c = c.map_err(SessionError::amqp("waiting for a confirm"))?;
-                    outbox.in_flight.pop_front();
+                    if let Some(f) = outbox.in_flight.pop_front() {
+                        // Confirmed (or refused for good): the queue may forget it.
+                        sub.ack(&f.envelope);
+                    }
                     written = written.saturating_sub(1);
                     self.confirmation(c);
                 }
                 e = sub.recv(), if taking => match e {
-                    Some(envelope) => self.start_publish(ch, envelope, outbox, &mut writes).await,
+                    Some(envelope) => {
+                        if let Some(dropped) = self.start_publish(ch, envelope, outbox, &mut writes).await {
+                            sub.ack(&dropped);
+                        }
+                    }
                     None => return Err(SessionError::HubClosed),
                 },
             }
@@ -490,14 +515,15 @@ impl Shared {
     /// Hands one envelope to lapin: its frames are queued before this
     /// returns (so the wire order is the call order), and the write's
     /// completion joins `writes`. An envelope whose topic maps to no routing
-    /// key is dropped and counted.
+    /// key is dropped and counted, and given back for the caller to
+    /// acknowledge.
     async fn start_publish(
         &self,
         ch: &Channel,
         envelope: Arc<Envelope>,
         outbox: &mut Outbox,
         writes: &mut FuturesOrdered<Write>,
-    ) {
+    ) -> Option<Arc<Envelope>> {
         let persistent = self.confirmed() && envelope.qos.is_acknowledged();
         let msg = match envelope_to_amqp(&envelope, &self.marker, persistent) {
             Ok(m) => m,
@@ -505,7 +531,7 @@ impl Shared {
                 warn!(adapter = %self.ctx.name(), topic = %envelope.topic, error = %e, "Dropped an envelope that maps to no routing key.");
                 self.ctx.metrics().record_drop();
                 self.ctx.metrics().incr("invalid_topic");
-                return;
+                return Some(envelope);
             }
         };
         let ch = ch.clone();
@@ -528,6 +554,7 @@ impl Shared {
             envelope,
             confirm: None,
         });
+        None
     }
 
     /// Counts what the broker said about one published message.
@@ -547,13 +574,15 @@ impl Shared {
     }
 
     /// At shutdown, waits a little for the outstanding confirms.
-    async fn drain(&self, outbox: &mut Outbox) {
+    async fn drain(&self, outbox: &mut Outbox, sub: &Subscription) {
         let wait = async {
             while let Some(front) = outbox.in_flight.front_mut() {
                 match front.confirm.as_mut() {
                     Some(c) => match c.await {
                         Ok(c) => {
-                            outbox.in_flight.pop_front();
+                            if let Some(f) = outbox.in_flight.pop_front() {
+                                sub.ack(&f.envelope);
+                            }
                             self.confirmation(c);
                         }
                         Err(_) => return,

@@ -55,9 +55,13 @@ pub struct AmqpConfig {
     /// Default 256.
     #[serde(default = "default_in_flight")]
     pub max_in_flight: usize,
-    /// Envelopes buffered for the exchange while the broker is unreachable
-    /// (the adapter's hub subscription queue). When full, QoS 0 envelopes
-    /// are dropped and counted and QoS 1 publishers wait. Default 10000.
+    /// With `qos = 0` only: envelopes buffered for the exchange while the
+    /// broker is unreachable (the adapter's hub subscription queue); when
+    /// full, QoS 0 envelopes are dropped and counted and QoS 1 publishers
+    /// wait. With `qos = 1` the forward reads the durable queue `forward`
+    /// instead (on disk with `[hub] data_dir`, bounded by `[hub]
+    /// max_queue_bytes`, acknowledged on the broker's confirm) and this is
+    /// not used. Default 10000.
     #[serde(default = "default_buffer")]
     pub buffer: usize,
     /// PEM file of the CA (or CAs) that signed the broker's certificate, for
