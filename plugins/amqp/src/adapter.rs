@@ -461,9 +461,8 @@ impl Shared {
                 let Some(envelope) = outbox.retry.pop_front() else {
                     break;
                 };
-                if let Some(dropped) = self.start_publish(ch, envelope, outbox, &mut writes).await {
-                    sub.ack(&dropped);
-                }
+                self.start_publish(ch, envelope, sub, outbox, &mut writes)
+                    .await;
             }
             let taking = outbox.in_flight.len() < max && outbox.retry.is_empty();
             let writing = !writes.is_empty();
@@ -502,9 +501,7 @@ impl Shared {
                 }
                 e = sub.recv(), if taking => match e {
                     Some(envelope) => {
-                        if let Some(dropped) = self.start_publish(ch, envelope, outbox, &mut writes).await {
-                            sub.ack(&dropped);
-                        }
+                        self.start_publish(ch, envelope, sub, outbox, &mut writes).await
                     }
                     None => return Err(SessionError::HubClosed),
                 },
@@ -515,15 +512,16 @@ impl Shared {
     /// Hands one envelope to lapin: its frames are queued before this
     /// returns (so the wire order is the call order), and the write's
     /// completion joins `writes`. An envelope whose topic maps to no routing
-    /// key is dropped and counted, and given back for the caller to
-    /// acknowledge.
+    /// key is dropped, counted and acknowledged to `sub` (it never will be
+    /// sent).
     async fn start_publish(
         &self,
         ch: &Channel,
         envelope: Arc<Envelope>,
+        sub: &Subscription,
         outbox: &mut Outbox,
         writes: &mut FuturesOrdered<Write>,
-    ) -> Option<Arc<Envelope>> {
+    ) {
         let persistent = self.confirmed() && envelope.qos.is_acknowledged();
         let msg = match envelope_to_amqp(&envelope, &self.marker, persistent) {
             Ok(m) => m,
@@ -531,7 +529,8 @@ impl Shared {
                 warn!(adapter = %self.ctx.name(), topic = %envelope.topic, error = %e, "Dropped an envelope that maps to no routing key.");
                 self.ctx.metrics().record_drop();
                 self.ctx.metrics().incr("invalid_topic");
-                return Some(envelope);
+                sub.ack(&envelope);
+                return;
             }
         };
         let ch = ch.clone();
@@ -554,7 +553,6 @@ impl Shared {
             envelope,
             confirm: None,
         });
-        None
     }
 
     /// Counts what the broker said about one published message.

@@ -230,14 +230,7 @@ async fn qos1_webhooks_are_retried_until_delivered_and_counted() {
     let h = within("retried webhook", hooks.recv()).await.unwrap();
     assert_eq!(&h.body[..], b"now");
     assert_eq!(hits.load(Ordering::SeqCst), 3, "two 503s then 200");
-    let web_metrics = web
-        .hub
-        .snapshot()
-        .adapters
-        .into_iter()
-        .find(|a| a.name == "web")
-        .unwrap()
-        .metrics;
+    let web_metrics = web.metrics();
     assert_eq!(web_metrics.errors, 2);
     assert_eq!(web_metrics.dropped, 0);
     assert!(web_metrics
@@ -275,14 +268,7 @@ async fn failing_webhooks_keep_retrying_past_retries_and_deliver_everything_in_o
         7 + 2,
         "7 failures, then one POST each"
     );
-    let adapter = web
-        .hub
-        .snapshot()
-        .adapters
-        .into_iter()
-        .find(|a| a.name == "web")
-        .unwrap();
-    assert_eq!(adapter.metrics.dropped, 0, "nothing dropped");
+    assert_eq!(web.metrics().dropped, 0, "nothing dropped");
     let metrics = curl(&[&web.url("/metrics")]).await.text();
     assert!(
         metrics.lines().any(|l| l == "polyhub_dropped_total{hub=\"test-hub\",adapter=\"web\",kind=\"http\"} 0"),
@@ -301,18 +287,8 @@ async fn an_unreachable_webhook_does_not_hold_up_the_api() {
     .await;
     post(&web, "/topics/a", b"1").await;
     assert_eq!(curl(&[&web.url("/topics/a")]).await.status, 200);
-    let errors = || {
-        web.hub
-            .snapshot()
-            .adapters
-            .into_iter()
-            .find(|a| a.name == "web")
-            .unwrap()
-            .metrics
-            .errors
-    };
     wait_until("connection error counted", Duration::from_secs(10), || {
-        errors() >= 1
+        web.metrics().errors >= 1
     })
     .await;
     web.stop().await;

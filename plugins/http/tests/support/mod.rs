@@ -42,6 +42,17 @@ impl Web {
         format!("{}{path}", self.base)
     }
 
+    /// The `web` adapter's counters now.
+    pub fn metrics(&self) -> polyhub_sdk::MetricsSnapshot {
+        self.hub
+            .snapshot()
+            .adapters
+            .into_iter()
+            .find(|a| a.name == "web")
+            .expect("the web adapter")
+            .metrics
+    }
+
     pub async fn stop(self) {
         within("hub shutdown", self.hub.shutdown())
             .await
