@@ -1061,6 +1061,38 @@ async fn deeply_nested_stanza_is_refused_and_counted_and_the_hub_serves_on() {
     within("shutdown", h.hub.shutdown()).await.unwrap();
 }
 
+/// Well-formed XML that is not valid XMPP (a message `type` RFC 6121 does
+/// not define) was dropped inside tokio-xmpp with only a log line. The
+/// stanza guard now reads each stanza as tokio-xmpp will and refuses it
+/// itself: counted as `invalid_stanza`, the stream stays up, and the next
+/// message gets through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_stanza_is_refused_and_counted_and_the_stream_stays_up() {
+    let mut h = hostile_setup().await;
+    let bogus = "<message to='hub@localhost' type='bogus'><subject>lab/bogus</subject><body>x</body></message>";
+    h.mallory.cmd(obj(&[("op", "raw"), ("xml", bogus)])).await;
+    wait_until("invalid_stanza counted", Duration::from_secs(10), || {
+        rejected(&h.hub, "xmpp", "invalid_stanza") >= 1
+    })
+    .await;
+    let probe = h.hub.attach("probe", "test");
+    let mut sub = probe.subscribe([filter("lab/#")]).unwrap();
+    h.dave.send("hub@localhost", Some("lab/after"), "ok3").await;
+    let env = next_env(&mut sub, "dave's message after the invalid one").await;
+    assert_eq!(env.topic.as_str(), "lab/after");
+    assert_eq!(&env.payload[..], b"ok3");
+    assert!(metrics_text(h.http).await.contains(
+        "polyhub_rejected_total{hub=\"polyhub\",adapter=\"xmpp\",reason=\"invalid_stanza\"} 1"
+    ));
+    assert_ne!(last_value(h.http, "lab/bogus").await, "x");
+    assert_eq!(adapter_state(&h.hub, "xmpp"), AdapterState::Up);
+    assert_eq!(counter(&h.hub, "xmpp", "reconnects"), 0);
+
+    h.mallory.quit().await;
+    h.dave.quit().await;
+    within("shutdown", h.hub.shutdown()).await.unwrap();
+}
+
 /// Issue 14, defect 2: an attribute value over the XML tokenizer's 8 192
 /// bytes tore the stream down, and the server's stream management
 /// redelivered the stanza on every login (about 9 reconnects a second,

@@ -747,8 +747,9 @@ mod tests {
 
     /// `walkers` peers walk one listing of `topics` topics block by block
     /// with a cache of `cap` cursors, every fourth of them eight times
-    /// slower than the others; panics if one is refused.
-    fn walkers_all_finish(topics: usize, cap: usize, walkers: usize) {
+    /// slower than the others, one request every `step`; panics if one is
+    /// refused.
+    fn walkers_all_finish(topics: usize, cap: usize, walkers: usize, step: Duration) {
         let by_topic: BTreeMap<String, Arc<Envelope>> = (0..topics)
             .map(|i| format!("fleet/{:02}/dev-{i:06}", i % 50))
             .map(|t| {
@@ -784,8 +785,7 @@ mod tests {
                 continue;
             }
             steps += 1;
-            // 20 µs per request: 50 000 block requests a second in all.
-            let now = start + Duration::from_micros(20 * steps);
+            let now = start + step * steps as u32;
             match cache.block(&p, &scope, next[w] * 1024, 1024, now) {
                 Ok(b) => {
                     next[w] += 1;
@@ -803,7 +803,14 @@ mod tests {
     /// cursors are thinned, never dropped.
     #[test]
     fn slow_and_fast_walkers_of_a_long_listing_all_finish() {
-        walkers_all_finish(30_000, 256, 40);
+        walkers_all_finish(30_000, 256, 40, Duration::from_micros(20));
+    }
+
+    /// The same walks paced so that they last longer than the cursors'
+    /// lifetime (60 s).
+    #[test]
+    fn walks_longer_than_the_cursor_lifetime_all_finish() {
+        walkers_all_finish(30_000, 256, 40, Duration::from_millis(2));
     }
 
     /// The reproduction at full size (`cargo test --release -p polyhub-coap
@@ -814,6 +821,6 @@ mod tests {
     #[test]
     #[ignore]
     fn eighty_walkers_over_200_000_topics_all_finish() {
-        walkers_all_finish(200_000, 4096, 80);
+        walkers_all_finish(200_000, 4096, 80, Duration::from_micros(20));
     }
 }

@@ -19,6 +19,11 @@
 //!   offline storage) on every login: an endless reconnect loop that survives
 //!   hub restarts. The guard refuses such a stanza itself, so the parser
 //!   never errors and the stream stays up.
+//! - **Validity.** A stanza that is XML but not valid XMPP (`type='bogus'`,
+//!   a `from` that is not a JID) is dropped inside tokio-xmpp with a log
+//!   line and no way for the adapter to count it. Once a stanza has passed
+//!   the bounds above, the guard reads it as tokio-xmpp will
+//!   ([`check_stanza`]) and refuses the invalid ones itself.
 //!
 //! A refused stanza is not simply cut out of the stream: it is replaced by an
 //! empty placeholder of the same kind (`<message/>`, `<presence/>`, or for an
@@ -84,6 +89,11 @@ pub enum Refusal {
     /// A comment, processing instruction or DTD inside a stanza (the parser
     /// refuses them, fatally for the stream).
     Malformed,
+    /// Well-formed XML that is not a valid `<message>`, `<presence>` or
+    /// `<iq>` (a `type` the RFC does not define, two bodies of one
+    /// language, an `<iq>` without `id`, ...): tokio-xmpp would drop it with
+    /// only a log line, so the guard refuses it itself, where it is counted.
+    Invalid,
 }
 
 impl Refusal {
@@ -93,6 +103,7 @@ impl Refusal {
             Refusal::TooDeep => "xml_too_deep",
             Refusal::TooLarge => "xml_too_large",
             Refusal::Malformed => "malformed_stanza",
+            Refusal::Invalid => "invalid_stanza",
         }
     }
 }
@@ -160,6 +171,59 @@ enum Copied {
     Id,
     From,
     Type,
+}
+
+/// The stream header a stanza is read under, as the server sends it (the
+/// stanza inherits its `jabber:client` namespace).
+pub const STREAM_HEADER: &str = "<stream:stream xmlns='jabber:client' \
+    xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>";
+
+/// Reads one complete `<message>`, `<presence>` or `<iq>` the way
+/// tokio-xmpp will (rxml's events into xmpp-parsers' `Stanza` builder, under
+/// [`STREAM_HEADER`]): `Err(Invalid)` where xmpp-parsers refuses it (which
+/// tokio-xmpp would drop without telling anyone), `Err(Malformed)` where
+/// rxml does (which would end the stream). The stanza is at most
+/// `max_depth` deep and `max_stanza_bytes` long here, so the builder's
+/// recursion and this second parse are bounded.
+pub fn check_stanza(bytes: &[u8]) -> Result<(), Refusal> {
+    use xmpp_parsers::stanza::Stanza;
+    use xso::exports::rxml::{self, error::EndOrError, Parse};
+    use xso::{FromEventsBuilder, FromXml};
+
+    let mut parser = rxml::Parser::default();
+    let mut header = STREAM_HEADER.as_bytes();
+    loop {
+        match parser.parse(&mut header, false) {
+            Ok(Some(rxml::Event::StartElement(..))) => break,
+            Ok(Some(_)) => {}
+            // The constant header always parses.
+            _ => return Ok(()),
+        }
+    }
+    let mut buf = bytes;
+    let mut next = move || match parser.parse(&mut buf, false) {
+        Ok(Some(ev)) => Ok(ev),
+        Ok(None) | Err(EndOrError::NeedMoreData) | Err(EndOrError::Error(_)) => {
+            Err(Refusal::Malformed)
+        }
+    };
+    let rxml::Event::StartElement(_, name, attrs) = next()? else {
+        return Err(Refusal::Malformed);
+    };
+    let ctx = xso::Context::empty();
+    let Ok(mut builder) =
+        <Result<Stanza, xso::error::Error> as FromXml>::from_events(name, attrs, &ctx)
+    else {
+        // Not one of the three in `jabber:client`: tokio-xmpp decides.
+        return Ok(());
+    };
+    loop {
+        match builder.feed(next()?, &ctx) {
+            Ok(None) => {}
+            Ok(Some(Ok(_))) => return Ok(()),
+            Ok(Some(Err(_))) | Err(_) => return Err(Refusal::Invalid),
+        }
+    }
 }
 
 /// The incremental guard: bytes from the server in, bytes for the parser
@@ -283,7 +347,12 @@ impl StanzaGuard {
         direct: &mut Option<usize>,
         refused: &mut dyn FnMut(Refusal),
     ) {
-        match self.refused.take() {
+        let refusal = self.refused.take().or_else(|| {
+            (self.kind != Kind::Other)
+                .then(|| check_stanza(&self.pending).err())
+                .flatten()
+        });
+        match refusal {
             None => out.extend_from_slice(&self.pending),
             Some(why) => {
                 self.placeholder(why, out);
@@ -779,6 +848,53 @@ mod tests {
              <message><body><![CDATA[<not a tag>]]></body></message></stream:stream>"
         );
         assert_eq!(any_split(&xml), (xml.clone(), vec![]));
+    }
+
+    /// Well-formed XML that xmpp-parsers refuses (tokio-xmpp would drop it
+    /// with a log line only) is replaced by its placeholder and counted; a
+    /// refused `<iq type='get'>` keeps what its error reply needs.
+    #[test]
+    fn invalid_stanzas_are_replaced_and_counted() {
+        let xml = format!(
+            "{HEADER}<message type='bogus'><subject>x/y</subject><body>1</body></message>\
+             <message from='@localhost'><body>a</body></message>\
+             <presence type='sometimes'/><iq type='get' id='7' from='m@b/r'/>\
+             <iq type='whenever' id='8'/><message><body>ok</body></message>"
+        );
+        for bad in [
+            "<message type='bogus'/>",
+            "<message from='@localhost'><body>a</body></message>",
+            "<presence type='sometimes'/>",
+            "<iq type='get' id='7' from='m@b/r'/>",
+            "<iq type='whenever' id='8'/>",
+        ] {
+            assert_eq!(check_stanza(bad.as_bytes()), Err(Refusal::Invalid), "{bad}");
+        }
+        let (out, why) = any_split(&xml);
+        assert_eq!(why, vec![Refusal::Invalid; 5]);
+        assert_eq!(Refusal::Invalid.reason(), "invalid_stanza");
+        assert_eq!(
+            out,
+            format!(
+                "{HEADER}<message/><message/><presence type='error'/>\
+                 <iq type='get' id='7' from='m@b/r'><refused xmlns='{NS_REFUSED}' reason='invalid_stanza'/></iq>\
+                 <iq type='result' id='polyhub-refused'/><message><body>ok</body></message>"
+            )
+        );
+        // What the guard lets through, the parser accepts.
+        for ok in [
+            "<message type='chat' from='a@b/c'><body>x</body></message>",
+            "<presence type='unavailable'/>",
+            "<iq type='result' id='polyhub-refused'/>",
+            "<presence type='error'/>",
+            "<message/>",
+        ] {
+            assert_eq!(check_stanza(ok.as_bytes()), Ok(()), "{ok}");
+        }
+        assert_eq!(
+            check_stanza(b"<message><body>&nope;</body></message>"),
+            Err(Refusal::Malformed)
+        );
     }
 
     #[test]
