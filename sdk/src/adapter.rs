@@ -748,6 +748,28 @@ enum Source {
     Durable(Arc<dyn DurableQueue>),
 }
 
+/// Acknowledges a [`Subscription`]'s envelopes ([`Subscription::acker`]);
+/// a no-op for an in-memory subscription.
+#[derive(Clone)]
+pub struct Acker(Option<Arc<dyn DurableQueue>>);
+
+impl Acker {
+    /// The peer has `envelope` (see [`Subscription::ack`]).
+    pub fn ack(&self, envelope: &Envelope) {
+        if let Some(q) = &self.0 {
+            q.ack(envelope.id);
+        }
+    }
+}
+
+impl fmt::Debug for Acker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Acker")
+            .field("durable", &self.0.is_some())
+            .finish()
+    }
+}
+
 impl fmt::Debug for Subscription {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Subscription")
@@ -816,6 +838,16 @@ impl Subscription {
         if let Source::Durable(q) = &self.rx {
             q.ack(envelope.id);
         }
+    }
+
+    /// A handle that acknowledges this subscription's envelopes from
+    /// another task than the one receiving them (the task that sees the
+    /// peer's acknowledgements).
+    pub fn acker(&self) -> Acker {
+        Acker(match &self.rx {
+            Source::Durable(q) => Some(q.clone()),
+            Source::Channel(_) => None,
+        })
     }
 
     /// The peer was lost: a durable queue hands out again, first and in

@@ -24,7 +24,7 @@ pub mod topic;
 
 pub use access::{Access, Action, Denied, Identity, Refused};
 pub use adapter::{
-    Adapter, AdapterContext, AdapterError, AdapterFactory, AdapterState, DurableOptions,
+    Acker, Adapter, AdapterContext, AdapterError, AdapterFactory, AdapterState, DurableOptions,
     DurableQueue, HubLink, PublishError, Stored, SubscribeError, SubscribeOptions, Subscription,
     SubscriptionId,
 };

@@ -121,7 +121,9 @@ pub struct CoapConfig {
     #[serde(default = "default_block2_cache_bytes")]
     pub block2_cache_bytes: usize,
     /// How long (seconds) a partial Block1 body, a Block2 body or a
-    /// `/.well-known/core` cursor is kept. Default 60.
+    /// `/.well-known/core` cursor is kept; a cursor at least
+    /// `exchange_lifetime_secs`, so that a block request retransmitted after
+    /// the duplicate cache forgot its answer is still served. Default 60.
     #[serde(default = "default_block_lifetime")]
     pub block_lifetime_secs: u64,
     /// Most `/.well-known/core` cursors kept (one per listing and block
@@ -339,7 +341,8 @@ pub struct Limits {
     pub block2_per_peer: usize,
     /// Most bytes of Block2 bodies.
     pub block2_bytes: usize,
-    /// Lifetime of block-wise state and discovery cursors.
+    /// Lifetime of block-wise state (discovery cursors: at least the
+    /// exchange lifetime).
     pub block_lifetime: Duration,
     /// Most discovery cursors.
     pub discovery_entries: usize,

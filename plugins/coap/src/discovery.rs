@@ -251,6 +251,12 @@ impl CursorCache {
                 .unwrap_or((0, Cursor::default()))
         };
         if offset - start > MAX_SKIP {
+            tracing::debug!(
+                offset,
+                nearest = start,
+                cursors = self.entries.len(),
+                "/.well-known/core block refused: no cursor within {MAX_SKIP} bytes before it"
+            );
             return Err(BlockError::OutOfOrder);
         }
         let mut walk = Walk::new(pages, scope, readable, start, cursor);
@@ -681,6 +687,36 @@ mod tests {
                 }
                 assert!(cache.len() <= 8);
             }
+        }
+    }
+
+    /// A client that ignored a block's response retransmits the same
+    /// request for up to 93 s; when the duplicate cache forgot the answer,
+    /// the block is rendered again from its cursor. libcoap did that after
+    /// 61 s (block 65 of a long listing), which a 60 s lifetime refused
+    /// (the walk stopped at 1 379 links); the server keeps cursors for the
+    /// exchange lifetime (247 s).
+    #[test]
+    fn a_block_asked_again_a_minute_later_is_still_served() {
+        let names: Vec<String> = (0..3_000).map(|i| format!("fleet/{i:06}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let s = store(&refs);
+        let p = pager(&s);
+        let scope = Scope::Prefix(String::new());
+        let t0 = Instant::now();
+        for (lifetime, served) in [(60, false), (247, true)] {
+            let mut cache = CursorCache::new(4096, 4 << 20, Duration::from_secs(lifetime));
+            let mut first = None;
+            for n in 0..=65 {
+                let b = cache.block(&p, &scope, n * 1024, 1024, t0).unwrap();
+                first = Some(b);
+            }
+            let again = cache.block(&p, &scope, 65 * 1024, 1024, t0 + Duration::from_secs(61));
+            assert_eq!(
+                again.as_ref().ok(),
+                first.as_ref().filter(|_| served),
+                "lifetime {lifetime}"
+            );
         }
     }
 

@@ -2,24 +2,38 @@
 //! connects, reconnects with backoff and takes publishes into the hub, and the
 //! forwarder task that sends hub envelopes out.
 //!
-//! QoS 1 messages are never lost to a broker restart: when the connection
-//! drops, rumqttc's unacknowledged and queued publishes are moved into the
-//! adapter's own bounded [`Outbox`], which also takes what the hub forwards
-//! while disconnected; after the next CONNACK the outbox is replayed first.
-//! (rumqttc alone would discard them when the broker has no session for us.)
+//! The forward reads the adapter's durable queue `forward` (on disk with
+//! `[hub] data_dir`, bounded by `max_queue_bytes`): an envelope leaves it
+//! only once the broker acknowledged it (PUBACK at QoS 1, PUBREC at QoS 2;
+//! at QoS 0 once it was written). What is in flight when the connection
+//! drops, or when the hub is killed, goes out again first and in order after
+//! the reconnect or the restart: at least once, never lost to a broker
+//! outage.
+//!
+//! rumqttc does not say which envelope got which packet id, so the
+//! [`Tracker`] follows them: the forwarder submits envelopes in order, and
+//! rumqttc writes them in that order, each announced by an
+//! `Outgoing::Publish(pkid)` event (a packet id collision only delays one,
+//! and rumqttc takes no other request meanwhile). A lost connection forgets
+//! everything in flight; the forwarder then has the queue hand it all out
+//! again ([`Subscription::redeliver`]).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use polyhub_sdk::{AdapterContext, AdapterError, PublishError, Subscription, TopicFilter};
+use polyhub_sdk::{
+    Acker, AdapterContext, AdapterError, DurableOptions, Envelope, PublishError, Subscription,
+    TopicFilter,
+};
 use rumqttc::v5::mqttbytes::v5::{
     ConnectReturnCode, Filter, Packet, PubAck, PubAckReason, PubRec, PubRecReason, Publish,
     RetainForwardRule, Subscribe, SubscribeReasonCode,
 };
 use rumqttc::v5::mqttbytes::QoS as CQoS;
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Request};
-use rumqttc::{TlsConfiguration, Transport};
+use rumqttc::{Outgoing, TlsConfiguration, Transport};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -31,47 +45,130 @@ use crate::error::MqttError;
 
 /// Requests rumqttc's event loop queues from the forwarder while connected.
 const REQUEST_CHANNEL: usize = 256;
-/// QoS 1 publishes in flight towards the broker.
+/// QoS 1 publishes in flight towards the broker (rumqttc also keeps to the
+/// broker's receive maximum).
 const INFLIGHT: u16 = 100;
+/// Envelopes the forwarder has in flight at once (submitted, written and
+/// not yet acknowledged).
+const WINDOW: usize = INFLIGHT as usize;
+/// The durable queue the forward reads.
+const FORWARD_QUEUE: &str = "forward";
 /// How long a clean disconnect may take at shutdown.
 const DISCONNECT_GRACE: Duration = Duration::from_secs(1);
 
-/// Publishes waiting for a connection, bounded by `buffer`.
-#[derive(Debug)]
-struct Outbox {
+/// Where each forwarded envelope is between the forwarder and the broker's
+/// acknowledgement.
+#[derive(Debug, Default)]
+struct Tracker {
     connected: bool,
-    queue: VecDeque<Publish>,
-    capacity: usize,
-    overflowed: u64,
+    /// Bumped on every lost connection: the forwarder then has the queue
+    /// redeliver what was in flight.
+    generation: u64,
+    /// Handed to rumqttc, not written yet, in order.
+    submitted: VecDeque<Arc<Envelope>>,
+    /// Written at QoS 1 or 2, waiting for the broker's acknowledgement.
+    written: HashMap<u16, Arc<Envelope>>,
 }
 
-impl Outbox {
-    /// Queues a publish; false when the buffer is full (the publish is dropped).
-    fn push(&mut self, mut publish: Publish) -> bool {
-        if self.queue.len() >= self.capacity {
-            self.overflowed += 1;
-            return false;
+impl Tracker {
+    fn in_flight(&self) -> usize {
+        self.submitted.len() + self.written.len()
+    }
+
+    /// Whether the forwarder may submit another envelope.
+    fn has_room(&self) -> bool {
+        self.connected && self.in_flight() < WINDOW
+    }
+
+    /// rumqttc wrote the oldest submitted envelope with `pkid`: at QoS 0
+    /// (`pkid` 0) it is done, and returned.
+    fn wrote(&mut self, pkid: u16) -> Option<Arc<Envelope>> {
+        let env = self.submitted.pop_front()?;
+        if pkid == 0 {
+            return Some(env);
         }
-        // A new session assigns fresh packet ids.
-        publish.pkid = 0;
-        publish.dup = false;
-        self.queue.push_back(publish);
-        true
+        self.written.insert(pkid, env);
+        None
+    }
+
+    /// The broker acknowledged `pkid`.
+    fn acked(&mut self, pkid: u16) -> Option<Arc<Envelope>> {
+        self.written.remove(&pkid)
+    }
+
+    /// The connection is gone: nothing is in flight any more.
+    fn lost(&mut self) -> usize {
+        let n = self.in_flight();
+        self.connected = false;
+        self.generation += 1;
+        self.submitted.clear();
+        self.written.clear();
+        n
     }
 }
 
-fn lock(outbox: &Mutex<Outbox>) -> MutexGuard<'_, Outbox> {
-    // The lock only guards plain data; a panic elsewhere cannot corrupt it.
-    outbox.lock().unwrap_or_else(|poison| poison.into_inner())
+/// What the event loop and the forwarder share.
+struct Shared {
+    tracker: Mutex<Tracker>,
+    /// Signalled when there is room, on a connection and on a lost one.
+    changed: Notify,
+    acker: Acker,
 }
 
-fn overflow(ctx: &AdapterContext, outbox: &Mutex<Outbox>) {
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Tracker> {
+        // The lock only guards plain data; a panic elsewhere cannot corrupt it.
+        self.tracker
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Handles one of rumqttc's events about the forward.
+    fn on_event(&self, event: &Event, ctx: &AdapterContext) {
+        let done = match event {
+            Event::Outgoing(Outgoing::Publish(pkid)) => self.lock().wrote(*pkid),
+            Event::Incoming(Packet::PubAck(ack)) => {
+                let env = self.lock().acked(ack.pkid);
+                if let Some(env) = &env {
+                    if !matches!(
+                        ack.reason,
+                        PubAckReason::Success | PubAckReason::NoMatchingSubscribers
+                    ) {
+                        refused(ctx, env, &ack.reason);
+                    }
+                }
+                env
+            }
+            Event::Incoming(Packet::PubRec(rec)) => {
+                let env = self.lock().acked(rec.pkid);
+                if let Some(env) = &env {
+                    if !matches!(
+                        rec.reason,
+                        PubRecReason::Success | PubRecReason::NoMatchingSubscribers
+                    ) {
+                        refused(ctx, env, &rec.reason);
+                    }
+                }
+                env
+            }
+            _ => return,
+        };
+        if let Some(env) = done {
+            self.acker.ack(&env);
+            self.changed.notify_one();
+        }
+    }
+}
+
+/// The broker refused a forwarded message with a reason code: it is not
+/// retried (the broker would refuse it again); counted (`broker_refused`,
+/// `dropped`) and logged at most once a second.
+fn refused(ctx: &AdapterContext, env: &Envelope, reason: &dyn std::fmt::Debug) {
+    ctx.metrics().record_error();
     ctx.metrics().record_drop();
-    ctx.metrics().incr("buffer_overflow");
-    let total = lock(outbox).overflowed;
-    // Log the first and then every 1000th, not one line per message.
-    if total == 1 || total % 1000 == 0 {
-        warn!(adapter = %ctx.name(), dropped_total = total, "Broker unreachable and the buffer is full; dropped a message.");
+    ctx.metrics().incr("broker_refused");
+    if let Some(unlogged) = ctx.metrics().should_log_rejection() {
+        warn!(adapter = %ctx.name(), topic = %env.topic, reason = ?reason, also_refused_since_last_line = unlogged, "The broker refused a forwarded message; skipped it.");
     }
 }
 
@@ -211,28 +308,27 @@ pub(crate) async fn run(
 ) -> Result<(), AdapterError> {
     let broker = format!("{}:{}", s.host, s.port);
     let (client, mut eventloop) = AsyncClient::new(options(&s)?, REQUEST_CHANNEL);
-    let outbox = Arc::new(Mutex::new(Outbox {
-        connected: false,
-        queue: VecDeque::new(),
-        capacity: s.buffer,
-        overflowed: 0,
-    }));
 
     // Stops with the event loop, also when that ends on an error.
     let stop_forwarder = ctx.shutdown().child_token();
-    let forwarder = if forward.is_empty() {
-        None
+    let (shared, forwarder) = if forward.is_empty() {
+        (None, None)
     } else {
         let sub = ctx
-            .subscribe(forward.iter().cloned())
+            .subscribe_durable(FORWARD_QUEUE, forward, DurableOptions::default())
             .map_err(|_| AdapterError::HubClosed)?;
-        Some(ctx.spawn(forward_loop(
-            ctx.clone(),
+        let shared = Arc::new(Shared {
+            tracker: Mutex::new(Tracker::default()),
+            changed: Notify::new(),
+            acker: sub.acker(),
+        });
+        let task = ctx.spawn(forward_loop(
             sub,
             client.clone(),
-            outbox.clone(),
+            shared.clone(),
             stop_forwarder.clone(),
-        )))
+        ));
+        (Some(shared), Some(task))
     };
 
     let result = event_loop(
@@ -241,7 +337,7 @@ pub(crate) async fn run(
         &subscribe,
         &client,
         &mut eventloop,
-        &outbox,
+        shared.as_deref(),
         &ctx,
     )
     .await;
@@ -250,12 +346,15 @@ pub(crate) async fn run(
     if let Some(task) = forwarder {
         let _ = task.await;
     }
-    if result.is_ok() && lock(&outbox).connected {
+    let connected = shared.as_ref().map_or(true, |sh| sh.lock().connected);
+    if result.is_ok() && connected {
         disconnect(&client, &mut eventloop).await;
     }
-    let left = lock(&outbox).queue.len();
-    if left > 0 {
-        warn!(adapter = %ctx.name(), messages = left, "Stopped with messages still buffered for the broker.");
+    if let Some(sh) = &shared {
+        let left = sh.lock().in_flight();
+        if left > 0 {
+            debug!(adapter = %ctx.name(), messages = left, "Stopped with forwarded messages not acknowledged by the broker; they go out again after the restart.");
+        }
     }
     result
 }
@@ -281,7 +380,7 @@ async fn event_loop(
     subscribe: &[TopicFilter],
     client: &AsyncClient,
     eventloop: &mut EventLoop,
-    outbox: &Mutex<Outbox>,
+    shared: Option<&Shared>,
     ctx: &AdapterContext,
 ) -> Result<(), AdapterError> {
     let mut supervisor = Supervisor::new(ctx, broker, s.backoff.clone());
@@ -290,24 +389,21 @@ async fn event_loop(
             _ = ctx.shutdown().cancelled() => return Ok(()),
             event = eventloop.poll() => event,
         };
+        if let (Some(sh), Ok(event)) = (shared, &event) {
+            sh.on_event(event, ctx);
+        }
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                let saved = {
-                    let mut ob = lock(outbox);
-                    ob.connected = true;
-                    std::mem::take(&mut ob.queue)
-                };
-                // Subscribe first, then replay what waited for the broker,
-                // then anything rumqttc still holds.
-                let mut pending = VecDeque::with_capacity(saved.len() + 1);
+                // Subscribe first; the forwarder starts (again) once it
+                // sees the connection, so its publishes follow.
                 if !subscribe.is_empty() {
-                    pending.push_back(subscribe_request(subscribe));
+                    eventloop.pending.push_front(subscribe_request(subscribe));
                 }
-                let replayed = saved.len();
-                pending.extend(saved.into_iter().map(Request::Publish));
-                pending.append(&mut eventloop.pending);
-                eventloop.pending = pending;
-                supervisor.connected(&format_args!("{replayed} buffered messages resent"));
+                if let Some(sh) = shared {
+                    sh.lock().connected = true;
+                    sh.changed.notify_one();
+                }
+                supervisor.connected(&"subscribed");
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 let origin = ctx.origin().with_peer(broker);
@@ -351,21 +447,8 @@ async fn event_loop(
             }
             Ok(other) => debug!(adapter = %ctx.name(), event = ?other, "MQTT event."),
             Err(e) => {
-                let pending = std::mem::take(&mut eventloop.pending);
-                let dropped = {
-                    let mut ob = lock(outbox);
-                    ob.connected = false;
-                    pending
-                        .into_iter()
-                        .filter_map(|r| match r {
-                            Request::Publish(p) => Some(p),
-                            _ => None,
-                        })
-                        .filter(|p| !ob.push(p.clone()))
-                        .count()
-                };
-                for _ in 0..dropped {
-                    overflow(ctx, outbox);
+                if let Some(sh) = shared {
+                    forget_in_flight(sh, eventloop, ctx);
                 }
                 match supervisor.lost(&Lost(e)).await? {
                     Next::Retry => {}
@@ -376,83 +459,165 @@ async fn event_loop(
     }
 }
 
-/// Sends what the hub forwards to the broker; buffers it while disconnected.
-async fn forward_loop(
-    ctx: AdapterContext,
-    mut sub: Subscription,
-    client: AsyncClient,
-    outbox: Arc<Mutex<Outbox>>,
-    stop: CancellationToken,
-) {
-    loop {
-        let env = tokio::select! {
-            _ = stop.cancelled() => return,
-            env = sub.recv() => match env {
-                Some(env) => env,
-                None => return,
-            },
-        };
-        let publish = convert::client_publish(&env);
-        {
-            let mut ob = lock(&outbox);
-            if !ob.connected {
-                let queued = ob.push(publish);
-                drop(ob);
-                if !queued {
-                    overflow(&ctx, &outbox);
-                }
-                continue;
-            }
-        }
-        let topic = env.topic.as_str().to_owned();
-        let sent = match publish.properties {
-            Some(props) => {
-                client
-                    .publish_bytes_with_properties(
-                        topic,
-                        publish.qos,
-                        publish.retain,
-                        publish.payload,
-                        props,
-                    )
-                    .await
-            }
-            None => {
-                client
-                    .publish_bytes(topic, publish.qos, publish.retain, publish.payload)
-                    .await
-            }
-        };
-        if let Err(e) = sent {
-            // Only when the event loop is gone, i.e. the adapter is stopping.
-            ctx.metrics().record_drop();
-            debug!(adapter = %ctx.name(), error = %e, "Event loop closed; message not sent.");
-            return;
+/// The connection is lost: acknowledgements rumqttc read but did not hand
+/// out yet still count; everything else in flight is forgotten, here and in
+/// rumqttc (the session is clean, so the broker forgot it too), and the
+/// forwarder has the durable queue hand it out again, in order.
+fn forget_in_flight(sh: &Shared, eventloop: &mut EventLoop, ctx: &AdapterContext) {
+    // Events of the forward are handled now; the rest (publishes from the
+    // broker) are handed out after the reconnect, as rumqttc would.
+    let events = std::mem::take(&mut eventloop.state.events);
+    for event in events {
+        match &event {
+            Event::Outgoing(Outgoing::Publish(_))
+            | Event::Outgoing(Outgoing::AwaitAck(_))
+            | Event::Incoming(Packet::PubAck(_))
+            | Event::Incoming(Packet::PubRec(_)) => sh.on_event(&event, ctx),
+            _ => eventloop.state.events.push_back(event),
         }
     }
+    let in_flight = sh.lock().lost();
+    // Submitted after rumqttc emptied its channel into `pending`, before
+    // `lost` stopped the forwarder: into `pending` too, then all dropped.
+    eventloop.clean();
+    eventloop.pending.clear();
+    eventloop.state.collision = None;
+    sh.changed.notify_one();
+    if in_flight > 0 {
+        debug!(adapter = %ctx.name(), messages = in_flight, "Connection lost with forwarded messages in flight; they go out again after the reconnect.");
+    }
+}
+
+/// Sends what the hub forwards to the broker, at most [`WINDOW`] at a time,
+/// while connected; after a lost connection, everything not acknowledged
+/// again first.
+async fn forward_loop(
+    mut sub: Subscription,
+    client: AsyncClient,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) {
+    let mut generation = 0;
+    // An envelope taken from the queue and not submitted yet.
+    let mut held: Option<Arc<Envelope>> = None;
+    loop {
+        let changed = shared.changed.notified();
+        let ready = {
+            let t = shared.lock();
+            if t.generation != generation {
+                generation = t.generation;
+                held = None;
+                sub.redeliver();
+            }
+            t.has_room()
+        };
+        if !ready {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = changed => {}
+            }
+            continue;
+        }
+        let env = match held.take() {
+            Some(env) => env,
+            None => tokio::select! {
+                _ = stop.cancelled() => return,
+                // A lost connection, while waiting for an envelope.
+                _ = changed => continue,
+                env = sub.recv() => match env {
+                    Some(env) => env,
+                    None => return,
+                },
+            },
+        };
+        // Submitted under the lock, so that a lost connection is either
+        // before (not submitted) or after (forgotten and redelivered).
+        let submitted = {
+            let mut t = shared.lock();
+            if t.generation != generation || !t.connected {
+                false
+            } else {
+                t.submitted.push_back(env.clone());
+                let ok = submit(&client, &env);
+                if !ok {
+                    t.submitted.pop_back();
+                }
+                ok
+            }
+        };
+        if !submitted {
+            held = Some(env);
+            // rumqttc's channel is full (or closed: the adapter stops), or
+            // the connection was lost meanwhile.
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(1)) => {}
+            }
+        }
+    }
+}
+
+/// Hands one envelope to rumqttc; false when its channel is full or closed.
+fn submit(client: &AsyncClient, env: &Envelope) -> bool {
+    let publish = convert::client_publish(env);
+    let topic = env.topic.as_str().to_owned();
+    let sent = match publish.properties {
+        Some(props) => client.try_publish_with_properties(
+            topic,
+            publish.qos,
+            publish.retain,
+            publish.payload,
+            props,
+        ),
+        None => client.try_publish(topic, publish.qos, publish.retain, publish.payload),
+    };
+    sent.is_ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn env(n: u8) -> Arc<Envelope> {
+        Arc::new(Envelope::new(
+            polyhub_sdk::Topic::new("a").unwrap(),
+            vec![n],
+        ))
+    }
+
     #[test]
-    fn outbox_is_bounded_and_resets_packet_ids() {
-        let mut ob = Outbox {
-            connected: false,
-            queue: VecDeque::new(),
-            capacity: 2,
-            overflowed: 0,
+    fn the_tracker_follows_envelopes_from_submitted_to_acknowledged() {
+        let mut t = Tracker {
+            connected: true,
+            ..Tracker::default()
         };
-        let mut p = Publish::new("a", CQoS::AtLeastOnce, "x", None);
-        p.pkid = 42;
-        p.dup = true;
-        assert!(ob.push(p.clone()));
-        assert!(ob.push(p.clone()));
-        assert!(!ob.push(p), "third does not fit");
-        assert_eq!(ob.overflowed, 1);
-        assert_eq!(ob.queue.len(), 2);
-        assert!(ob.queue.iter().all(|q| q.pkid == 0 && !q.dup));
+        for n in 0..3 {
+            t.submitted.push_back(env(n));
+        }
+        assert_eq!(t.in_flight(), 3);
+        // QoS 1 written with packet ids 7 and 8, then a QoS 0 one (done
+        // once written).
+        assert!(t.wrote(7).is_none());
+        assert!(t.wrote(8).is_none());
+        assert_eq!(t.wrote(0).unwrap().payload[..], [2]);
+        assert_eq!(t.in_flight(), 2);
+        // Acknowledged in any order; an unknown packet id is nothing.
+        assert_eq!(t.acked(8).unwrap().payload[..], [1]);
+        assert!(t.acked(8).is_none());
+        assert!(t.acked(99).is_none());
+        assert!(t.wrote(5).is_none(), "nothing submitted: ignored");
+        assert_eq!(t.in_flight(), 1);
+        assert!(t.has_room());
+        // A lost connection forgets what is in flight and says so.
+        assert_eq!(t.lost(), 1);
+        assert_eq!((t.in_flight(), t.generation), (0, 1));
+        assert!(!t.has_room(), "no room while disconnected");
+        t.connected = true;
+        for n in 0..WINDOW {
+            assert!(t.has_room());
+            t.submitted.push_back(env(n as u8));
+        }
+        assert!(!t.has_room(), "the window is full");
     }
 
     #[test]

@@ -50,9 +50,9 @@ pub struct MqttConfig {
     /// Longest delay between reconnect attempts, in milliseconds. Default 5000.
     #[serde(default = "reconnect::default_max_ms")]
     pub reconnect_max_ms: u64,
-    /// How many messages from the hub are held while the external broker is
-    /// unreachable; they are sent after reconnect. Beyond it new messages are
-    /// dropped, counted (`buffer_overflow`) and logged. Default 10000.
+    /// No longer used (still accepted): what the hub forwards to the
+    /// external broker waits in the adapter's durable queue `forward`,
+    /// bounded by `[hub] max_queue_bytes`, however long the broker is away.
     #[serde(default = "default_buffer")]
     pub buffer: usize,
     /// Users allowed to connect to the embedded broker, `{ name = "password" }`.

@@ -5,9 +5,11 @@
 //! * `url = "mqtt://user:pass@host:1883"` (or `mqtts://` with `ca_file`):
 //!   the adapter is an MQTT 5 client (rumqttc) of an external broker such as
 //!   Mosquitto. It subscribes with no-local, so what it publishes never comes
-//!   back into the hub; it reconnects with exponential backoff and keeps QoS 1
-//!   messages from the hub in a bounded buffer (`buffer`) until the broker is
-//!   back. It acknowledges a broker's QoS 1/2 message once the hub took it
+//!   back into the hub; it reconnects with exponential backoff. What the hub
+//!   forwards goes through the adapter's durable queue `forward` (on disk
+//!   with `[hub] data_dir`): a message leaves it once the broker acknowledged
+//!   it, so what is in flight or waiting during a broker outage or a hub
+//!   restart goes out afterwards, in order, at least once. It acknowledges a broker's QoS 1/2 message once the hub took it
 //!   (v5 reason 0x97 quota exceeded when the hub refused a retained value).
 //!   A broker that only speaks MQTT 3.1.1 is refused with an error that says
 //!   so, rather than bridged without no-local: without it the hub's own
@@ -36,8 +38,8 @@
 //! store holds `max_topics` retained values); the embedded broker's reasons
 //! (`malformed_packet`, `packet_too_large`, `bad_credentials`,
 //! `max_connections`, `tls_handshake`, `ws_handshake`, ...) are listed in
-//! the README. Other counters: `buffer_overflow` (hub messages dropped
-//! because the client's disconnected buffer was full), plus `errors`,
+//! the README. Other counters: `broker_refused` (forwarded messages the
+//! broker refused with a reason code; skipped, not retried), plus `errors`,
 //! `dropped` and `reconnects`.
 
 mod adapter;

@@ -1,14 +1,16 @@
-//! Store and forward through a webhook: the hub runs as a process with a
-//! `data_dir` and an HTTP adapter whose webhook `POST`s `sf/#` to a receiver
-//! (an axum server in this test, the webhook's real peer). QoS 1 messages
-//! are `POST`ed to the hub while the receiver goes away for 10 s and the hub
-//! is killed (`SIGKILL`) and started again in the middle of that outage;
-//! every message the hub answered 202 must reach the receiver once it is
-//! back. A second test holds a receiver that answers 500 forever and checks
-//! that the webhook's queue stays within `[hub] max_queue_bytes`.
+//! Store and forward: the hub runs as a process with a `data_dir`, and QoS 1
+//! messages are `POST`ed to it while the peer it forwards them to goes away
+//! for 10 s, the hub being killed (`SIGKILL`) and started again in the
+//! middle of that outage; every message the hub answered 202 must reach the
+//! peer once it is back. The peer is a webhook receiver (an axum server in
+//! this test, the webhook's real peer) or a private Mosquitto with a
+//! persistent `mosquitto_sub` session (the MQTT adapter's `url` forward). A
+//! last test holds a receiver that answers 500 forever and checks that the
+//! webhook's queue stays within `[hub] max_queue_bytes`.
 #![cfg(unix)]
 
 mod common;
+mod mqtt_devices;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -153,6 +155,115 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// One publisher, in order, a QoS 1 `POST /topics/sf/{i % 8}` (body
+/// `m{i}`) every few ms; a message the hub did not answer 202 (it is down)
+/// is not counted and goes again.
+struct Publisher {
+    accepted: Arc<Mutex<Vec<u64>>>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<u64>,
+}
+
+impl Publisher {
+    fn start(client: &reqwest::Client, http: u16) -> Publisher {
+        let accepted = Arc::new(Mutex::new(Vec::<u64>::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = {
+            let (client, accepted, stop) = (client.clone(), accepted.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut i = 0u64;
+                let mut refused = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let r = client
+                        .post(format!("http://127.0.0.1:{http}/topics/sf/{}?qos=1", i % 8))
+                        .body(format!("m{i}"))
+                        .timeout(Duration::from_secs(5))
+                        .send()
+                        .await;
+                    match r {
+                        Ok(r) if r.status().as_u16() == 202 => {
+                            accepted.lock().push(i);
+                            i += 1;
+                            tokio::time::sleep(Duration::from_millis(4)).await;
+                        }
+                        _ => {
+                            refused += 1;
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+                refused
+            })
+        };
+        Publisher {
+            accepted,
+            stop,
+            task,
+        }
+    }
+
+    /// Messages accepted so far.
+    fn count(&self) -> usize {
+        self.accepted.lock().len()
+    }
+
+    /// Stops; the accepted messages and how many tries the hub refused.
+    async fn finish(self) -> (Vec<u64>, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        let refused = within("publisher stop", self.task).await.unwrap();
+        let accepted = self.accepted.lock().clone();
+        (accepted, refused)
+    }
+}
+
+/// What arrived (`bodies`, in arrival order) of what was `accepted`.
+struct Tally {
+    lost: Vec<u64>,
+    distinct: usize,
+    duplicates: usize,
+    /// Whether first arrivals came in publish order.
+    in_order: bool,
+}
+
+fn tally(accepted: &[u64], bodies: &[String]) -> Tally {
+    let mut times: BTreeMap<&str, usize> = BTreeMap::new();
+    for b in bodies {
+        *times.entry(b.as_str()).or_default() += 1;
+    }
+    let lost: Vec<u64> = accepted
+        .iter()
+        .copied()
+        .filter(|i| !times.contains_key(format!("m{i}").as_str()))
+        .collect();
+    let duplicates: usize = times.values().map(|n| n - 1).sum();
+    let mut first = Vec::new();
+    let mut once = std::collections::HashSet::new();
+    for b in bodies {
+        if once.insert(b.as_str()) {
+            first.push(b[1..].parse::<u64>().unwrap_or(u64::MAX));
+        }
+    }
+    Tally {
+        lost,
+        distinct: times.len(),
+        duplicates,
+        in_order: first.windows(2).all(|w| w[0] < w[1]),
+    }
+}
+
+/// Waits (bounded) until every accepted message is among `bodies`.
+async fn wait_all_arrived(accepted: &[u64], bodies: &Mutex<Vec<String>>) {
+    let all_arrived = || {
+        let got: std::collections::HashSet<String> = bodies.lock().iter().cloned().collect();
+        accepted.iter().all(|i| got.contains(&format!("m{i}")))
+    };
+    // The counts are printed before any assertion, so no panic here.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !all_arrived() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_receiver_outage_and_a_hub_kill_lose_no_accepted_qos_1_message() {
     let dir = tempfile::tempdir().unwrap();
@@ -165,39 +276,7 @@ async fn a_webhook_receiver_outage_and_a_hub_kill_lose_no_accepted_qos_1_message
     let mut hub = spawn_hub(&file, &dir.path().join("hub-0.log"));
     wait_http(http).await;
     let mut receiver = Some(Receiver::start(port, seen.clone(), StatusCode::OK).await);
-
-    // One publisher, in order, a message every few ms; a message the hub
-    // did not answer 202 (it is down) is not counted and goes again.
-    let accepted = Arc::new(Mutex::new(Vec::<u64>::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let publisher = {
-        let (client, accepted, stop) = (client.clone(), accepted.clone(), stop.clone());
-        tokio::spawn(async move {
-            let mut i = 0u64;
-            let mut refused = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let r = client
-                    .post(format!("http://127.0.0.1:{http}/topics/sf/{}?qos=1", i % 8))
-                    .body(format!("m{i}"))
-                    .timeout(Duration::from_secs(5))
-                    .send()
-                    .await;
-                match r {
-                    Ok(r) if r.status().as_u16() == 202 => {
-                        accepted.lock().push(i);
-                        i += 1;
-                        tokio::time::sleep(Duration::from_millis(4)).await;
-                    }
-                    _ => {
-                        refused += 1;
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-            }
-            refused
-        })
-    };
-    let count = |v: &Mutex<Vec<u64>>| v.lock().len();
+    let publisher = Publisher::start(&client, http);
     let delivered = || seen.bodies.lock().len();
 
     wait_until(
@@ -210,9 +289,9 @@ async fn a_webhook_receiver_outage_and_a_hub_kill_lose_no_accepted_qos_1_message
     // outage and started again while it lasts.
     receiver.take().unwrap().stop().await;
     let outage = Instant::now();
-    let before_outage = count(&accepted);
+    let before_outage = publisher.count();
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let before_kill = count(&accepted);
+    let before_kill = publisher.count();
     hub.kill();
     let mut hub = spawn_hub(&file, &dir.path().join("hub-1.log"));
     wait_http(http).await;
@@ -220,70 +299,158 @@ async fn a_webhook_receiver_outage_and_a_hub_kill_lose_no_accepted_qos_1_message
     wait_until(
         "the publisher goes on after the restart",
         Duration::from_secs(15),
-        || count(&accepted) > before_kill + 20,
+        || publisher.count() > before_kill + 20,
     )
     .await;
     tokio::time::sleep(Duration::from_secs(10).saturating_sub(outage.elapsed())).await;
-    let during_outage = count(&accepted) - before_outage;
+    let during_outage = publisher.count() - before_outage;
     let _receiver = Receiver::start(port, seen.clone(), StatusCode::OK).await;
     // A little more traffic with the receiver back, then stop publishing.
-    let at_return = count(&accepted);
+    let at_return = publisher.count();
     wait_until(
         "traffic after the receiver is back",
         Duration::from_secs(15),
-        || count(&accepted) > at_return + 100,
+        || publisher.count() > at_return + 100,
     )
     .await;
-    stop.store(true, Ordering::Relaxed);
-    let refused = within("publisher stop", publisher).await.unwrap();
-    let accepted = accepted.lock().clone();
-
-    let all_arrived = || {
-        let got: std::collections::HashSet<String> = seen.bodies.lock().iter().cloned().collect();
-        accepted.iter().all(|i| got.contains(&format!("m{i}")))
-    };
-    // Wait (bounded) for the backlog to drain; the counts are printed
-    // before any assertion.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !all_arrived() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (accepted, refused) = publisher.finish().await;
+    wait_all_arrived(&accepted, &seen.bodies).await;
 
     let bodies = seen.bodies.lock().clone();
-    let mut times: BTreeMap<&str, usize> = BTreeMap::new();
-    for b in &bodies {
-        *times.entry(b.as_str()).or_default() += 1;
-    }
-    let lost: Vec<u64> = accepted
-        .iter()
-        .copied()
-        .filter(|i| !times.contains_key(format!("m{i}").as_str()))
-        .collect();
-    let duplicates: usize = times.values().map(|n| n - 1).sum();
-    // First arrivals in publish order.
-    let mut first = Vec::new();
-    let mut once = std::collections::HashSet::new();
-    for b in &bodies {
-        if once.insert(b.as_str()) {
-            first.push(b[1..].parse::<u64>().unwrap());
-        }
-    }
-    let in_order = first.windows(2).all(|w| w[0] < w[1]);
+    let t = tally(&accepted, &bodies);
     let queues = admin_json(&client, admin, "/api/queues").await;
     hub.kill();
     println!(
         "accepted {} (during the 10 s outage {during_outage}, {} before the kill), \
          not accepted while the hub was down {refused}, hub back {restarted_after:?} into the outage; \
-         receiver got {} requests, {} distinct, {duplicates} duplicates, lost {}, first arrivals in order: {in_order}; \
+         receiver got {} requests, {} distinct, {} duplicates, lost {}, first arrivals in order: {}; \
          queues at the end: {queues}",
         accepted.len(),
         before_kill - before_outage,
         bodies.len(),
-        times.len(),
-        lost.len(),
+        t.distinct,
+        t.duplicates,
+        t.lost.len(),
+        t.in_order,
     );
-    assert!(lost.is_empty(), "accepted but never delivered: {lost:?}");
-    assert!(in_order, "first arrivals out of publish order");
+    assert!(
+        t.lost.is_empty(),
+        "accepted but never delivered: {:?}",
+        t.lost
+    );
+    assert!(t.in_order, "first arrivals out of publish order");
+    assert!(during_outage > 100, "too little traffic during the outage");
+}
+
+/// The MQTT adapter's `url` forward to a private Mosquitto that is down for
+/// 10 s (SIGTERM; it keeps its sessions on disk), the hub killed and
+/// started again 5 s into the outage. The reader is `mosquitto_sub` with a
+/// persistent session, so what Mosquitto accepted while it was away waits
+/// for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_outage_and_a_hub_kill_lose_no_accepted_qos_1_message() {
+    use mqtt_devices::{PrivateMosquitto, Sub};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (http, admin, broker) = (free_tcp_port(), free_tcp_port(), free_tcp_port());
+    let mosquitto_dir = dir.path().join("mosquitto");
+    std::fs::create_dir(&mosquitto_dir).unwrap();
+    let mut mosquitto = PrivateMosquitto::start(&mosquitto_dir, broker).await;
+    let bodies = Arc::new(Mutex::new(Vec::<String>::new()));
+    // Reads until its mosquitto_sub exits (or for good, if that one
+    // reconnects by itself).
+    let reader = |sub: Sub| {
+        let bodies = bodies.clone();
+        tokio::spawn(async move {
+            let mut sub = sub;
+            loop {
+                let m = sub.next_within(Duration::from_secs(3600)).await;
+                bodies.lock().push(m.payload);
+            }
+        })
+    };
+    let mut reading = reader(Sub::start(broker, "sf/#", &["-c", "-i", "sf-reader"]).await);
+
+    let file = dir.path().join("hub.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[hub]\ndata_dir = \"{}\"\n[admin]\nbind = \"127.0.0.1:{admin}\"\n\
+             [[adapters]]\nname = \"web\"\ntype = \"http\"\n[adapters.config]\nbind = \"127.0.0.1:{http}\"\n\
+             [[adapters]]\nname = \"broker\"\ntype = \"mqtt\"\n[adapters.config]\n\
+             url = \"mqtt://127.0.0.1:{broker}\"\nclient_id = \"polyhub-sf\"\n\
+             subscribe = [\"sf-in/#\"]\nforward = [\"sf/#\"]\nreconnect_min_ms = 50\nreconnect_max_ms = 500\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let client = reqwest::Client::new();
+    let mut hub = spawn_hub(&file, &dir.path().join("hub-0.log"));
+    wait_http(http).await;
+    let publisher = Publisher::start(&client, http);
+    let delivered = || bodies.lock().len();
+    wait_until(
+        "the reader gets the first messages",
+        Duration::from_secs(15),
+        || delivered() >= 50,
+    )
+    .await;
+
+    mosquitto.stop().await;
+    let outage = Instant::now();
+    let before_outage = publisher.count();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let before_kill = publisher.count();
+    hub.kill();
+    let mut hub = spawn_hub(&file, &dir.path().join("hub-1.log"));
+    wait_http(http).await;
+    let restarted_after = outage.elapsed();
+    wait_until(
+        "the publisher goes on after the restart",
+        Duration::from_secs(15),
+        || publisher.count() > before_kill + 20,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(10).saturating_sub(outage.elapsed())).await;
+    let during_outage = publisher.count() - before_outage;
+    mosquitto.restart().await;
+    if reading.is_finished() {
+        reading = reader(Sub::spawn(broker, "sf/#", &["-c", "-i", "sf-reader"]));
+    }
+    let at_return = publisher.count();
+    wait_until(
+        "traffic after the broker is back",
+        Duration::from_secs(15),
+        || publisher.count() > at_return + 100,
+    )
+    .await;
+    let (accepted, refused) = publisher.finish().await;
+    wait_all_arrived(&accepted, &bodies).await;
+
+    let got = bodies.lock().clone();
+    let t = tally(&accepted, &got);
+    let queues = admin_json(&client, admin, "/api/queues").await;
+    hub.kill();
+    reading.abort();
+    println!(
+        "accepted {} (during the 10 s broker outage {during_outage}, {} before the kill), \
+         not accepted while the hub was down {refused}, hub back {restarted_after:?} into the outage; \
+         mosquitto_sub got {}, {} distinct, {} duplicates, lost {}, first arrivals in order: {}; \
+         queues at the end: {queues}",
+        accepted.len(),
+        before_kill - before_outage,
+        got.len(),
+        t.distinct,
+        t.duplicates,
+        t.lost.len(),
+        t.in_order,
+    );
+    assert!(
+        t.lost.is_empty(),
+        "accepted but never delivered: {:?}",
+        t.lost
+    );
+    assert!(t.in_order, "first arrivals out of publish order");
     assert!(during_outage > 100, "too little traffic during the outage");
 }
 
