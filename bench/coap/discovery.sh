@@ -9,14 +9,29 @@
 #   bench/coap/discovery.sh [TOPICS] [PEERS]
 #
 # HUB=path/to/polyhub runs another build (e.g. main's, for a before/after).
+# WALKER=aiocoap walks with aiocoap (bench/coap/walk_aiocoap.py; pip install
+# aiocoap) instead of libcoap's coap-client. libcoap 4.3.1's client stalls
+# at the block after the first 64 KiB in some concurrent walks: the server's
+# response is on the wire (tcpdump), the client acts on it only when its
+# retransmission timer fires, 2 s to minutes later, and some walks time out
+# (-B 600) there; aiocoap's walks of the same listing all complete.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 TOPICS=${1:-200000}
 PEERS=${2:-80}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 log() { printf '\033[1m[bench/coap/discovery]\033[0m %s\n' "$*"; }
-client=$(command -v coap-client || command -v coap-client-notls) \
-  || { echo "coap-client not found: apt-get install libcoap3-bin" >&2; exit 1; }
+WALKER=${WALKER:-libcoap}
+case $WALKER in
+  libcoap)
+    client=$(command -v coap-client || command -v coap-client-notls) \
+      || { echo "coap-client not found: apt-get install libcoap3-bin" >&2; exit 1; } ;;
+  aiocoap)
+    python3 -c 'import aiocoap' 2>/dev/null \
+      || { echo "aiocoap not found: python3 -m pip install aiocoap" >&2; exit 1; }
+    client=aiocoap ;;
+  *) echo "WALKER is libcoap or aiocoap" >&2; exit 1 ;;
+esac
 if [[ -z ${HUB:-} ]]; then
   log "building (release)"
   cargo build -q --release -p polyhub
@@ -123,7 +138,11 @@ threading.Thread(target=sample, daemon=True).start()
 time.sleep(1)
 base = list(lat)
 t0 = time.time()
-procs = [subprocess.Popen([client, "-B", "600", f"coap://127.0.0.1:{coap}/.well-known/core"],
+if client == "aiocoap":
+    cmd = ["python3", os.path.join("bench", "coap", "walk_aiocoap.py"), str(coap)]
+else:
+    cmd = [client, "-B", "600", f"coap://127.0.0.1:{coap}/.well-known/core"]
+procs = [subprocess.Popen(cmd,
                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) for _ in range(peers)]
 outs = [p.communicate()[0] for p in procs]
 walk = time.time() - t0

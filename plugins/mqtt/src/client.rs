@@ -17,14 +17,19 @@
 //! and rumqttc takes no other request meanwhile). A lost connection forgets
 //! everything in flight; the forwarder then has the queue hand it all out
 //! again ([`Subscription::redeliver`]).
+//!
+//! The other way, a QoS 1/2 publish from the broker is acknowledged once
+//! the hub has it (on disk with a `data_dir`): routed at once, acknowledged
+//! in order by [`Ingest`] when its group commit is done, so that the event
+//! loop reads the next publishes meanwhile.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use polyhub_sdk::{
-    Acker, AdapterContext, AdapterError, DurableOptions, Envelope, PublishError, Subscription,
-    TopicFilter,
+    Acker, AdapterContext, AdapterError, DurableOptions, Envelope, PublishError, Stored,
+    Subscription, TopicFilter,
 };
 use rumqttc::v5::mqttbytes::v5::{
     ConnectReturnCode, Filter, Packet, PubAck, PubAckReason, PubRec, PubRecReason, Publish,
@@ -33,7 +38,7 @@ use rumqttc::v5::mqttbytes::v5::{
 use rumqttc::v5::mqttbytes::QoS as CQoS;
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Request};
 use rumqttc::{Outgoing, TlsConfiguration, Transport};
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -51,6 +56,9 @@ const INFLIGHT: u16 = 100;
 /// Envelopes the forwarder has in flight at once (submitted, written and
 /// not yet acknowledged).
 const WINDOW: usize = INFLIGHT as usize;
+/// The broker's QoS 1/2 publishes taken into the hub and not acknowledged
+/// yet (waiting for the store's group commit).
+const INGEST_PIPELINE: usize = 256;
 /// The durable queue the forward reads.
 const FORWARD_QUEUE: &str = "forward";
 /// How long a clean disconnect may take at shutdown.
@@ -160,6 +168,67 @@ impl Shared {
     }
 }
 
+/// Acknowledges the broker's QoS 1/2 publishes once the hub has them on
+/// disk, in the order they came, while the event loop reads the next ones:
+/// one group commit per batch of messages, not one per message.
+struct Ingest {
+    tx: mpsc::Sender<(u64, Stored, Publish)>,
+    /// The connection acknowledgements are for, bumped when it is lost.
+    connection: Arc<Mutex<u64>>,
+}
+
+fn lock_connection(c: &Mutex<u64>) -> MutexGuard<'_, u64> {
+    c.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+impl Ingest {
+    fn start(ctx: &AdapterContext, client: &AsyncClient) -> Ingest {
+        let (tx, rx) = mpsc::channel(INGEST_PIPELINE);
+        let connection = Arc::new(Mutex::new(0));
+        ctx.spawn(ack_when_stored(rx, client.clone(), connection.clone()));
+        Ingest { tx, connection }
+    }
+
+    /// Acknowledges `publish` once `stored` resolves; waits while
+    /// [`INGEST_PIPELINE`] are waiting already. False when the acker is gone.
+    async fn ack_when_stored(&self, stored: Stored, publish: Publish) -> bool {
+        let connection = *lock_connection(&self.connection);
+        self.tx.send((connection, stored, publish)).await.is_ok()
+    }
+
+    /// The connection is lost: what it did not acknowledge yet is never
+    /// acknowledged on the next one (its packet ids mean other messages
+    /// there); the broker has no session for us and forgets them.
+    fn lost(&self) {
+        *lock_connection(&self.connection) += 1;
+    }
+}
+
+async fn ack_when_stored(
+    mut rx: mpsc::Receiver<(u64, Stored, Publish)>,
+    client: AsyncClient,
+    connection: Arc<Mutex<u64>>,
+) {
+    while let Some((on, stored, publish)) = rx.recv().await {
+        // Not stored (the hub is stopping, or the store failed): not
+        // acknowledged.
+        if stored.await.is_err() {
+            continue;
+        }
+        // Under the lock: a lost connection is either before (skipped) or
+        // after (the ack is in rumqttc's channel, which the event loop
+        // empties when it handles the loss).
+        let sent = {
+            let current = lock_connection(&connection);
+            *current != on || client.try_ack(&publish).is_ok()
+        };
+        // rumqttc's channel is full (or closed: the adapter stops).
+        if !sent && client.ack(&publish).await.is_err() {
+            return;
+        }
+    }
+}
+
 /// The broker refused a forwarded message with a reason code: it is not
 /// retried (the broker would refuse it again); counted (`broker_refused`,
 /// `dropped`) and logged at most once a second.
@@ -215,24 +284,23 @@ fn subscribe_request(filters: &[TopicFilter]) -> Request {
     Request::Subscribe(Subscribe::new_many(filters, None))
 }
 
-/// How the hub took a publish from the broker.
+/// Why the hub refused a publish from the broker (one it took is
+/// acknowledged by [`Ingest`] once stored).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ack {
-    Success,
     QuotaExceeded,
     TopicInvalid,
 }
 
-/// The acknowledgement of a publish from the broker (none at QoS 0): the
-/// hub's answer as an MQTT 5 reason code (0x97 quota exceeded, 0x90 topic
-/// name invalid).
+/// The refusal of a publish from the broker (none at QoS 0): the hub's
+/// answer as an MQTT 5 reason code (0x97 quota exceeded, 0x90 topic name
+/// invalid).
 fn ack_request(publish: &Publish, outcome: Ack) -> Option<Request> {
     match publish.qos {
         CQoS::AtMostOnce => None,
         CQoS::AtLeastOnce => {
             let mut ack = PubAck::new(publish.pkid, None);
             ack.reason = match outcome {
-                Ack::Success => PubAckReason::Success,
                 Ack::QuotaExceeded => PubAckReason::QuotaExceeded,
                 Ack::TopicInvalid => PubAckReason::TopicNameInvalid,
             };
@@ -241,7 +309,6 @@ fn ack_request(publish: &Publish, outcome: Ack) -> Option<Request> {
         CQoS::ExactlyOnce => {
             let mut rec = PubRec::new(publish.pkid, None);
             rec.reason = match outcome {
-                Ack::Success => PubRecReason::Success,
                 Ack::QuotaExceeded => PubRecReason::QuotaExceeded,
                 Ack::TopicInvalid => PubRecReason::TopicNameInvalid,
             };
@@ -308,6 +375,7 @@ pub(crate) async fn run(
 ) -> Result<(), AdapterError> {
     let broker = format!("{}:{}", s.host, s.port);
     let (client, mut eventloop) = AsyncClient::new(options(&s)?, REQUEST_CHANNEL);
+    let ingest = Ingest::start(&ctx, &client);
 
     // Stops with the event loop, also when that ends on an error.
     let stop_forwarder = ctx.shutdown().child_token();
@@ -335,12 +403,13 @@ pub(crate) async fn run(
         &s,
         &broker,
         &subscribe,
-        &client,
+        &ingest,
         &mut eventloop,
         shared.as_deref(),
         &ctx,
     )
     .await;
+    drop(ingest);
 
     stop_forwarder.cancel();
     if let Some(task) = forwarder {
@@ -378,12 +447,14 @@ async fn event_loop(
     s: &ClientSettings,
     broker: &str,
     subscribe: &[TopicFilter],
-    client: &AsyncClient,
+    ingest: &Ingest,
     eventloop: &mut EventLoop,
     shared: Option<&Shared>,
     ctx: &AdapterContext,
 ) -> Result<(), AdapterError> {
     let mut supervisor = Supervisor::new(ctx, broker, s.backoff.clone());
+    // Publishes of a lost connection still to come out of rumqttc.
+    let mut stale = 0usize;
     loop {
         let event = tokio::select! {
             _ = ctx.shutdown().cancelled() => return Ok(()),
@@ -406,10 +477,21 @@ async fn event_loop(
                 supervisor.connected(&"subscribed");
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
+                // A publish of a lost connection: its packet id means
+                // another message on this one, so it goes into the hub but
+                // is never acknowledged.
+                let acked = publish.qos != CQoS::AtMostOnce && stale == 0;
+                stale = stale.saturating_sub(1);
                 let origin = ctx.origin().with_peer(broker);
                 let outcome = match convert::envelope_from_client(&publish, origin) {
-                    Ok(env) => match ctx.publish(env).await {
-                        Ok(()) => Ack::Success,
+                    Ok(env) => match ctx.publish_routed(env).await {
+                        Ok(_) if !acked => continue,
+                        Ok(stored) => {
+                            if !ingest.ack_when_stored(stored, publish).await {
+                                return Ok(());
+                            }
+                            continue;
+                        }
                         Err(PublishError::Quota) => {
                             ctx.metrics().record_rejected("quota_exceeded");
                             debug!(adapter = %ctx.name(), broker = %broker, "Refused a retained message: the hub's retained store is full.");
@@ -424,14 +506,12 @@ async fn event_loop(
                         Ack::TopicInvalid
                     }
                 };
-                // A success goes through the request channel; anything else,
-                // or a full channel, through `pending` (which rumqttc throttles
-                // by a timer tick per request, too slow for every ack).
-                let sent = outcome == Ack::Success && client.try_ack(&publish).is_ok();
-                if !sent {
-                    if let Some(ack) = ack_request(&publish, outcome) {
-                        eventloop.pending.push_back(ack);
-                    }
+                // A refusal, with its reason code, through `pending` (an ack
+                // with a reason has no client call); it may overtake
+                // acknowledgements still waiting for the store, which
+                // brokers match by packet id.
+                if let Some(ack) = ack_request(&publish, outcome).filter(|_| acked) {
+                    eventloop.pending.push_back(ack);
                 }
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
@@ -447,9 +527,8 @@ async fn event_loop(
             }
             Ok(other) => debug!(adapter = %ctx.name(), event = ?other, "MQTT event."),
             Err(e) => {
-                if let Some(sh) = shared {
-                    forget_in_flight(sh, eventloop, ctx);
-                }
+                ingest.lost();
+                stale = forget_in_flight(shared, eventloop, ctx);
                 match supervisor.lost(&Lost(e)).await? {
                     Next::Retry => {}
                     Next::Shutdown => return Ok(()),
@@ -463,7 +542,26 @@ async fn event_loop(
 /// out yet still count; everything else in flight is forgotten, here and in
 /// rumqttc (the session is clean, so the broker forgot it too), and the
 /// forwarder has the durable queue hand it out again, in order.
-fn forget_in_flight(sh: &Shared, eventloop: &mut EventLoop, ctx: &AdapterContext) {
+/// Returns how many publishes of the lost connection rumqttc still holds
+/// as events (taken into the hub after the reconnect, never acknowledged).
+fn forget_in_flight(
+    shared: Option<&Shared>,
+    eventloop: &mut EventLoop,
+    ctx: &AdapterContext,
+) -> usize {
+    let stale = eventloop
+        .state
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::Incoming(Packet::Publish(_))))
+        .count();
+    let Some(sh) = shared else {
+        // Acknowledgements of the lost connection queued since rumqttc
+        // emptied its channel: dropped with everything else it held.
+        eventloop.clean();
+        eventloop.pending.clear();
+        return stale;
+    };
     // Events of the forward are handled now; the rest (publishes from the
     // broker) are handed out after the reconnect, as rumqttc would.
     let events = std::mem::take(&mut eventloop.state.events);
@@ -478,7 +576,8 @@ fn forget_in_flight(sh: &Shared, eventloop: &mut EventLoop, ctx: &AdapterContext
     }
     let in_flight = sh.lock().lost();
     // Submitted after rumqttc emptied its channel into `pending`, before
-    // `lost` stopped the forwarder: into `pending` too, then all dropped.
+    // `lost` stopped the forwarder (and acknowledgements of the lost
+    // connection): into `pending` too, then all dropped.
     eventloop.clean();
     eventloop.pending.clear();
     eventloop.state.collision = None;
@@ -486,6 +585,7 @@ fn forget_in_flight(sh: &Shared, eventloop: &mut EventLoop, ctx: &AdapterContext
     if in_flight > 0 {
         debug!(adapter = %ctx.name(), messages = in_flight, "Connection lost with forwarded messages in flight; they go out again after the reconnect.");
     }
+    stale
 }
 
 /// Sends what the hub forwards to the broker, at most [`WINDOW`] at a time,
@@ -640,11 +740,11 @@ mod tests {
         };
         assert_eq!((ack.pkid, ack.reason), (7, PubAckReason::QuotaExceeded));
         p.qos = CQoS::ExactlyOnce;
-        let Some(Request::PubRec(rec)) = ack_request(&p, Ack::Success) else {
+        let Some(Request::PubRec(rec)) = ack_request(&p, Ack::TopicInvalid) else {
             panic!("expected a PUBREC")
         };
-        assert_eq!(rec.reason, PubRecReason::Success);
+        assert_eq!(rec.reason, PubRecReason::TopicNameInvalid);
         p.qos = CQoS::AtMostOnce;
-        assert!(ack_request(&p, Ack::Success).is_none());
+        assert!(ack_request(&p, Ack::QuotaExceeded).is_none());
     }
 }

@@ -1002,8 +1002,10 @@ impl Session {
 
     async fn connected(&mut self, link: &mut Link) -> End {
         // Packets that came with the CONNECT (a device need not wait for
-        // CONNACK before it subscribes).
-        if let Some(end) = self.incoming(link).await {
+        // CONNACK before it subscribes). Boxed like the one below: unboxed,
+        // packet handling made every session's task 4.3 KiB (measured with
+        // massif), 8.3 KiB per idle device in all.
+        if let Some(end) = Box::pin(self.incoming(link)).await {
             return end;
         }
         loop {
