@@ -31,7 +31,7 @@ use lapin::{
 };
 use polyhub_sdk::{
     Action, Adapter, AdapterContext, AdapterError, DurableOptions, Envelope, Identity, Origin,
-    PublishError, QoS, Subscription,
+    PublishError, QoS, Stored, Subscription,
 };
 use tracing::{debug, warn};
 
@@ -326,8 +326,34 @@ impl Shared {
     }
 
     /// Broker → hub: each delivery becomes an envelope, acked once the hub
-    /// accepted it (QoS 1).
-    async fn inbound(&self, mut consumer: Consumer) -> Result<(), SessionError> {
+    /// has it (QoS 1; on disk with a `data_dir`). A delivery is routed at
+    /// once and acked, in order, when its group commit is done, while the
+    /// next ones are read (up to the prefetch count): one commit per batch
+    /// of deliveries, not one per delivery.
+    async fn inbound(&self, consumer: Consumer) -> Result<(), SessionError> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(Stored, lapin::Acker)>(256);
+        let acks = async {
+            while let Some((stored, acker)) = rx.recv().await {
+                // Not stored: unacked, the broker delivers it again.
+                stored.await.map_err(|_| SessionError::HubClosed)?;
+                acker
+                    .ack(BasicAckOptions::default())
+                    .await
+                    .map_err(SessionError::amqp("acking"))?;
+            }
+            Ok(())
+        };
+        tokio::select! {
+            r = self.consume(consumer, tx) => r,
+            r = acks => r,
+        }
+    }
+
+    async fn consume(
+        &self,
+        mut consumer: Consumer,
+        acks: tokio::sync::mpsc::Sender<(Stored, lapin::Acker)>,
+    ) -> Result<(), SessionError> {
         let ack = self.confirmed();
         let uri = &self.settings.uri;
         let base = self
@@ -368,8 +394,12 @@ impl Shared {
                 origin,
             ) {
                 Ok(envelope) => {
-                    match self.ctx.publish(envelope).await {
-                        Ok(()) => {}
+                    match self.ctx.publish_routed(envelope).await {
+                        Ok(stored) => {
+                            if ack && acks.send((stored, d.acker)).await.is_err() {
+                                return Err(SessionError::HubClosed);
+                            }
+                        }
                         Err(PublishError::Quota) => {
                             // Nothing to evict for a new retained topic: the
                             // message is refused, as a broker refuses past a
@@ -388,12 +418,6 @@ impl Shared {
                             continue;
                         }
                         Err(_) => return Err(SessionError::HubClosed),
-                    }
-                    if ack {
-                        d.acker
-                            .ack(BasicAckOptions::default())
-                            .await
-                            .map_err(SessionError::amqp("acking"))?;
                     }
                 }
                 Err(e) => {
