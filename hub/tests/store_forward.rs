@@ -454,6 +454,97 @@ async fn a_broker_outage_and_a_hub_kill_lose_no_accepted_qos_1_message() {
     assert!(during_outage > 100, "too little traffic during the outage");
 }
 
+/// The other way: a burst of QoS 1 messages from an external broker into
+/// a hub with a `data_dir`. Each is acknowledged to the broker once stored,
+/// while the next ones are read; an acknowledger that waited for the event
+/// loop (which waited for it) stalled after a few hundred.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_from_an_external_broker_is_stored_and_acknowledged() {
+    use mqtt_devices::PrivateMosquitto;
+    use std::io::Write;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (http, admin, broker) = (free_tcp_port(), free_tcp_port(), free_tcp_port());
+    let mosquitto_dir = dir.path().join("mosquitto");
+    std::fs::create_dir(&mosquitto_dir).unwrap();
+    let _mosquitto = PrivateMosquitto::start(&mosquitto_dir, broker).await;
+    let file = dir.path().join("hub.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[hub]\ndata_dir = \"{}\"\n[admin]\nbind = \"127.0.0.1:{admin}\"\n\
+             [[adapters]]\nname = \"web\"\ntype = \"http\"\n[adapters.config]\nbind = \"127.0.0.1:{http}\"\n\
+             [[adapters]]\nname = \"broker\"\ntype = \"mqtt\"\n[adapters.config]\n\
+             url = \"mqtt://127.0.0.1:{broker}\"\nclient_id = \"polyhub-in\"\n\
+             subscribe = [\"in/#\"]\nforward = [\"out/#\"]\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let mut hub = spawn_hub(&file, &dir.path().join("hub.log"));
+    wait_http(http).await;
+    let client = reqwest::Client::new();
+    wait_until("the MQTT adapter is up", Duration::from_secs(15), || {
+        Command::new("curl")
+            .args(["-s", &format!("http://127.0.0.1:{admin}/health")])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("\"broker\":\"up\""))
+    })
+    .await;
+
+    let n = 5000;
+    let mut pub_ = Command::new("mosquitto_pub")
+        .args(["-p", &broker.to_string(), "-q", "1", "-t", "in/burst", "-l"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        let mut stdin = pub_.stdin.take().unwrap();
+        for i in 0..n {
+            writeln!(stdin, "m{i}").unwrap();
+        }
+    }
+    within(
+        "mosquitto_pub",
+        tokio::task::spawn_blocking(move || pub_.wait()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let taken = || {
+        let m = Command::new("curl")
+            .args(["-s", &format!("http://127.0.0.1:{admin}/metrics")])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        m.lines()
+            .find(|l| {
+                l.starts_with("polyhub_messages_in_total{") && l.contains("adapter=\"broker\"")
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while taken() < n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = taken();
+    let last = within(
+        "GET the last value",
+        client
+            .get(format!("http://127.0.0.1:{http}/topics/in/burst"))
+            .send(),
+    )
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    hub.kill();
+    assert_eq!(got, n, "messages the hub took from the broker");
+    assert_eq!(last, format!("m{}", n - 1));
+}
+
 /// A receiver that answers 500 to everything: the webhook retries the head
 /// of its queue forever, the queue stays within `max_queue_bytes` (its
 /// oldest dropped and counted), and the hub's memory does not follow the

@@ -57,8 +57,9 @@ const INFLIGHT: u16 = 100;
 /// not yet acknowledged).
 const WINDOW: usize = INFLIGHT as usize;
 /// The broker's QoS 1/2 publishes taken into the hub and not acknowledged
-/// yet (waiting for the store's group commit).
-const INGEST_PIPELINE: usize = 256;
+/// yet (waiting for the store's group commit): the receive maximum the
+/// client asks the broker for ([`Ingest`] holds twice as many).
+const INGEST_PIPELINE: u16 = 128;
 /// The durable queue the forward reads.
 const FORWARD_QUEUE: &str = "forward";
 /// How long a clean disconnect may take at shutdown.
@@ -171,43 +172,82 @@ impl Shared {
 /// Acknowledges the broker's QoS 1/2 publishes once the hub has them on
 /// disk, in the order they came, while the event loop reads the next ones:
 /// one group commit per batch of messages, not one per message.
+///
+/// The acker never waits for rumqttc's request channel (the event loop,
+/// which empties it, may be waiting for room in the acker): what does not
+/// fit goes to `overflow`, which the event loop moves into rumqttc's
+/// `pending` after each event.
 struct Ingest {
     tx: mpsc::Sender<(u64, Stored, Publish)>,
-    /// The connection acknowledgements are for, bumped when it is lost.
-    connection: Arc<Mutex<u64>>,
+    acks: Arc<Mutex<Acks>>,
 }
 
-fn lock_connection(c: &Mutex<u64>) -> MutexGuard<'_, u64> {
-    c.lock().unwrap_or_else(|poison| poison.into_inner())
+/// The acker's side of [`Ingest`].
+#[derive(Default)]
+struct Acks {
+    /// The connection acknowledgements are for, bumped when it is lost.
+    connection: u64,
+    /// Stored, their acknowledgements not handed to rumqttc yet.
+    overflow: Vec<Publish>,
+}
+
+fn lock_acks(a: &Mutex<Acks>) -> MutexGuard<'_, Acks> {
+    // The lock only guards plain data; a panic elsewhere cannot corrupt it.
+    a.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+/// The acknowledgement of a publish the hub took (none at QoS 0).
+fn success_ack(publish: &Publish) -> Option<Request> {
+    match publish.qos {
+        CQoS::AtMostOnce => None,
+        CQoS::AtLeastOnce => Some(Request::PubAck(PubAck::new(publish.pkid, None))),
+        CQoS::ExactlyOnce => Some(Request::PubRec(PubRec::new(publish.pkid, None))),
+    }
 }
 
 impl Ingest {
     fn start(ctx: &AdapterContext, client: &AsyncClient) -> Ingest {
-        let (tx, rx) = mpsc::channel(INGEST_PIPELINE);
-        let connection = Arc::new(Mutex::new(0));
-        ctx.spawn(ack_when_stored(rx, client.clone(), connection.clone()));
-        Ingest { tx, connection }
+        // Room for more than the broker should send unacknowledged.
+        let (tx, rx) = mpsc::channel(2 * usize::from(INGEST_PIPELINE));
+        let acks = Arc::new(Mutex::new(Acks::default()));
+        ctx.spawn(ack_when_stored(rx, client.clone(), acks.clone()));
+        Ingest { tx, acks }
     }
 
-    /// Acknowledges `publish` once `stored` resolves; waits while
-    /// [`INGEST_PIPELINE`] are waiting already. False when the acker is gone.
+    /// Acknowledges `publish` once `stored` resolves; waits while the
+    /// acker is full (it never waits for the event loop, so it drains).
+    /// False when the acker is gone.
     async fn ack_when_stored(&self, stored: Stored, publish: Publish) -> bool {
-        let connection = *lock_connection(&self.connection);
+        let connection = lock_acks(&self.acks).connection;
         self.tx.send((connection, stored, publish)).await.is_ok()
+    }
+
+    /// Acknowledgements that did not fit into rumqttc's request channel.
+    fn overflow(&self) -> Vec<Request> {
+        let mut a = lock_acks(&self.acks);
+        if a.overflow.is_empty() {
+            return Vec::new();
+        }
+        a.overflow
+            .drain(..)
+            .filter_map(|p| success_ack(&p))
+            .collect()
     }
 
     /// The connection is lost: what it did not acknowledge yet is never
     /// acknowledged on the next one (its packet ids mean other messages
     /// there); the broker has no session for us and forgets them.
     fn lost(&self) {
-        *lock_connection(&self.connection) += 1;
+        let mut a = lock_acks(&self.acks);
+        a.connection += 1;
+        a.overflow.clear();
     }
 }
 
 async fn ack_when_stored(
     mut rx: mpsc::Receiver<(u64, Stored, Publish)>,
     client: AsyncClient,
-    connection: Arc<Mutex<u64>>,
+    acks: Arc<Mutex<Acks>>,
 ) {
     while let Some((on, stored, publish)) = rx.recv().await {
         // Not stored (the hub is stopping, or the store failed): not
@@ -217,14 +257,10 @@ async fn ack_when_stored(
         }
         // Under the lock: a lost connection is either before (skipped) or
         // after (the ack is in rumqttc's channel, which the event loop
-        // empties when it handles the loss).
-        let sent = {
-            let current = lock_connection(&connection);
-            *current != on || client.try_ack(&publish).is_ok()
-        };
-        // rumqttc's channel is full (or closed: the adapter stops).
-        if !sent && client.ack(&publish).await.is_err() {
-            return;
+        // empties when it handles the loss, or in `overflow`, cleared).
+        let mut a = lock_acks(&acks);
+        if a.connection == on && client.try_ack(&publish).is_err() {
+            a.overflow.push(publish);
         }
     }
 }
@@ -254,7 +290,8 @@ fn options(s: &ClientSettings) -> Result<MqttOptions, MqttError> {
         // not): at-least-once into the hub, and v5's quota error.
         .set_manual_acks(true)
         .set_connection_timeout(5)
-        .set_outgoing_inflight_upper_limit(INFLIGHT);
+        .set_outgoing_inflight_upper_limit(INFLIGHT)
+        .set_receive_maximum(Some(INGEST_PIPELINE));
     if let Some((user, pass)) = &s.credentials {
         opts.set_credentials(user.clone(), pass.clone());
     }
@@ -463,6 +500,7 @@ async fn event_loop(
         if let (Some(sh), Ok(event)) = (shared, &event) {
             sh.on_event(event, ctx);
         }
+        eventloop.pending.extend(ingest.overflow());
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 // Subscribe first; the forwarder starts (again) once it
