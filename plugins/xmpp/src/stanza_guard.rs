@@ -90,9 +90,9 @@ pub enum Refusal {
     /// refuses them, fatally for the stream).
     Malformed,
     /// Well-formed XML that is not a valid `<message>`, `<presence>` or
-    /// `<iq>` (a `type` the RFC does not define, two bodies of one
-    /// language, an `<iq>` without `id`, ...): tokio-xmpp would drop it with
-    /// only a log line, so the guard refuses it itself, where it is counted.
+    /// `<iq>` (a `type` the RFC does not define, a `from` that is not a
+    /// JID, an `<iq>` without `id`, ...): tokio-xmpp would drop it with only
+    /// a log line, so the guard refuses it itself, where it is counted.
     Invalid,
 }
 
