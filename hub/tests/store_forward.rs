@@ -545,6 +545,70 @@ async fn a_burst_from_an_external_broker_is_stored_and_acknowledged() {
     assert_eq!(last, format!("m{}", n - 1));
 }
 
+/// An envelope the broker can never take (over the maximum packet size its
+/// CONNACK announced) is skipped and counted, not handed out first again
+/// after every reconnect: the next message gets through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_envelope_over_the_brokers_maximum_packet_size_is_skipped_and_counted() {
+    use mqtt_devices::{PrivateMosquitto, Sub};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (http, admin, broker) = (free_tcp_port(), free_tcp_port(), free_tcp_port());
+    let mosquitto_dir = dir.path().join("mosquitto");
+    std::fs::create_dir(&mosquitto_dir).unwrap();
+    let _mosquitto =
+        PrivateMosquitto::start_with(&mosquitto_dir, broker, "max_packet_size 2000").await;
+    let mut reader = Sub::start(broker, "sf/#", &[]).await;
+    let file = dir.path().join("hub.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[hub]\ndata_dir = \"{}\"\n[admin]\nbind = \"127.0.0.1:{admin}\"\n\
+             [[adapters]]\nname = \"web\"\ntype = \"http\"\n[adapters.config]\nbind = \"127.0.0.1:{http}\"\n\
+             [[adapters]]\nname = \"broker\"\ntype = \"mqtt\"\n[adapters.config]\n\
+             url = \"mqtt://127.0.0.1:{broker}\"\nclient_id = \"polyhub-big\"\n\
+             subscribe = [\"in/#\"]\nforward = [\"sf/#\"]\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let mut hub = spawn_hub(&file, &dir.path().join("hub.log"));
+    wait_http(http).await;
+    let client = reqwest::Client::new();
+    let post = |topic: &'static str, body: String| {
+        let client = client.clone();
+        async move {
+            within(
+                "POST",
+                client
+                    .post(format!("http://127.0.0.1:{http}/topics/{topic}?qos=1"))
+                    .body(body)
+                    .send(),
+            )
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+        }
+    };
+    assert_eq!(post("sf/big", "x".repeat(5000)).await, 202);
+    assert_eq!(post("sf/small", "after".to_owned()).await, 202);
+    let m = reader.next().await;
+    assert_eq!(
+        (m.topic.as_str(), m.payload.as_str()),
+        ("sf/small", "after")
+    );
+    let adapters = admin_json(&client, admin, "/api/adapters").await;
+    let mqtt = adapters["adapters"]
+        .as_array()
+        .and_then(|a| a.iter().find(|a| a["name"] == "broker"))
+        .cloned()
+        .unwrap_or_default();
+    hub.kill();
+    assert_eq!(mqtt["events"]["broker_refused"].as_u64(), Some(1), "{mqtt}");
+    assert_eq!(mqtt["reconnects"].as_u64().unwrap_or(0), 0, "{mqtt}");
+}
+
 /// A receiver that answers 500 to everything: the webhook retries the head
 /// of its queue forever, the queue stays within `max_queue_bytes` (its
 /// oldest dropped and counted), and the hub's memory does not follow the

@@ -70,6 +70,9 @@ const DISCONNECT_GRACE: Duration = Duration::from_secs(1);
 #[derive(Debug, Default)]
 struct Tracker {
     connected: bool,
+    /// The largest packet the broker takes (its CONNACK's maximum packet
+    /// size), if it said.
+    max_packet: Option<usize>,
     /// Bumped on every lost connection: the forwarder then has the queue
     /// redeliver what was in flight.
     generation: u64,
@@ -118,6 +121,7 @@ impl Tracker {
 
 /// What the event loop and the forwarder share.
 struct Shared {
+    ctx: AdapterContext,
     tracker: Mutex<Tracker>,
     /// Signalled when there is room, on a connection and on a lost one.
     changed: Notify,
@@ -423,6 +427,7 @@ pub(crate) async fn run(
             .subscribe_durable(FORWARD_QUEUE, forward, DurableOptions::default())
             .map_err(|_| AdapterError::HubClosed)?;
         let shared = Arc::new(Shared {
+            ctx: ctx.clone(),
             tracker: Mutex::new(Tracker::default()),
             changed: Notify::new(),
             acker: sub.acker(),
@@ -502,14 +507,21 @@ async fn event_loop(
         }
         eventloop.pending.extend(ingest.overflow());
         match event {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+            Ok(Event::Incoming(Packet::ConnAck(connack))) => {
                 // Subscribe first; the forwarder starts (again) once it
                 // sees the connection, so its publishes follow.
                 if !subscribe.is_empty() {
                     eventloop.pending.push_front(subscribe_request(subscribe));
                 }
                 if let Some(sh) = shared {
-                    sh.lock().connected = true;
+                    let mut t = sh.lock();
+                    t.connected = true;
+                    t.max_packet = connack
+                        .properties
+                        .as_ref()
+                        .and_then(|p| p.max_packet_size)
+                        .map(|m| m as usize);
+                    drop(t);
                     sh.changed.notify_one();
                 }
                 supervisor.connected(&"subscribed");
@@ -674,6 +686,12 @@ async fn forward_loop(
             let mut t = shared.lock();
             if t.generation != generation || !t.connected {
                 false
+            } else if let Some(max) = t.max_packet.filter(|m| publish_size(&env) > *m) {
+                // rumqttc would end the connection on it, and the queue hand
+                // it out first again after every reconnect: skipped.
+                drop(t);
+                too_large(&shared, &env, max);
+                continue;
             } else {
                 t.submitted.push_back(env.clone());
                 let ok = submit(&client, &env);
@@ -693,6 +711,26 @@ async fn forward_loop(
             }
         }
     }
+}
+
+/// The size of the PUBLISH packet an envelope becomes.
+fn publish_size(env: &Envelope) -> usize {
+    convert::client_publish(env).size()
+}
+
+/// An envelope larger than the broker's maximum packet size: the broker can
+/// never take it, so it is acknowledged away, counted (`broker_refused`,
+/// `dropped`) and logged at most once a second.
+fn too_large(shared: &Shared, env: &Envelope, max: usize) {
+    shared.acker.ack(env);
+    refused(
+        &shared.ctx,
+        env,
+        &format_args!(
+            "{} bytes, over the broker's maximum packet size of {max}",
+            publish_size(env)
+        ),
+    );
 }
 
 /// Hands one envelope to rumqttc; false when its channel is full or closed.
