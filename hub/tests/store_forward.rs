@@ -264,6 +264,128 @@ async fn wait_all_arrived(accepted: &[u64], bodies: &Mutex<Vec<String>>) {
     }
 }
 
+/// What [`kill_during_outage`] saw.
+struct Outage {
+    /// Messages accepted during the 10 s outage.
+    during: usize,
+    /// Of those, before the kill.
+    before_kill: usize,
+    /// When the hub was back, from the outage's start.
+    restarted_after: Duration,
+}
+
+/// The peer just went away: 5 s later the hub is killed (`SIGKILL`) and
+/// started again on `file`; returns once 10 s of outage have passed.
+async fn kill_during_outage(
+    hub: &mut HubProcess,
+    file: &Path,
+    log: &Path,
+    http: u16,
+    publisher: &Publisher,
+) -> Outage {
+    let outage = Instant::now();
+    let before_outage = publisher.count();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let before_kill = publisher.count();
+    hub.kill();
+    *hub = spawn_hub(file, log);
+    wait_http(http).await;
+    let restarted_after = outage.elapsed();
+    wait_until(
+        "the publisher goes on after the restart",
+        Duration::from_secs(15),
+        || publisher.count() > before_kill + 20,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(10).saturating_sub(outage.elapsed())).await;
+    Outage {
+        during: publisher.count() - before_outage,
+        before_kill: before_kill - before_outage,
+        restarted_after,
+    }
+}
+
+/// The peer is back: a little more traffic, then the publisher stops; the
+/// accepted messages and the tries refused.
+async fn traffic_after_return(publisher: Publisher) -> (Vec<u64>, u64) {
+    let at_return = publisher.count();
+    wait_until(
+        "traffic after the peer is back",
+        Duration::from_secs(15),
+        || publisher.count() > at_return + 100,
+    )
+    .await;
+    publisher.finish().await
+}
+
+/// Prints what an outage test saw, then asserts: nothing accepted lost,
+/// first arrivals in publish order, enough traffic during the outage.
+#[allow(clippy::too_many_arguments)]
+fn report(
+    peer: &str,
+    accepted: &[u64],
+    during_outage: usize,
+    before_kill: usize,
+    refused: u64,
+    restarted_after: Duration,
+    got: &[String],
+    queues: &serde_json::Value,
+) {
+    let t = tally(accepted, got);
+    println!(
+        "accepted {} (during the 10 s outage {during_outage}, {before_kill} before the kill), \
+         not accepted while the hub was down {refused}, hub back {restarted_after:?} into the outage; \
+         {peer} got {}, {} distinct, {} duplicates, lost {}, first arrivals in order: {}; \
+         queues at the end: {queues}",
+        accepted.len(),
+        got.len(),
+        t.distinct,
+        t.duplicates,
+        t.lost.len(),
+        t.in_order,
+    );
+    assert!(
+        t.lost.is_empty(),
+        "accepted but never delivered: {:?}",
+        t.lost
+    );
+    assert!(t.in_order, "first arrivals out of publish order");
+    assert!(during_outage > 100, "too little traffic during the outage");
+}
+
+/// A hub config: `data_dir`, the admin API, an HTTP adapter and an MQTT
+/// adapter that is a client of the broker on `broker`.
+fn mqtt_client_config(
+    dir: &Path,
+    (http, admin, broker): (u16, u16, u16),
+    client_id: &str,
+    subscribe: &str,
+    forward: &str,
+) -> std::path::PathBuf {
+    let file = dir.join("hub.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[hub]\ndata_dir = \"{}\"\n[admin]\nbind = \"127.0.0.1:{admin}\"\n\
+             [[adapters]]\nname = \"web\"\ntype = \"http\"\n[adapters.config]\nbind = \"127.0.0.1:{http}\"\n\
+             [[adapters]]\nname = \"broker\"\ntype = \"mqtt\"\n[adapters.config]\n\
+             url = \"mqtt://127.0.0.1:{broker}\"\nclient_id = \"{client_id}\"\n\
+             subscribe = [\"{subscribe}\"]\nforward = [\"{forward}\"]\n\
+             reconnect_min_ms = 50\nreconnect_max_ms = 500\n",
+            dir.join("data").display()
+        ),
+    )
+    .unwrap();
+    file
+}
+
+/// A private Mosquitto in `dir/mosquitto` on `port`, with `extra` config lines.
+async fn private_mosquitto(dir: &Path, port: u16, extra: &str) -> mqtt_devices::PrivateMosquitto {
+    let mosquitto_dir = dir.join("mosquitto");
+    std::fs::create_dir(&mosquitto_dir).unwrap();
+    mqtt_devices::PrivateMosquitto::start_with(&mosquitto_dir, port, extra).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_receiver_outage_and_a_hub_kill_lose_no_accepted_qos_1_message() {
     let dir = tempfile::tempdir().unwrap();
@@ -288,58 +410,25 @@ async fn a_webhook_receiver_outage_and_a_hub_kill_lose_no_accepted_qos_1_message
     // The receiver goes away for 10 s; the hub is killed 5 s into that
     // outage and started again while it lasts.
     receiver.take().unwrap().stop().await;
-    let outage = Instant::now();
-    let before_outage = publisher.count();
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let before_kill = publisher.count();
-    hub.kill();
-    let mut hub = spawn_hub(&file, &dir.path().join("hub-1.log"));
-    wait_http(http).await;
-    let restarted_after = outage.elapsed();
-    wait_until(
-        "the publisher goes on after the restart",
-        Duration::from_secs(15),
-        || publisher.count() > before_kill + 20,
-    )
-    .await;
-    tokio::time::sleep(Duration::from_secs(10).saturating_sub(outage.elapsed())).await;
-    let during_outage = publisher.count() - before_outage;
+    let log = dir.path().join("hub-1.log");
+    let o = kill_during_outage(&mut hub, &file, &log, http, &publisher).await;
     let _receiver = Receiver::start(port, seen.clone(), StatusCode::OK).await;
-    // A little more traffic with the receiver back, then stop publishing.
-    let at_return = publisher.count();
-    wait_until(
-        "traffic after the receiver is back",
-        Duration::from_secs(15),
-        || publisher.count() > at_return + 100,
-    )
-    .await;
-    let (accepted, refused) = publisher.finish().await;
+    let (accepted, refused) = traffic_after_return(publisher).await;
     wait_all_arrived(&accepted, &seen.bodies).await;
 
     let bodies = seen.bodies.lock().clone();
-    let t = tally(&accepted, &bodies);
     let queues = admin_json(&client, admin, "/api/queues").await;
     hub.kill();
-    println!(
-        "accepted {} (during the 10 s outage {during_outage}, {} before the kill), \
-         not accepted while the hub was down {refused}, hub back {restarted_after:?} into the outage; \
-         receiver got {} requests, {} distinct, {} duplicates, lost {}, first arrivals in order: {}; \
-         queues at the end: {queues}",
-        accepted.len(),
-        before_kill - before_outage,
-        bodies.len(),
-        t.distinct,
-        t.duplicates,
-        t.lost.len(),
-        t.in_order,
+    report(
+        "receiver",
+        &accepted,
+        o.during,
+        o.before_kill,
+        refused,
+        o.restarted_after,
+        &bodies,
+        &queues,
     );
-    assert!(
-        t.lost.is_empty(),
-        "accepted but never delivered: {:?}",
-        t.lost
-    );
-    assert!(t.in_order, "first arrivals out of publish order");
-    assert!(during_outage > 100, "too little traffic during the outage");
 }
 
 /// The MQTT adapter's `url` forward to a private Mosquitto that is down for
@@ -349,13 +438,11 @@ async fn a_webhook_receiver_outage_and_a_hub_kill_lose_no_accepted_qos_1_message
 /// for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_outage_and_a_hub_kill_lose_no_accepted_qos_1_message() {
-    use mqtt_devices::{PrivateMosquitto, Sub};
+    use mqtt_devices::Sub;
 
     let dir = tempfile::tempdir().unwrap();
     let (http, admin, broker) = (free_tcp_port(), free_tcp_port(), free_tcp_port());
-    let mosquitto_dir = dir.path().join("mosquitto");
-    std::fs::create_dir(&mosquitto_dir).unwrap();
-    let mut mosquitto = PrivateMosquitto::start(&mosquitto_dir, broker).await;
+    let mut mosquitto = private_mosquitto(dir.path(), broker, "").await;
     let bodies = Arc::new(Mutex::new(Vec::<String>::new()));
     // Reads until its mosquitto_sub exits (or for good, if that one
     // reconnects by itself).
@@ -371,19 +458,13 @@ async fn a_broker_outage_and_a_hub_kill_lose_no_accepted_qos_1_message() {
     };
     let mut reading = reader(Sub::start(broker, "sf/#", &["-c", "-i", "sf-reader"]).await);
 
-    let file = dir.path().join("hub.toml");
-    std::fs::write(
-        &file,
-        format!(
-            "[hub]\ndata_dir = \"{}\"\n[admin]\nbind = \"127.0.0.1:{admin}\"\n\
-             [[adapters]]\nname = \"web\"\ntype = \"http\"\n[adapters.config]\nbind = \"127.0.0.1:{http}\"\n\
-             [[adapters]]\nname = \"broker\"\ntype = \"mqtt\"\n[adapters.config]\n\
-             url = \"mqtt://127.0.0.1:{broker}\"\nclient_id = \"polyhub-sf\"\n\
-             subscribe = [\"sf-in/#\"]\nforward = [\"sf/#\"]\nreconnect_min_ms = 50\nreconnect_max_ms = 500\n",
-            dir.path().join("data").display()
-        ),
-    )
-    .unwrap();
+    let file = mqtt_client_config(
+        dir.path(),
+        (http, admin, broker),
+        "polyhub-sf",
+        "sf-in/#",
+        "sf/#",
+    );
     let client = reqwest::Client::new();
     let mut hub = spawn_hub(&file, &dir.path().join("hub-0.log"));
     wait_http(http).await;
@@ -397,61 +478,29 @@ async fn a_broker_outage_and_a_hub_kill_lose_no_accepted_qos_1_message() {
     .await;
 
     mosquitto.stop().await;
-    let outage = Instant::now();
-    let before_outage = publisher.count();
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let before_kill = publisher.count();
-    hub.kill();
-    let mut hub = spawn_hub(&file, &dir.path().join("hub-1.log"));
-    wait_http(http).await;
-    let restarted_after = outage.elapsed();
-    wait_until(
-        "the publisher goes on after the restart",
-        Duration::from_secs(15),
-        || publisher.count() > before_kill + 20,
-    )
-    .await;
-    tokio::time::sleep(Duration::from_secs(10).saturating_sub(outage.elapsed())).await;
-    let during_outage = publisher.count() - before_outage;
+    let log = dir.path().join("hub-1.log");
+    let o = kill_during_outage(&mut hub, &file, &log, http, &publisher).await;
     mosquitto.restart().await;
     if reading.is_finished() {
         reading = reader(Sub::spawn(broker, "sf/#", &["-c", "-i", "sf-reader"]));
     }
-    let at_return = publisher.count();
-    wait_until(
-        "traffic after the broker is back",
-        Duration::from_secs(15),
-        || publisher.count() > at_return + 100,
-    )
-    .await;
-    let (accepted, refused) = publisher.finish().await;
+    let (accepted, refused) = traffic_after_return(publisher).await;
     wait_all_arrived(&accepted, &bodies).await;
 
     let got = bodies.lock().clone();
-    let t = tally(&accepted, &got);
     let queues = admin_json(&client, admin, "/api/queues").await;
     hub.kill();
     reading.abort();
-    println!(
-        "accepted {} (during the 10 s broker outage {during_outage}, {} before the kill), \
-         not accepted while the hub was down {refused}, hub back {restarted_after:?} into the outage; \
-         mosquitto_sub got {}, {} distinct, {} duplicates, lost {}, first arrivals in order: {}; \
-         queues at the end: {queues}",
-        accepted.len(),
-        before_kill - before_outage,
-        got.len(),
-        t.distinct,
-        t.duplicates,
-        t.lost.len(),
-        t.in_order,
+    report(
+        "mosquitto_sub",
+        &accepted,
+        o.during,
+        o.before_kill,
+        refused,
+        o.restarted_after,
+        &got,
+        &queues,
     );
-    assert!(
-        t.lost.is_empty(),
-        "accepted but never delivered: {:?}",
-        t.lost
-    );
-    assert!(t.in_order, "first arrivals out of publish order");
-    assert!(during_outage > 100, "too little traffic during the outage");
 }
 
 /// The other way: a burst of QoS 1 messages from an external broker into
@@ -460,27 +509,18 @@ async fn a_broker_outage_and_a_hub_kill_lose_no_accepted_qos_1_message() {
 /// loop (which waited for it) stalled after a few hundred.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_from_an_external_broker_is_stored_and_acknowledged() {
-    use mqtt_devices::PrivateMosquitto;
     use std::io::Write;
 
     let dir = tempfile::tempdir().unwrap();
     let (http, admin, broker) = (free_tcp_port(), free_tcp_port(), free_tcp_port());
-    let mosquitto_dir = dir.path().join("mosquitto");
-    std::fs::create_dir(&mosquitto_dir).unwrap();
-    let _mosquitto = PrivateMosquitto::start(&mosquitto_dir, broker).await;
-    let file = dir.path().join("hub.toml");
-    std::fs::write(
-        &file,
-        format!(
-            "[hub]\ndata_dir = \"{}\"\n[admin]\nbind = \"127.0.0.1:{admin}\"\n\
-             [[adapters]]\nname = \"web\"\ntype = \"http\"\n[adapters.config]\nbind = \"127.0.0.1:{http}\"\n\
-             [[adapters]]\nname = \"broker\"\ntype = \"mqtt\"\n[adapters.config]\n\
-             url = \"mqtt://127.0.0.1:{broker}\"\nclient_id = \"polyhub-in\"\n\
-             subscribe = [\"in/#\"]\nforward = [\"out/#\"]\n",
-            dir.path().join("data").display()
-        ),
-    )
-    .unwrap();
+    let _mosquitto = private_mosquitto(dir.path(), broker, "").await;
+    let file = mqtt_client_config(
+        dir.path(),
+        (http, admin, broker),
+        "polyhub-in",
+        "in/#",
+        "out/#",
+    );
     let mut hub = spawn_hub(&file, &dir.path().join("hub.log"));
     wait_http(http).await;
     let client = reqwest::Client::new();
@@ -550,28 +590,19 @@ async fn a_burst_from_an_external_broker_is_stored_and_acknowledged() {
 /// after every reconnect: the next message gets through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_envelope_over_the_brokers_maximum_packet_size_is_skipped_and_counted() {
-    use mqtt_devices::{PrivateMosquitto, Sub};
+    use mqtt_devices::Sub;
 
     let dir = tempfile::tempdir().unwrap();
     let (http, admin, broker) = (free_tcp_port(), free_tcp_port(), free_tcp_port());
-    let mosquitto_dir = dir.path().join("mosquitto");
-    std::fs::create_dir(&mosquitto_dir).unwrap();
-    let _mosquitto =
-        PrivateMosquitto::start_with(&mosquitto_dir, broker, "max_packet_size 2000").await;
+    let _mosquitto = private_mosquitto(dir.path(), broker, "max_packet_size 2000").await;
     let mut reader = Sub::start(broker, "sf/#", &[]).await;
-    let file = dir.path().join("hub.toml");
-    std::fs::write(
-        &file,
-        format!(
-            "[hub]\ndata_dir = \"{}\"\n[admin]\nbind = \"127.0.0.1:{admin}\"\n\
-             [[adapters]]\nname = \"web\"\ntype = \"http\"\n[adapters.config]\nbind = \"127.0.0.1:{http}\"\n\
-             [[adapters]]\nname = \"broker\"\ntype = \"mqtt\"\n[adapters.config]\n\
-             url = \"mqtt://127.0.0.1:{broker}\"\nclient_id = \"polyhub-big\"\n\
-             subscribe = [\"in/#\"]\nforward = [\"sf/#\"]\n",
-            dir.path().join("data").display()
-        ),
-    )
-    .unwrap();
+    let file = mqtt_client_config(
+        dir.path(),
+        (http, admin, broker),
+        "polyhub-big",
+        "in/#",
+        "sf/#",
+    );
     let mut hub = spawn_hub(&file, &dir.path().join("hub.log"));
     wait_http(http).await;
     let client = reqwest::Client::new();

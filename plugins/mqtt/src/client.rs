@@ -138,31 +138,35 @@ impl Shared {
 
     /// Handles one of rumqttc's events about the forward.
     fn on_event(&self, event: &Event, ctx: &AdapterContext) {
+        // The broker acknowledged `pkid`; `refused` when with a failure code.
+        let acked = |pkid: u16, refused_with: Option<&dyn std::fmt::Debug>| {
+            let env = self.lock().acked(pkid);
+            if let (Some(env), Some(reason)) = (&env, refused_with) {
+                refused(ctx, env, reason);
+            }
+            env
+        };
         let done = match event {
             Event::Outgoing(Outgoing::Publish(pkid)) => self.lock().wrote(*pkid),
             Event::Incoming(Packet::PubAck(ack)) => {
-                let env = self.lock().acked(ack.pkid);
-                if let Some(env) = &env {
-                    if !matches!(
-                        ack.reason,
-                        PubAckReason::Success | PubAckReason::NoMatchingSubscribers
-                    ) {
-                        refused(ctx, env, &ack.reason);
-                    }
-                }
-                env
+                let ok = matches!(
+                    ack.reason,
+                    PubAckReason::Success | PubAckReason::NoMatchingSubscribers
+                );
+                acked(
+                    ack.pkid,
+                    (!ok).then_some(&ack.reason as &dyn std::fmt::Debug),
+                )
             }
             Event::Incoming(Packet::PubRec(rec)) => {
-                let env = self.lock().acked(rec.pkid);
-                if let Some(env) = &env {
-                    if !matches!(
-                        rec.reason,
-                        PubRecReason::Success | PubRecReason::NoMatchingSubscribers
-                    ) {
-                        refused(ctx, env, &rec.reason);
-                    }
-                }
-                env
+                let ok = matches!(
+                    rec.reason,
+                    PubRecReason::Success | PubRecReason::NoMatchingSubscribers
+                );
+                acked(
+                    rec.pkid,
+                    (!ok).then_some(&rec.reason as &dyn std::fmt::Debug),
+                )
             }
             _ => return,
         };
