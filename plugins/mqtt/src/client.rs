@@ -445,13 +445,13 @@ pub(crate) async fn run(
         (Some(shared), Some(task))
     };
 
+    let mut connected = false;
     let result = event_loop(
         &s,
-        &broker,
-        &subscribe,
+        (&broker, &subscribe),
         &ingest,
         &mut eventloop,
-        shared.as_deref(),
+        (shared.as_deref(), &mut connected),
         &ctx,
     )
     .await;
@@ -461,7 +461,6 @@ pub(crate) async fn run(
     if let Some(task) = forwarder {
         let _ = task.await;
     }
-    let connected = shared.as_ref().map_or(true, |sh| sh.lock().connected);
     if result.is_ok() && connected {
         disconnect(&client, &mut eventloop).await;
     }
@@ -489,13 +488,14 @@ async fn disconnect(client: &AsyncClient, eventloop: &mut EventLoop) {
     .await;
 }
 
+/// Runs until shutdown; `connected` says, when it returns, whether a
+/// connection is up (to close cleanly).
 async fn event_loop(
     s: &ClientSettings,
-    broker: &str,
-    subscribe: &[TopicFilter],
+    (broker, subscribe): (&str, &[TopicFilter]),
     ingest: &Ingest,
     eventloop: &mut EventLoop,
-    shared: Option<&Shared>,
+    (shared, connected): (Option<&Shared>, &mut bool),
     ctx: &AdapterContext,
 ) -> Result<(), AdapterError> {
     let mut supervisor = Supervisor::new(ctx, broker, s.backoff.clone());
@@ -512,6 +512,7 @@ async fn event_loop(
         eventloop.pending.extend(ingest.overflow());
         match event {
             Ok(Event::Incoming(Packet::ConnAck(connack))) => {
+                *connected = true;
                 // Subscribe first; the forwarder starts (again) once it
                 // sees the connection, so its publishes follow.
                 if !subscribe.is_empty() {
@@ -581,6 +582,7 @@ async fn event_loop(
             }
             Ok(other) => debug!(adapter = %ctx.name(), event = ?other, "MQTT event."),
             Err(e) => {
+                *connected = false;
                 ingest.lost();
                 stale = forget_in_flight(shared, eventloop, ctx);
                 match supervisor.lost(&Lost(e)).await? {
@@ -684,21 +686,24 @@ async fn forward_loop(
                 },
             },
         };
-        // Submitted under the lock, so that a lost connection is either
-        // before (not submitted) or after (forgotten and redelivered).
+        // Converted once, outside the lock; submitted under it, so that a
+        // lost connection is either before (not submitted) or after
+        // (forgotten and redelivered).
+        let publish = convert::client_publish(&env);
+        let size = publish.size();
         let submitted = {
             let mut t = shared.lock();
             if t.generation != generation || !t.connected {
                 false
-            } else if let Some(max) = t.max_packet.filter(|m| publish_size(&env) > *m) {
+            } else if let Some(max) = t.max_packet.filter(|m| size > *m) {
                 // rumqttc would end the connection on it, and the queue hand
                 // it out first again after every reconnect: skipped.
                 drop(t);
-                too_large(&shared, &env, max);
+                too_large(&shared, &env, size, max);
                 continue;
             } else {
                 t.submitted.push_back(env.clone());
-                let ok = submit(&client, &env);
+                let ok = submit(&client, &env, publish);
                 if !ok {
                     t.submitted.pop_back();
                 }
@@ -717,29 +722,21 @@ async fn forward_loop(
     }
 }
 
-/// The size of the PUBLISH packet an envelope becomes.
-fn publish_size(env: &Envelope) -> usize {
-    convert::client_publish(env).size()
-}
-
 /// An envelope larger than the broker's maximum packet size: the broker can
 /// never take it, so it is acknowledged away, counted (`broker_refused`,
 /// `dropped`) and logged at most once a second.
-fn too_large(shared: &Shared, env: &Envelope, max: usize) {
+fn too_large(shared: &Shared, env: &Envelope, size: usize, max: usize) {
     shared.acker.ack(env);
     refused(
         &shared.ctx,
         env,
-        &format_args!(
-            "{} bytes, over the broker's maximum packet size of {max}",
-            publish_size(env)
-        ),
+        &format_args!("{size} bytes, over the broker's maximum packet size of {max}"),
     );
 }
 
-/// Hands one envelope to rumqttc; false when its channel is full or closed.
-fn submit(client: &AsyncClient, env: &Envelope) -> bool {
-    let publish = convert::client_publish(env);
+/// Hands one envelope, converted, to rumqttc; false when its channel is
+/// full or closed.
+fn submit(client: &AsyncClient, env: &Envelope, publish: Publish) -> bool {
     let topic = env.topic.as_str().to_owned();
     let sent = match publish.properties {
         Some(props) => client.try_publish_with_properties(
