@@ -9,6 +9,7 @@
 #![cfg(unix)]
 
 mod common;
+mod hub_process;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -18,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use hub_process::spawn_hub;
 
 const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
@@ -34,17 +36,6 @@ fn config(dir: &Path, mqtt: u16, http: u16, exchange: &str) -> String {
          exchange = \"{exchange}\"\nbindings = []\nforward = [\"crash/#\"]\nqos = 1\n",
         dir.join("data").display()
     )
-}
-
-fn spawn_hub(file: &Path, log: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_polyhub"))
-        .args(["run", "--config"])
-        .arg(file)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap()
 }
 
 fn device(args: &[&str]) -> Child {

@@ -6,12 +6,13 @@
 #![cfg(unix)]
 
 mod common;
+mod hub_process;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 use common::*;
+use hub_process::{spawn_hub, wait_http};
 
 fn config(dir: &Path, http: u16, coap: u16) -> String {
     format!(
@@ -20,25 +21,6 @@ fn config(dir: &Path, http: u16, coap: u16) -> String {
          [[adapters]]\nname = \"coap\"\ntype = \"coap\"\n[adapters.config]\nbind = \"127.0.0.1:{coap}\"\n",
         dir.join("data").display()
     )
-}
-
-/// `polyhub run` on `file`, stderr to `log`.
-fn spawn_hub(file: &Path, log: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_polyhub"))
-        .args(["run", "--config"])
-        .arg(file)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap()
-}
-
-async fn wait_http(http: u16) {
-    wait_until("the hub's HTTP port", Duration::from_secs(30), || {
-        service_up(http)
-    })
-    .await;
 }
 
 async fn get(client: &reqwest::Client, http: u16, topic: &str) -> (u16, String) {

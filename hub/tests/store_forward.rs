@@ -10,6 +10,7 @@
 #![cfg(unix)]
 
 mod common;
+mod hub_process;
 mod mqtt_devices;
 
 use std::collections::BTreeMap;
@@ -24,6 +25,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
 use common::*;
+use hub_process::wait_http;
 use parking_lot::Mutex;
 
 /// What the receiver saw: each body in arrival order, across its restarts.
@@ -114,23 +116,7 @@ impl Drop for HubProcess {
 
 /// `polyhub run` on `file`, stderr to `log`.
 fn spawn_hub(file: &Path, log: &Path) -> HubProcess {
-    HubProcess(
-        Command::new(env!("CARGO_BIN_EXE_polyhub"))
-            .args(["run", "--config"])
-            .arg(file)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(log).unwrap())
-            .spawn()
-            .unwrap(),
-    )
-}
-
-async fn wait_http(port: u16) {
-    wait_until("the hub's HTTP port", Duration::from_secs(30), || {
-        service_up(port)
-    })
-    .await;
+    HubProcess(hub_process::spawn_hub(file, log))
 }
 
 /// `GET` a JSON document from the admin API.
